@@ -1,0 +1,1 @@
+"""Chainline: durable workflow executions on Celery and Postgres."""

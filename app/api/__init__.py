@@ -1,0 +1,1 @@
+"""The HTTP API, wire-compatible with Mistral's Workflows API."""

@@ -1,0 +1,168 @@
+"""The FastAPI application (the Procfile's `api` process)."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Awaitable, Callable
+from typing import Annotated, Any
+
+from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import ValidationError
+
+from app.api.schemas import (
+    LOCAL_TENANT,
+    WorkflowExecutionRequest,
+    event_json,
+    execution_json,
+)
+from app.engine.binding import bind_input
+from app.engine.executions import (
+    check_payload_size,
+    get_execution,
+    get_history,
+    new_execution_id,
+    start_execution,
+)
+from app.errors import ChainlineError
+from app.settings import get_settings
+from app.storage.db import get_engine
+from app.workflows.registry import WorkflowDefinition
+from workers.celery_app import registry
+from workers.dispatch import dispatcher
+
+# How often wait_for_result looks again, and how long it waits when not told.
+WAIT_POLL_SECONDS = 0.02
+DEFAULT_WAIT_SECONDS = 60.0
+
+app = FastAPI(title="Chainline", version="0.1.0")
+
+
+@app.exception_handler(ChainlineError)
+async def _chainline_error(_: Request, exc: ChainlineError) -> JSONResponse:
+    return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.http_status)
+
+
+@app.middleware("http")
+async def _limit_body_size(
+    request: Request, call_next: Callable[[Request], Awaitable[Response]]
+) -> Response:
+    length = request.headers.get("content-length")
+    limit = get_settings().max_payload_bytes + 64 * 1024
+    if length is not None and length.isdigit() and int(length) > limit:
+        return JSONResponse(
+            {"detail": f"request body is larger than {limit} bytes", "code": "WF_1002"},
+            status_code=413,
+        )
+    return await call_next(request)
+
+
+def require_api_key(request: Request) -> str | None:
+    """Check the bearer token when keys are configured; return the caller's key id."""
+    accepted = get_settings().accepted_api_keys
+    header = request.headers.get("authorization", "")
+    token = header[7:].strip() if header.lower().startswith("bearer ") else None
+    if accepted and token not in accepted:
+        raise HTTPException(status_code=401, detail="invalid or missing API key")
+    return token[:8] if token else None
+
+
+Caller = Annotated[str | None, Depends(require_api_key)]
+
+
+def _workflow_basic(definition: WorkflowDefinition) -> dict[str, Any]:
+    return {
+        "id": definition.name,
+        "name": definition.name,
+        "display_name": definition.display_name or definition.name,
+        "description": definition.description,
+        "archived": False,
+    }
+
+
+@app.get("/v1/workflows")
+def list_workflows(
+    _: Caller,
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: str | None = None,
+    order: str = "asc",
+) -> dict[str, Any]:
+    names = sorted(registry.workflows, reverse=order == "desc")
+    if cursor:
+        names = [n for n in names if (n < cursor if order == "desc" else n > cursor)]
+    page = names[:limit]
+    next_cursor = page[-1] if len(names) > limit else None
+    return {
+        "workflows": [_workflow_basic(registry.workflows[n]) for n in page],
+        "next_cursor": next_cursor,
+    }
+
+
+@app.get("/v1/workflows/executions/{execution_id}")
+def read_execution(execution_id: str, _: Caller) -> dict[str, Any]:
+    return execution_json(get_execution(get_engine(), execution_id))
+
+
+@app.get("/v1/workflows/executions/{execution_id}/history")
+def read_history(execution_id: str, _: Caller) -> dict[str, Any]:
+    engine = get_engine()
+    record = get_execution(engine, execution_id)
+    return {"events": [event_json(e, record) for e in get_history(engine, record.run_id)]}
+
+
+@app.get("/v1/workflows/{workflow_name}")
+def read_workflow(workflow_name: str, _: Caller) -> dict[str, Any]:
+    definition = registry.workflow(workflow_name)
+    return {
+        "workflow": {
+            **_workflow_basic(definition),
+            "type": "code",
+            "customer_id": LOCAL_TENANT,
+            "workspace_id": LOCAL_TENANT,
+            "active": True,
+        }
+    }
+
+
+def _validate_input(definition: WorkflowDefinition, value: Any) -> None:
+    try:
+        bind_input(definition.entrypoint, value)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [
+                {**error, "loc": ("body", "input", *error["loc"])}
+                for error in exc.errors(include_url=False, include_context=False)
+            ]
+        ) from None
+
+
+@app.post("/v1/workflows/{workflow_name}/execute")
+def execute_workflow(
+    workflow_name: str, body: WorkflowExecutionRequest, caller: Caller
+) -> dict[str, Any]:
+    definition = registry.workflow(workflow_name)
+    check_payload_size(body.input, get_settings().max_payload_bytes, "input")
+    _validate_input(definition, body.input)
+    engine = get_engine()
+    record, dispatch = start_execution(
+        engine,
+        definition,
+        execution_id=body.execution_id or new_execution_id(),
+        input_value=body.input,
+        user_id=caller,
+    )
+    dispatcher.send([dispatch])
+    if not body.wait_for_result:
+        return execution_json(record)
+    deadline = time.monotonic() + (body.timeout_seconds or DEFAULT_WAIT_SECONDS)
+    while record.is_open and time.monotonic() < deadline:
+        time.sleep(WAIT_POLL_SECONDS)
+        record = get_execution(engine, record.execution_id)
+    if record.status.value == "COMPLETED":
+        return {
+            "workflow_name": record.workflow_name,
+            "execution_id": record.execution_id,
+            "result": record.result,
+        }
+    return execution_json(record)

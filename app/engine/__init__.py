@@ -1,0 +1,1 @@
+"""The execution engine: statuses, retries, replay, and the tasks that advance executions."""

@@ -1,0 +1,31 @@
+"""What must be sent to the workers after a transaction commits.
+
+The engine returns these; the Celery side (workers/dispatch.py) turns them into
+messages. Keeping them as data lets the engine run, and be tested, without a broker.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from typing import Protocol
+
+
+@dataclass(frozen=True)
+class ActivityDispatch:
+    run_id: uuid.UUID
+    seq: int
+    activity_name: str
+    start_to_close_seconds: float
+
+
+@dataclass(frozen=True)
+class Dispatch:
+    """Run these activities (possibly none), then a workflow task for the run."""
+
+    run_id: uuid.UUID
+    activities: tuple[ActivityDispatch, ...] = ()
+
+
+class Dispatcher(Protocol):
+    def send(self, dispatches: list[Dispatch]) -> None: ...

@@ -1,0 +1,178 @@
+"""Starting executions and reading them back: what the API calls."""
+
+from __future__ import annotations
+
+import json
+import random
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from typing import Any
+
+from sqlalchemy import Engine, insert, select
+from sqlalchemy.dialects.postgresql import insert as pg_insert
+
+from app.engine import events as ev
+from app.engine.dispatch import Dispatch
+from app.engine.statuses import ExecutionStatus
+from app.errors import AlreadyStarted, ExecutionNotFound, PayloadTooLarge
+from app.storage.schema import events, executions, runs
+from app.workflows.registry import WorkflowDefinition
+
+
+@dataclass(frozen=True)
+class ExecutionRecord:
+    execution_id: str
+    workflow_name: str
+    root_execution_id: str
+    parent_execution_id: str | None
+    run_id: uuid.UUID
+    status: ExecutionStatus
+    start_time: datetime
+    end_time: datetime | None
+    result: Any
+    error: dict[str, Any] | None
+    user_id: str | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.end_time is None
+
+
+def check_payload_size(value: Any, limit: int, what: str) -> None:
+    size = len(json.dumps(value, separators=(",", ":")).encode())
+    if size > limit:
+        raise PayloadTooLarge(f"{what} is {size} bytes; the limit is {limit} bytes")
+
+
+def new_execution_id() -> str:
+    return uuid.uuid4().hex
+
+
+def start_execution(
+    engine: Engine,
+    definition: WorkflowDefinition,
+    *,
+    execution_id: str,
+    input_value: Any,
+    user_id: str | None = None,
+) -> tuple[ExecutionRecord, Dispatch]:
+    """Record a new execution, its first run and its STARTED event, in one transaction."""
+    now = datetime.now(UTC)
+    run_id = uuid.uuid4()
+    with engine.begin() as conn:
+        inserted = conn.execute(
+            pg_insert(executions)
+            .values(
+                execution_id=execution_id,
+                workflow_name=definition.name,
+                input=input_value,
+                root_execution_id=execution_id,
+                current_run_id=run_id,
+                user_id=user_id,
+            )
+            .on_conflict_do_nothing(index_elements=["execution_id"])
+            .returning(executions.c.execution_id)
+        ).first()
+        if inserted is None:
+            raise AlreadyStarted(f"Execution {execution_id!r} already exists")
+        conn.execute(
+            insert(runs).values(
+                run_id=run_id,
+                execution_id=execution_id,
+                run_number=1,
+                status=ExecutionStatus.RUNNING.value,
+                start_time=now,
+                deadline=now + definition.execution_timeout,
+                random_seed=random.getrandbits(63),
+                last_event_id=1,
+                workflow_task_due_at=now,
+            )
+        )
+        conn.execute(
+            insert(events).values(
+                run_id=run_id,
+                event_id=1,
+                execution_id=execution_id,
+                event_type=ev.WORKFLOW_EXECUTION_STARTED,
+                attributes={
+                    "task_id": ev.workflow_task_id(run_id, 1),
+                    "workflow_name": definition.name,
+                    "display_name": definition.display_name or definition.name,
+                    "input": ev.payload(input_value),
+                    "attempt": 1,
+                },
+                event_timestamp=int(now.timestamp() * 1e9),
+            )
+        )
+    record = ExecutionRecord(
+        execution_id=execution_id,
+        workflow_name=definition.name,
+        root_execution_id=execution_id,
+        parent_execution_id=None,
+        run_id=run_id,
+        status=ExecutionStatus.RUNNING,
+        start_time=now,
+        end_time=None,
+        result=None,
+        error=None,
+        user_id=user_id,
+    )
+    return record, Dispatch(run_id=run_id)
+
+
+def _execution_query() -> Any:
+    return select(
+        executions.c.execution_id,
+        executions.c.workflow_name,
+        executions.c.root_execution_id,
+        executions.c.parent_execution_id,
+        executions.c.user_id,
+        runs.c.run_id,
+        runs.c.status,
+        runs.c.start_time,
+        runs.c.end_time,
+        runs.c.result,
+        runs.c.error,
+    ).join(runs, runs.c.run_id == executions.c.current_run_id)
+
+
+def get_execution(engine: Engine, execution_id: str) -> ExecutionRecord:
+    with engine.connect() as conn:
+        row = (
+            conn.execute(_execution_query().where(executions.c.execution_id == execution_id))
+            .mappings()
+            .first()
+        )
+    if row is None:
+        raise ExecutionNotFound(f"Execution {execution_id!r} not found")
+    return ExecutionRecord(**{**row, "status": ExecutionStatus(row["status"])})
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    run_id: uuid.UUID
+    event_id: int
+    execution_id: str
+    event_type: str
+    attributes: dict[str, Any]
+    event_timestamp: int
+    sequence: int
+
+
+def get_history(engine: Engine, run_id: uuid.UUID) -> list[StoredEvent]:
+    with engine.connect() as conn:
+        rows = conn.execute(
+            select(
+                events.c.run_id,
+                events.c.event_id,
+                events.c.execution_id,
+                events.c.event_type,
+                events.c.attributes,
+                events.c.event_timestamp,
+                events.c.sequence,
+            )
+            .where(events.c.run_id == run_id)
+            .order_by(events.c.event_id)
+        ).mappings()
+        return [StoredEvent(**row) for row in rows]

@@ -1,0 +1,71 @@
+"""Every domain error Chainline reports, each with a stable code and HTTP status."""
+
+from __future__ import annotations
+
+
+class ChainlineError(Exception):
+    """Something went wrong in Chainline."""
+
+    code = "WF_1000"
+    http_status = 400
+
+    def __init__(self, detail: str | None = None) -> None:
+        self.detail = detail or (self.__doc__ or "").strip()
+        super().__init__(self.detail)
+
+
+class NotFound(ChainlineError):
+    """Not found."""
+
+    code = "WF_1100"
+    http_status = 404
+
+
+class WorkflowNotFound(NotFound):
+    """Workflow not found."""
+
+
+class ExecutionNotFound(NotFound):
+    """Execution not found."""
+
+
+class AlreadyStarted(ChainlineError):
+    """An execution with this id already exists."""
+
+    code = "WF_1101"
+    http_status = 409
+
+
+class NotRunning(ChainlineError):
+    """The execution is not running."""
+
+    code = "WF_1102"
+    http_status = 409
+
+
+class IllegalTransition(ChainlineError):
+    """The status change is not allowed from the current status."""
+
+    code = "WF_1103"
+    http_status = 409
+
+
+class PayloadTooLarge(ChainlineError):
+    """The payload is larger than the limit."""
+
+    code = "WF_1002"
+    http_status = 413
+
+
+class WaitTimedOut(ChainlineError):
+    """The execution did not finish within the requested time."""
+
+    code = "WF_1104"
+    http_status = 408
+
+
+class InvalidDefinition(ChainlineError):
+    """A workflow or activity definition is invalid."""
+
+    code = "WF_1003"
+    http_status = 500

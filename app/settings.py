@@ -1,0 +1,63 @@
+"""Process configuration, read from CHAINLINE_* environment variables."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+
+from pydantic import field_validator
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+def normalize_database_url(url: str) -> str:
+    """Let a plain postgresql:// URL select the psycopg 3 driver."""
+    for prefix in ("postgresql://", "postgres://"):
+        if url.startswith(prefix):
+            return "postgresql+psycopg://" + url[len(prefix) :]
+    return url
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="CHAINLINE_", extra="ignore")
+
+    database_url: str = "postgresql://postgres@127.0.0.1:5432/chainline"
+    broker_url: str = "redis://127.0.0.1:6379/0"
+    # Only Celery's chord bookkeeping uses it; results themselves live in Postgres.
+    result_backend: str | None = None
+    # Prefix for every broker key, so several deployments can share one Redis.
+    broker_key_prefix: str = ""
+    queue: str = "chainline"
+    workflows: str = ""
+    api_keys: str = ""
+    max_payload_bytes: int = 2 * 1024 * 1024
+    # How often beat runs the sweeper, and how long work may look stalled before it acts.
+    sweep_interval_seconds: float = 5.0
+    stalled_after_seconds: float = 30.0
+    beat_schedule_file: str = "/tmp/chainline-beat-schedule"
+    # Worker pool size; unset means Celery's default (one process per core).
+    worker_concurrency: int | None = None
+
+    @field_validator("database_url")
+    @classmethod
+    def _use_psycopg3(cls, url: str) -> str:
+        return normalize_database_url(url)
+
+    @property
+    def workflow_modules(self) -> list[str]:
+        return [m.strip() for m in self.workflows.split(",") if m.strip()]
+
+    @property
+    def accepted_api_keys(self) -> frozenset[str]:
+        return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
+
+    @property
+    def celery_result_backend(self) -> str:
+        if self.result_backend:
+            return self.result_backend
+        if self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+            return self.broker_url
+        return "db+" + self.database_url
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    return Settings()

@@ -1,0 +1,148 @@
+"""The tables. Postgres is the single source of truth for every execution."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+from sqlalchemy import (
+    BigInteger,
+    CheckConstraint,
+    Column,
+    DateTime,
+    Float,
+    ForeignKey,
+    Identity,
+    Index,
+    Integer,
+    MetaData,
+    PrimaryKeyConstraint,
+    Table,
+    Text,
+    UniqueConstraint,
+    text,
+)
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+from app.engine.statuses import OPEN_STATUSES, ExecutionStatus
+
+metadata = MetaData()
+
+
+def _quoted(values: Iterable[str]) -> str:
+    return ", ".join(f"'{v}'" for v in sorted(values))
+
+
+ALL_STATUSES_SQL = _quoted(ExecutionStatus)
+OPEN_STATUSES_SQL = _quoted(OPEN_STATUSES)
+
+executions = Table(
+    "executions",
+    metadata,
+    Column("execution_id", Text, primary_key=True),
+    Column("workflow_name", Text, nullable=False),
+    Column("input", JSONB, nullable=True),
+    Column("root_execution_id", Text, nullable=False),
+    Column("parent_execution_id", Text, nullable=True),
+    Column("current_run_id", UUID(as_uuid=True), nullable=False),
+    Column("user_id", Text, nullable=True),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+)
+
+runs = Table(
+    "runs",
+    metadata,
+    Column("run_id", UUID(as_uuid=True), primary_key=True),
+    Column(
+        "execution_id",
+        Text,
+        ForeignKey("executions.execution_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("run_number", Integer, nullable=False),
+    Column("status", Text, nullable=False),
+    Column("result", JSONB, nullable=True),
+    Column("error", JSONB, nullable=True),
+    Column("start_time", DateTime(timezone=True), nullable=False),
+    Column("end_time", DateTime(timezone=True), nullable=True),
+    Column("deadline", DateTime(timezone=True), nullable=False),
+    Column("random_seed", BigInteger, nullable=False),
+    # Per-run event counter: bumping it is also how writers serialise on the run.
+    Column("last_event_id", Integer, nullable=False, server_default=text("0")),
+    # The newest event a workflow task has replayed; newer outcomes still need one.
+    Column("processed_event_id", Integer, nullable=False, server_default=text("0")),
+    # Set while the run needs a workflow task; the sweeper re-enqueues stale ones.
+    Column("workflow_task_due_at", DateTime(timezone=True), nullable=True),
+    UniqueConstraint("execution_id", "run_number", name="runs_execution_run_number_key"),
+    CheckConstraint(f"status IN ({ALL_STATUSES_SQL})", name="runs_status_valid"),
+    CheckConstraint(
+        f"(status IN ({OPEN_STATUSES_SQL})) = (end_time IS NULL)",
+        name="runs_end_time_iff_closed",
+    ),
+    CheckConstraint("processed_event_id <= last_event_id", name="runs_processed_le_last"),
+)
+
+Index(
+    "runs_one_open_run_per_execution",
+    runs.c.execution_id,
+    unique=True,
+    postgresql_where=text(f"status IN ({OPEN_STATUSES_SQL})"),
+)
+Index(
+    "runs_open_by_deadline",
+    runs.c.deadline,
+    postgresql_where=text(f"status IN ({OPEN_STATUSES_SQL})"),
+)
+Index(
+    "runs_workflow_task_due",
+    runs.c.workflow_task_due_at,
+    postgresql_where=text("workflow_task_due_at IS NOT NULL"),
+)
+
+events = Table(
+    "events",
+    metadata,
+    Column("run_id", UUID(as_uuid=True), ForeignKey("runs.run_id", ondelete="CASCADE")),
+    Column("event_id", Integer, nullable=False),
+    Column("execution_id", Text, nullable=False),
+    Column("event_type", Text, nullable=False),
+    Column("attributes", JSONB, nullable=False),
+    Column("event_timestamp", BigInteger, nullable=False),
+    # Names the fact an event records (say "activity:3:attempt:1:outcome"), so that a
+    # redelivered message cannot record it twice.
+    Column("dedup_key", Text, nullable=True),
+    Column("sequence", BigInteger, Identity(always=True), nullable=False, unique=True),
+    PrimaryKeyConstraint("run_id", "event_id", name="events_pkey"),
+    UniqueConstraint("run_id", "dedup_key", name="events_run_dedup_key"),
+)
+
+ACTIVITY_STATES = ("SCHEDULED", "STARTED", "BACKING_OFF", "COMPLETED", "FAILED", "ABANDONED")
+
+activities = Table(
+    "activities",
+    metadata,
+    Column("run_id", UUID(as_uuid=True), ForeignKey("runs.run_id", ondelete="CASCADE")),
+    Column("seq", Integer, nullable=False),
+    Column("activity_name", Text, nullable=False),
+    Column("input", JSONB, nullable=False),
+    Column("state", Text, nullable=False),
+    Column("attempt", Integer, nullable=False, server_default=text("1")),
+    Column("retry_policy", JSONB, nullable=False),
+    Column("start_to_close_seconds", Float, nullable=False),
+    Column("scheduled_at", DateTime(timezone=True), nullable=False),
+    # Who runs the current attempt and until when it may: the lease.
+    Column("lease_owner", Text, nullable=True),
+    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    Column("next_attempt_at", DateTime(timezone=True), nullable=True),
+    PrimaryKeyConstraint("run_id", "seq", name="activities_pkey"),
+    CheckConstraint(
+        "state IN (" + ", ".join(f"'{s}'" for s in ACTIVITY_STATES) + ")",
+        name="activities_state_valid",
+    ),
+)
+
+Index(
+    "activities_in_flight",
+    activities.c.state,
+    activities.c.lease_expires_at,
+    postgresql_where=text("state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')"),
+)

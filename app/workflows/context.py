@@ -1,0 +1,45 @@
+"""The workflow runtime the SDK functions talk to while workflow code runs.
+
+The engine's replayer installs one per workflow task; outside a workflow there is none,
+which is how an activity called from a test stays a plain function.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import random
+from contextvars import ContextVar
+from datetime import datetime
+from typing import Any, Protocol
+
+from app.workflows.registry import ActivityDefinition
+
+
+class WorkflowRuntime(Protocol):
+    execution_id: str
+    rng: random.Random
+
+    def now(self) -> datetime: ...
+
+    def schedule_activity(
+        self, definition: ActivityDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]
+    ) -> asyncio.Future[Any]: ...
+
+
+current_runtime: ContextVar[WorkflowRuntime | None] = ContextVar(
+    "chainline_workflow_runtime", default=None
+)
+current_activity_execution_id: ContextVar[str | None] = ContextVar(
+    "chainline_activity_execution_id", default=None
+)
+
+
+class NotInWorkflow(RuntimeError):
+    """This function only works inside workflow code."""
+
+
+def runtime() -> WorkflowRuntime:
+    rt = current_runtime.get()
+    if rt is None:
+        raise NotInWorkflow(NotInWorkflow.__doc__)
+    return rt

@@ -1,0 +1,35 @@
+"""Errors that workflow and activity code raise and catch (names as in Mistral's SDK)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+
+class WorkflowError(Exception):
+    """An application error; `non_retryable=True` stops an activity's retries at once."""
+
+    def __init__(
+        self,
+        message: str = "",
+        *details: Any,
+        type: str | None = None,
+        non_retryable: bool = False,
+    ) -> None:
+        super().__init__(message)
+        self.message = message
+        self.details = details
+        self.type = type or self.__class__.__name__
+        self.non_retryable = non_retryable
+
+
+ApplicationError = WorkflowError
+
+
+class ActivityError(Exception):
+    """What workflow code sees when an activity failed for good (retries exhausted)."""
+
+    def __init__(self, message: str, *, activity_name: str, error_type: str, attempt: int) -> None:
+        super().__init__(f"activity {activity_name!r} failed after {attempt} attempt(s): {message}")
+        self.activity_name = activity_name
+        self.attempt = attempt
+        self.cause = ApplicationError(message, type=error_type)

@@ -1,0 +1,78 @@
+"""The Celery tasks. Each unpacks its message and calls the engine."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import timedelta
+from typing import Any
+
+from celery import Task
+from celery.exceptions import Ignore
+
+from app.engine.activity_tasks import (
+    Attempt,
+    Done,
+    RetryLater,
+    claim_attempt,
+    execute_attempt,
+    record_outcome,
+)
+from app.engine.sweeper import sweep
+from app.engine.workflow_tasks import run_workflow_task
+from app.storage.db import get_engine
+from workers.celery_app import (
+    SWEEP_TASK,
+    WORKFLOW_TASK,
+    activity_task_name,
+    app,
+    registry,
+    settings,
+)
+from workers.dispatch import dispatcher
+
+# Backoffs longer than this are left to the sweeper instead of a broker countdown.
+MAX_COUNTDOWN_SECONDS = 600.0
+
+
+@app.task(name=WORKFLOW_TASK, ignore_result=True)
+def workflow_task(run_id: str) -> None:
+    dispatcher.send(run_workflow_task(get_engine(), registry, uuid.UUID(run_id)))
+
+
+@app.task(name=SWEEP_TASK, ignore_result=True)
+def sweep_task() -> int:
+    report = sweep(get_engine(), stalled_after=timedelta(seconds=settings.stalled_after_seconds))
+    dispatcher.send(report.dispatches)
+    return report.timed_out
+
+
+def _retry_later(task: Task[Any, Any], outcome: RetryLater) -> None:
+    if outcome.countdown > MAX_COUNTDOWN_SECONDS:
+        raise Ignore()
+    raise task.retry(countdown=outcome.countdown, max_retries=None)
+
+
+def run_activity_message(task: Task[Any, Any], run_id: str, seq: int) -> str:
+    engine = get_engine()
+    claim = claim_attempt(engine, registry, uuid.UUID(run_id), seq)
+    if isinstance(claim, RetryLater):
+        _retry_later(task, claim)
+    if not isinstance(claim, Attempt):
+        assert isinstance(claim, Done)
+        return claim.reason
+    succeeded, value = execute_attempt(claim)
+    outcome = record_outcome(engine, claim, succeeded, value)
+    if isinstance(outcome, RetryLater):
+        _retry_later(task, outcome)
+    assert isinstance(outcome, Done)
+    return outcome.reason
+
+
+def _register_activity_task(activity_name: str) -> None:
+    @app.task(name=activity_task_name(activity_name), bind=True)
+    def activity_task(self: Task[Any, Any], run_id: str, seq: int) -> str:
+        return run_activity_message(self, run_id, seq)
+
+
+for _name in registry.activities:
+    _register_activity_task(_name)
