@@ -81,11 +81,8 @@ def _lease_owner_alive(owner: str | None) -> bool | None:
     host, _, pid_text = owner.rpartition(":")
     if host != socket.gethostname() or not pid_text.isdigit():
         return None
-    pid = int(pid_text)
-    if pid == os.getpid():
-        return False
     try:
-        os.kill(pid, 0)
+        os.kill(int(pid_text), 0)
     except ProcessLookupError:
         return False
     except PermissionError:

@@ -199,7 +199,9 @@ def test_an_activity_failure_is_an_exception_the_code_can_catch() -> None:
 
 
 def test_an_exception_from_the_code_fails_the_workflow_with_its_type() -> None:
-    assert replay("unit-raise", [started(None)]).commands == [FailWorkflow("ValueError", "bad input")]
+    assert replay("unit-raise", [started(None)]).commands == [
+        FailWorkflow("ValueError", "bad input")
+    ]
 
 
 def test_invalid_recorded_input_fails_the_workflow() -> None:

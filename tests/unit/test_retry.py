@@ -29,7 +29,10 @@ def test_one_attempt_means_no_retry() -> None:
 
 def test_json_round_trip() -> None:
     policy = RetryPolicy(
-        max_attempts=4, initial_interval=0.1, backoff_coefficient=1.5, non_retryable_error_types=("X",)
+        max_attempts=4,
+        initial_interval=0.1,
+        backoff_coefficient=1.5,
+        non_retryable_error_types=("X",),
     )
     assert RetryPolicy.from_json(policy.to_json()) == policy
 

@@ -1,0 +1,69 @@
+"""Worker death and message redelivery: nothing lost, nothing recorded twice."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+
+import httpx
+
+from tests.acceptance.conftest import Stack, execution_id, history, wait_for_end
+from tests.support import wait_until
+
+
+def _types(events: list[dict[str, object]]) -> list[object]:
+    return [e["event_type"] for e in events]
+
+
+def test_worker_process_killed_mid_activity_finishes_exactly_once(
+    stack: Stack, http: httpx.Client, tmp_path: Path
+) -> None:
+    started = http.post(
+        "/v1/workflows/killable/execute",
+        json={"execution_id": execution_id(), "input": {"folder": str(tmp_path)}},
+    ).json()
+    pid_file = tmp_path / "victim-pid"
+    victim = int(wait_until(lambda: pid_file.exists() and pid_file.read_text(), what="the pid"))
+    assert victim != stack.processes["worker"].pid  # a pool process, not the main worker
+    os.kill(victim, signal.SIGKILL)
+
+    record = wait_for_end(http, started["execution_id"], timeout=60)
+    assert record["status"] == "COMPLETED"
+    assert record["result"] == {"call": 2}
+    events = history(http, started["execution_id"])
+    types = _types(events)
+    assert types.count("ACTIVITY_TASK_STARTED") == 2
+    assert types.count("ACTIVITY_TASK_COMPLETED") == 1
+    assert types.count("WORKFLOW_EXECUTION_COMPLETED") == 1
+    (retrying,) = [e for e in events if e["event_type"] == "ACTIVITY_TASK_RETRYING"]
+    assert retrying["attributes"]["attempt"] == 1
+    assert retrying["attributes"]["failure"]["type"] == "WorkerLost"
+    assert len((tmp_path / "calls").read_text().splitlines()) == 2
+
+
+def test_the_same_activity_message_delivered_twice_records_one_outcome(
+    stack: Stack, http: httpx.Client, tmp_path: Path
+) -> None:
+    started = http.post(
+        "/v1/workflows/held/execute",
+        json={"execution_id": execution_id(), "input": {"folder": str(tmp_path)}},
+    ).json()
+    wait_until(lambda: (tmp_path / "started").exists(), what="the activity to start")
+    celery = stack.celery_client()
+    message = ("activity.wait_for_release", [started["run_id"], 1])
+
+    duplicate = celery.send_task(message[0], args=message[1])
+    assert duplicate.get(timeout=30) == "attempt in progress elsewhere"
+
+    (tmp_path / "release").write_text("go")
+    record = wait_for_end(http, started["execution_id"])
+    assert record["status"] == "COMPLETED" and record["result"] == "released"
+
+    late = celery.send_task(message[0], args=message[1])
+    assert late.get(timeout=30) == "run closed"
+    types = _types(history(http, started["execution_id"]))
+    assert types.count("ACTIVITY_TASK_STARTED") == 1
+    assert types.count("ACTIVITY_TASK_COMPLETED") == 1
+    assert types.count("WORKFLOW_EXECUTION_COMPLETED") == 1
+    celery.close()

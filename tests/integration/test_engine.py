@@ -1,0 +1,150 @@
+"""The engine's steps against a real Postgres, called directly (no broker, no worker)."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import uuid
+from datetime import timedelta
+
+from sqlalchemy import Engine, select, update
+
+from app.engine import events as ev
+from app.engine.activity_tasks import (
+    Attempt,
+    Done,
+    RetryLater,
+    claim_attempt,
+    execute_attempt,
+    record_outcome,
+)
+from app.engine.executions import get_execution, get_history, start_execution
+from app.engine.statuses import ExecutionStatus
+from app.engine.sweeper import sweep
+from app.engine.workflow_tasks import run_workflow_task
+from app.storage.schema import activities, runs
+from app.workflows.registry import Registry
+
+
+def _start(engine: Engine, registry: Registry, name: str, value: object) -> uuid.UUID:
+    record, dispatch = start_execution(
+        engine,
+        registry.workflow(name),
+        execution_id=f"engine-{uuid.uuid4().hex}",
+        input_value=value,
+    )
+    assert dispatch.run_id == record.run_id
+    return record.run_id
+
+
+def _types(engine: Engine, run_id: uuid.UUID) -> list[str]:
+    return [e.event_type for e in get_history(engine, run_id)]
+
+
+def test_a_run_advances_step_by_step_to_completion(engine: Engine, registry: Registry) -> None:
+    run_id = _start(engine, registry, "sequential-sum", {"values": [4, 5]})
+    for expected_total in (4, 9):
+        (dispatch,) = run_workflow_task(engine, registry, run_id)
+        (activity,) = dispatch.activities
+        claim = claim_attempt(engine, registry, run_id, activity.seq)
+        assert isinstance(claim, Attempt)
+        succeeded, value = execute_attempt(claim)
+        assert (succeeded, value) == (True, expected_total)
+        assert record_outcome(engine, claim, succeeded, value) == Done("completed")
+    assert run_workflow_task(engine, registry, run_id) == []
+    history = get_history(engine, run_id)
+    assert [e.event_id for e in history] == list(range(1, len(history) + 1))
+    assert history[-1].event_type == ev.WORKFLOW_EXECUTION_COMPLETED
+    assert history[-1].attributes["result"] == {"type": "json", "value": {"total": 9}}
+
+
+def test_a_redelivered_workflow_task_records_nothing(engine: Engine, registry: Registry) -> None:
+    run_id = _start(engine, registry, "sequential-sum", {"values": [1]})
+    assert len(run_workflow_task(engine, registry, run_id)) == 1
+    before = _types(engine, run_id)
+    assert run_workflow_task(engine, registry, run_id) == []
+    assert _types(engine, run_id) == before
+
+
+def test_the_same_activity_message_twice_records_one_outcome(
+    engine: Engine, registry: Registry
+) -> None:
+    run_id = _start(engine, registry, "sequential-sum", {"values": [7]})
+    run_workflow_task(engine, registry, run_id)
+    first = claim_attempt(engine, registry, run_id, 1)
+    assert isinstance(first, Attempt)
+    assert claim_attempt(engine, registry, run_id, 1) == Done("attempt in progress elsewhere")
+    succeeded, value = execute_attempt(first)
+    assert record_outcome(engine, first, succeeded, value) == Done("completed")
+    assert record_outcome(engine, first, succeeded, value).reason.startswith("outcome discarded")
+    assert claim_attempt(engine, registry, run_id, 1) == Done("already completed")
+    types = _types(engine, run_id)
+    assert types.count(ev.ACTIVITY_TASK_STARTED) == 1
+    assert types.count(ev.ACTIVITY_TASK_COMPLETED) == 1
+
+
+def test_an_attempt_whose_worker_died_is_failed_and_retried(
+    engine: Engine, registry: Registry
+) -> None:
+    run_id = _start(engine, registry, "sequential-sum", {"values": [1]})
+    run_workflow_task(engine, registry, run_id)
+    assert isinstance(claim_attempt(engine, registry, run_id, 1), Attempt)
+    dead_pid = _a_dead_pid()
+    with engine.begin() as conn:
+        conn.execute(
+            update(activities)
+            .where(activities.c.run_id == run_id)
+            .values(lease_owner=f"{socket.gethostname()}:{dead_pid}")
+        )
+    outcome = claim_attempt(engine, registry, run_id, 1)
+    assert isinstance(outcome, RetryLater) and outcome.countdown == 1.0
+    history = get_history(engine, run_id)
+    retrying = [e for e in history if e.event_type == ev.ACTIVITY_TASK_RETRYING]
+    assert len(retrying) == 1
+    assert retrying[0].attributes["attempt"] == 1
+    assert retrying[0].attributes["failure"]["type"] == "WorkerLost"
+    record = get_execution(engine, _execution_of(engine, run_id))
+    assert record.status is ExecutionStatus.RETRYING_AFTER_ERROR
+
+
+def test_the_sweeper_restarts_a_run_whose_first_message_was_never_sent(
+    engine: Engine, registry: Registry
+) -> None:
+    run_id = _start(engine, registry, "sequential-sum", {"values": [1]})
+    report = sweep(engine, stalled_after=timedelta(0))
+    assert run_id in {d.run_id for d in report.dispatches}
+    report = sweep(engine, stalled_after=timedelta(seconds=60))
+    assert run_id not in {d.run_id for d in report.dispatches}
+
+
+def test_the_sweeper_times_out_overdue_runs_and_abandons_their_activities(
+    engine: Engine, registry: Registry
+) -> None:
+    run_id = _start(engine, registry, "sequential-sum", {"values": [1]})
+    run_workflow_task(engine, registry, run_id)
+    claim = claim_attempt(engine, registry, run_id, 1)
+    assert isinstance(claim, Attempt)
+    with engine.begin() as conn:
+        conn.execute(update(runs).where(runs.c.run_id == run_id).values(deadline=runs.c.start_time))
+    assert sweep(engine, stalled_after=timedelta(seconds=60)).timed_out >= 1
+    record = get_execution(engine, _execution_of(engine, run_id))
+    assert record.status is ExecutionStatus.TIMED_OUT
+    assert record.end_time is not None
+    succeeded, value = execute_attempt(claim)
+    assert record_outcome(engine, claim, succeeded, value).reason.startswith("outcome discarded")
+    types = _types(engine, run_id)
+    assert types[-1] == ev.WORKFLOW_EXECUTION_TIMED_OUT
+    assert ev.ACTIVITY_TASK_COMPLETED not in types
+
+
+def _execution_of(engine: Engine, run_id: uuid.UUID) -> str:
+    with engine.connect() as conn:
+        return str(
+            conn.execute(select(runs.c.execution_id).where(runs.c.run_id == run_id)).scalar()
+        )
+
+
+def _a_dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid

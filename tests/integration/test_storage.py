@@ -1,0 +1,120 @@
+"""The schema: migrations match the models, and Postgres enforces the status table."""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+
+import pytest
+from alembic.autogenerate import compare_metadata
+from alembic.runtime.migration import MigrationContext
+from sqlalchemy import Engine, insert, update
+from sqlalchemy.exc import IntegrityError
+
+from app.engine.statuses import OPEN_STATUSES, ExecutionStatus, can_transition
+from app.errors import IllegalTransition
+from app.storage.history import lock_run, transition
+from app.storage.schema import executions, metadata, runs
+
+
+def test_upgrade_from_empty_matches_the_models(engine: Engine) -> None:
+    with engine.connect() as conn:
+        diff = compare_metadata(MigrationContext.configure(conn), metadata)
+    assert diff == []
+
+
+def _insert_run(conn: object, status: ExecutionStatus) -> uuid.UUID:
+    now = datetime.now(UTC)
+    execution_id = f"storage-{uuid.uuid4().hex}"
+    run_id = uuid.uuid4()
+    conn.execute(  # type: ignore[attr-defined]
+        insert(executions).values(
+            execution_id=execution_id,
+            workflow_name="sequential-sum",
+            root_execution_id=execution_id,
+            current_run_id=run_id,
+        )
+    )
+    conn.execute(  # type: ignore[attr-defined]
+        insert(runs).values(
+            run_id=run_id,
+            execution_id=execution_id,
+            run_number=1,
+            status=status.value,
+            start_time=now,
+            end_time=None if status in OPEN_STATUSES else now,
+            deadline=now + timedelta(hours=1),
+            random_seed=1,
+        )
+    )
+    return run_id
+
+
+@pytest.mark.parametrize("source", list(ExecutionStatus))
+def test_postgres_allows_exactly_the_transitions_of_the_table(
+    engine: Engine, source: ExecutionStatus
+) -> None:
+    for target in ExecutionStatus:
+        if target is source:
+            continue
+        end_time = None if target in OPEN_STATUSES else datetime.now(UTC)
+        with engine.connect() as conn, conn.begin():
+            run_id = _insert_run(conn, source)
+            statement = (
+                update(runs)
+                .where(runs.c.run_id == run_id)
+                .values(status=target.value, end_time=end_time)
+            )
+            if can_transition(source, target):
+                conn.execute(statement)
+            else:
+                with pytest.raises(
+                    IntegrityError, match=r"illegal status transition|can no longer"
+                ):
+                    with conn.begin_nested():
+                        conn.execute(statement)
+            conn.rollback()
+
+
+def test_a_terminal_run_never_changes_again(engine: Engine) -> None:
+    with engine.connect() as conn, conn.begin():
+        run_id = _insert_run(conn, ExecutionStatus.COMPLETED)
+        with pytest.raises(IntegrityError, match="can no longer change"):
+            with conn.begin_nested():
+                conn.execute(update(runs).where(runs.c.run_id == run_id).values(result={"x": 1}))
+        conn.rollback()
+
+
+def test_a_guarded_update_that_lost_the_race_raises(engine: Engine) -> None:
+    with engine.connect() as conn, conn.begin():
+        run_id = _insert_run(conn, ExecutionStatus.RUNNING)
+        stale = lock_run(conn, run_id)
+        assert stale is not None
+        now = datetime.now(UTC)
+        conn.execute(
+            update(runs).where(runs.c.run_id == run_id).values(status="FAILED", end_time=now)
+        )
+        with pytest.raises(IllegalTransition):
+            transition(conn, stale, ExecutionStatus.RETRYING_AFTER_ERROR, now=now)
+        conn.rollback()
+
+
+def test_only_one_open_run_per_execution(engine: Engine) -> None:
+    with engine.connect() as conn, conn.begin():
+        run_id = _insert_run(conn, ExecutionStatus.RUNNING)
+        execution_id = conn.execute(runs.select().where(runs.c.run_id == run_id)).one().execution_id
+        now = datetime.now(UTC)
+        with pytest.raises(IntegrityError, match="runs_one_open_run_per_execution"):
+            with conn.begin_nested():
+                conn.execute(
+                    insert(runs).values(
+                        run_id=uuid.uuid4(),
+                        execution_id=execution_id,
+                        run_number=2,
+                        status="RUNNING",
+                        start_time=now,
+                        deadline=now,
+                        random_seed=2,
+                    )
+                )
+        conn.rollback()

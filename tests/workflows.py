@@ -1,0 +1,201 @@
+"""Workflows the integration and acceptance tests run (CHAINLINE_WORKFLOWS=tests.workflows).
+
+Activities that must wait for the test coordinate through files in a folder the test
+passes in, so that no test depends on timing.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import os
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import Any
+
+from pydantic import BaseModel
+
+from app import workflows
+
+FAST_RETRY = timedelta(milliseconds=100)
+
+
+class Order(BaseModel):
+    order_id: str
+    amount: int
+
+
+class Receipt(BaseModel):
+    order_id: str
+    charged: int
+    approved_by: str
+
+
+@workflows.activity(start_to_close_timeout=timedelta(seconds=10))
+def add(total: int, value: int) -> int:
+    return total + value
+
+
+@workflows.activity(start_to_close_timeout=timedelta(seconds=10))
+async def square(value: int) -> int:
+    await asyncio.sleep(0.01)
+    return value * value
+
+
+@workflows.activity(start_to_close_timeout=timedelta(seconds=10))
+def approve(order: Order, approver: str) -> Receipt:
+    return Receipt(order_id=order.order_id, charged=order.amount, approved_by=approver)
+
+
+@workflows.workflow.define(name="sequential-sum")
+class SequentialSum:
+    @workflows.workflow.entrypoint
+    async def run(self, values: list[int]) -> dict[str, int]:
+        total = 0
+        for value in values:
+            total = await add(total, value)
+        return {"total": total}
+
+
+@workflows.workflow.define(name="fan-out-squares")
+class FanOutSquares:
+    @workflows.workflow.entrypoint
+    async def run(self, values: list[int]) -> dict[str, Any]:
+        squares = await asyncio.gather(*(square(v) for v in values))
+        return {"squares": list(squares), "sum": sum(squares)}
+
+
+@workflows.workflow.define(name="order-approval")
+class OrderApproval:
+    @workflows.workflow.entrypoint
+    async def run(self, order: Order) -> dict[str, Any]:
+        approver = "manager" if order.amount > 100 else "auto"
+        receipt: Receipt = await approve(order, approver)
+        rounds = 0
+        total = receipt.charged
+        while total < 1000:
+            total = await add(total, total)
+            rounds += 1
+        return {"receipt": receipt.model_dump(), "doubling_rounds": rounds, "total": total}
+
+
+def _count_call(folder: str) -> int:
+    calls = Path(folder) / "calls"
+    with calls.open("a") as f:
+        f.write(f"{os.getpid()}\n")
+    return len(calls.read_text().splitlines())
+
+
+@workflows.activity(
+    start_to_close_timeout=timedelta(seconds=10),
+    retry_policy_max_attempts=4,
+    retry_policy_initial_interval=FAST_RETRY,
+    retry_policy_backoff_coefficient=2.0,
+)
+def flaky(folder: str, failures: int) -> str:
+    call = _count_call(folder)
+    if call <= failures:
+        raise ConnectionError(f"upstream down on call {call}")
+    return f"succeeded on call {call}"
+
+
+@workflows.workflow.define(name="flaky")
+class Flaky:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str, failures: int) -> str:
+        result: str = await flaky(folder, failures)
+        return result
+
+
+@workflows.workflow.define(name="caught-failure")
+class CaughtFailure:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str) -> dict[str, Any]:
+        try:
+            await flaky(folder, 99)
+        except workflows.ActivityError as error:
+            return {"caught": error.cause.type, "message": error.cause.message}
+        return {"caught": None, "message": ""}
+
+
+@workflows.workflow.define(name="raises")
+class Raises:
+    @workflows.workflow.entrypoint
+    async def run(self, reason: str) -> None:
+        raise ValueError(reason)
+
+
+def _wait_for(path: Path, seconds: float) -> bool:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        if path.exists():
+            return True
+        time.sleep(0.02)
+    return False
+
+
+@workflows.activity(start_to_close_timeout=timedelta(seconds=60), retry_policy_max_attempts=1)
+def wait_for_release(folder: str) -> str:
+    """Says it started, then waits (up to 30 s) for the test to release it."""
+    (Path(folder) / "started").write_text(str(os.getpid()))
+    released = _wait_for(Path(folder) / "release", 30)
+    (Path(folder) / "finished").write_text("released" if released else "gave up")
+    return "released" if released else "gave up"
+
+
+@workflows.workflow.define(name="held", execution_timeout=timedelta(minutes=5))
+class Held:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str) -> str:
+        result: str = await wait_for_release(folder)
+        return result
+
+
+@workflows.workflow.define(name="short-deadline", execution_timeout=timedelta(seconds=2))
+class ShortDeadline:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str) -> str:
+        result: str = await wait_for_release(folder)
+        return result
+
+
+@workflows.activity(
+    start_to_close_timeout=timedelta(seconds=60),
+    retry_policy_max_attempts=3,
+    retry_policy_initial_interval=FAST_RETRY,
+)
+def killable(folder: str) -> dict[str, int]:
+    """The first attempt records its pid and blocks until killed; later ones return."""
+    pid_file = Path(folder) / "victim-pid"
+    call = _count_call(folder)
+    if not pid_file.exists():
+        pid_file.write_text(str(os.getpid()))
+        _wait_for(Path(folder) / "never", 50)
+    return {"call": call}
+
+
+@workflows.workflow.define(name="killable")
+class Killable:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str) -> dict[str, int]:
+        result: dict[str, int] = await killable(folder)
+        return result
+
+
+@workflows.activity(start_to_close_timeout=timedelta(seconds=10))
+def echo(value: Any) -> Any:
+    return value
+
+
+@workflows.workflow.define(name="replay-safe")
+class ReplaySafe:
+    @workflows.workflow.entrypoint
+    async def run(self) -> dict[str, Any]:
+        first = {
+            "now": workflows.workflow.now().isoformat(),
+            "uuid": str(workflows.workflow.uuid4()),
+            "random": workflows.workflow.random().random(),
+            "execution_id": workflows.get_execution_id(),
+        }
+        recorded = await echo(first)
+        return {"first": first, "recorded": recorded}
