@@ -199,3 +199,48 @@ class ReplaySafe:
         }
         recorded = await echo(first)
         return {"first": first, "recorded": recorded}
+
+
+@workflows.activity(start_to_close_timeout=timedelta(seconds=10))
+def make_text(size: int) -> str:
+    return "x" * size
+
+
+@workflows.workflow.define(name="big-result")
+class BigResult:
+    @workflows.workflow.entrypoint
+    async def run(self, where: str, size: int) -> str:
+        if where == "activity":
+            text: str = await make_text(size)
+            return text[:10]
+        return "y" * size
+
+
+@workflows.workflow.define(name="fan-out-with-retry")
+class FanOutWithRetry:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str) -> list[Any]:
+        return list(await asyncio.gather(flaky(folder, 1), square(3), square(4)))
+
+
+@workflows.activity(
+    start_to_close_timeout=timedelta(seconds=3),
+    retry_policy_max_attempts=3,
+    retry_policy_initial_interval=FAST_RETRY,
+)
+def outlives_its_worker(folder: str) -> dict[str, int]:
+    """The first attempt records its pid and waits; the test kills its whole worker."""
+    pid_file = Path(folder) / "victim-pid"
+    call = _count_call(folder)
+    if not pid_file.exists():
+        pid_file.write_text(str(os.getpid()))
+        _wait_for(Path(folder) / "never", 2.5)
+    return {"call": call}
+
+
+@workflows.workflow.define(name="worker-dies")
+class WorkerDies:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str) -> dict[str, int]:
+        result: dict[str, int] = await outlives_its_worker(folder)
+        return result

@@ -19,12 +19,12 @@ from app.api.schemas import (
 )
 from app.engine.binding import bind_input
 from app.engine.executions import (
-    check_payload_size,
     get_execution,
     get_history,
     new_execution_id,
     start_execution,
 )
+from app.engine.payloads import check_payload_size
 from app.errors import ChainlineError
 from app.settings import get_settings
 from app.storage.db import get_engine
@@ -142,7 +142,7 @@ def execute_workflow(
     workflow_name: str, body: WorkflowExecutionRequest, caller: Caller
 ) -> dict[str, Any]:
     definition = registry.workflow(workflow_name)
-    check_payload_size(body.input, get_settings().max_payload_bytes, "input")
+    check_payload_size(body.input, "input")
     _validate_input(definition, body.input)
     engine = get_engine()
     record, dispatch = start_execution(

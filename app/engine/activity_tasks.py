@@ -20,8 +20,10 @@ from sqlalchemy import Connection, Engine, select, update
 
 from app.engine import events as ev
 from app.engine.binding import bind_input, to_json
+from app.engine.payloads import check_payload_size
 from app.engine.retry import RetryPolicy
 from app.engine.statuses import ExecutionStatus
+from app.errors import PayloadTooLarge
 from app.storage.history import (
     LockedRun,
     NewEvent,
@@ -175,7 +177,11 @@ def execute_attempt(attempt: Attempt) -> tuple[bool, Any]:
             value = asyncio.run(asyncio.wait_for(fn(**kwargs), timeout))
         else:
             value = fn(**kwargs)
-        return True, to_json(value)
+        result = to_json(value)
+        check_payload_size(result, f"the result of activity {attempt.definition.name!r}")
+        return True, result
+    except PayloadTooLarge as exc:
+        return False, WorkflowError(exc.detail, type="PayloadTooLarge", non_retryable=True)
     except Exception as exc:
         return False, exc
     finally:

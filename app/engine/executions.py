@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import random
 import uuid
 from dataclasses import dataclass
@@ -15,7 +14,7 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 from app.engine import events as ev
 from app.engine.dispatch import Dispatch
 from app.engine.statuses import ExecutionStatus
-from app.errors import AlreadyStarted, ExecutionNotFound, PayloadTooLarge
+from app.errors import AlreadyStarted, ExecutionNotFound
 from app.storage.schema import events, executions, runs
 from app.workflows.registry import WorkflowDefinition
 
@@ -37,12 +36,6 @@ class ExecutionRecord:
     @property
     def is_open(self) -> bool:
         return self.end_time is None
-
-
-def check_payload_size(value: Any, limit: int, what: str) -> None:
-    size = len(json.dumps(value, separators=(",", ":")).encode())
-    if size > limit:
-        raise PayloadTooLarge(f"{what} is {size} bytes; the limit is {limit} bytes")
 
 
 def new_execution_id() -> str:

@@ -15,7 +15,9 @@ from sqlalchemy import Connection, Engine, insert, select, update
 
 from app.engine import events as ev
 from app.engine.dispatch import ActivityDispatch, Dispatch
+from app.engine.payloads import check_payload_size
 from app.engine.replay import (
+    Command,
     CompleteWorkflow,
     FailWorkflow,
     HistoryEvent,
@@ -24,6 +26,7 @@ from app.engine.replay import (
     ScheduleActivity,
 )
 from app.engine.statuses import ExecutionStatus
+from app.errors import PayloadTooLarge
 from app.storage.history import (
     LockedRun,
     NewEvent,
@@ -69,6 +72,7 @@ def _advance(conn: Connection, registry: Registry, run: LockedRun, now: datetime
     if isinstance(outcome, NonDeterminism):
         _fail_workflow_task(conn, run, "NonDeterminismError", outcome.message)
         return []
+    commands = [_within_size_limit(c) for c in outcome.commands]
 
     task_event_id = run.last_event_id + 1
     task_id = ev.workflow_task_id(run.run_id, task_event_id)
@@ -82,7 +86,7 @@ def _advance(conn: Connection, registry: Registry, run: LockedRun, now: datetime
             },
         )
     ]
-    scheduled = [c for c in outcome.commands if isinstance(c, ScheduleActivity)]
+    scheduled = [c for c in commands if isinstance(c, ScheduleActivity)]
     for activity in scheduled:
         new_events.append(
             NewEvent(
@@ -120,7 +124,7 @@ def _advance(conn: Connection, registry: Registry, run: LockedRun, now: datetime
         .where(runs.c.run_id == run.run_id)
         .values(processed_event_id=outcome.processed_event_id, workflow_task_due_at=None)
     )
-    for command in outcome.commands:
+    for command in commands:
         if isinstance(command, CompleteWorkflow):
             close_run(
                 conn,
@@ -163,6 +167,16 @@ def _advance(conn: Connection, registry: Registry, run: LockedRun, now: datetime
             ),
         )
     ]
+
+
+def _within_size_limit(command: Command) -> Command:
+    """A result over the payload cap fails the workflow instead of being stored."""
+    if isinstance(command, CompleteWorkflow):
+        try:
+            check_payload_size(command.result, "the workflow result")
+        except PayloadTooLarge as exc:
+            return FailWorkflow("PayloadTooLarge", exc.detail)
+    return command
 
 
 def time_out_run(conn: Connection, run: LockedRun, *, now: datetime) -> None:

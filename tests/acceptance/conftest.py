@@ -21,6 +21,7 @@ from tests.support import BROKER_URL, create_database, drop_database, free_port,
 from workers.celery_app import create_celery_app
 
 REPO = Path(__file__).resolve().parents[2]
+MAX_PAYLOAD_BYTES = 100_000
 
 
 def procfile() -> dict[str, str]:
@@ -92,6 +93,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "CHAINLINE_SWEEP_INTERVAL_SECONDS": "0.5",
         "CHAINLINE_STALLED_AFTER_SECONDS": "5",
         "CHAINLINE_WORKER_CONCURRENCY": "3",
+        "CHAINLINE_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD_BYTES),
         "CHAINLINE_BEAT_SCHEDULE_FILE": str(logs / "beat-schedule"),
     }
     release = subprocess.run(

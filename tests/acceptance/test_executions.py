@@ -10,7 +10,13 @@ from sqlalchemy import create_engine, func, select
 
 from app.settings import normalize_database_url
 from app.storage.schema import events, executions
-from tests.acceptance.conftest import Stack, execution_id, history, wait_for_end
+from tests.acceptance.conftest import (
+    MAX_PAYLOAD_BYTES,
+    Stack,
+    execution_id,
+    history,
+    wait_for_end,
+)
 from tests.support import wait_until
 
 
@@ -88,6 +94,21 @@ def test_parallel_activities_run_as_one_group(http: httpx.Client) -> None:
     # All four were scheduled by the first workflow task, before any completed.
     first_completion = types(events_json).index("ACTIVITY_TASK_COMPLETED")
     assert types(events_json)[:first_completion].count("ACTIVITY_TASK_SCHEDULED") == 4
+
+
+def test_a_retrying_activity_inside_a_group_still_wakes_the_workflow(
+    http: httpx.Client, tmp_path: Path
+) -> None:
+    started = start(http, "fan-out-with-retry", {"folder": str(tmp_path)})
+    record = wait_for_end(http, started["execution_id"])
+    assert record["status"] == "COMPLETED"
+    assert record["result"] == ["succeeded on call 2", 9, 16]
+    assert statuses(history(http, started["execution_id"])) == [
+        "RUNNING",
+        "RETRYING_AFTER_ERROR",
+        "RUNNING",
+        "COMPLETED",
+    ]
 
 
 def test_branching_and_looping_on_activity_results(http: httpx.Client) -> None:
@@ -269,10 +290,29 @@ def test_oversized_input_is_413_and_writes_nothing(stack: Stack, http: httpx.Cli
     rows_before = _count_rows(stack)
     reply = http.post(
         "/v1/workflows/sequential-sum/execute",
-        json={"input": {"values": [1] * 1_500_000}},
+        json={"input": {"values": [1] * MAX_PAYLOAD_BYTES}},
     )
     assert reply.status_code == 413
+    assert reply.json()["code"] == "WF_1002"
     assert _count_rows(stack) == rows_before
+
+
+def test_an_oversized_activity_result_fails_without_retrying(http: httpx.Client) -> None:
+    started = start(http, "big-result", {"where": "activity", "size": MAX_PAYLOAD_BYTES})
+    record = wait_for_end(http, started["execution_id"])
+    assert record["status"] == "FAILED"
+    events_json = history(http, started["execution_id"])
+    (failed,) = [e for e in events_json if e["event_type"] == "ACTIVITY_TASK_FAILED"]
+    assert failed["attributes"]["failure"]["type"] == "PayloadTooLarge"
+    assert failed["attributes"]["attempt"] == 1
+
+
+def test_an_oversized_workflow_result_fails_the_execution(http: httpx.Client) -> None:
+    started = start(http, "big-result", {"where": "workflow", "size": MAX_PAYLOAD_BYTES})
+    record = wait_for_end(http, started["execution_id"])
+    assert record["status"] == "FAILED"
+    assert record["error"]["type"] == "PayloadTooLarge"
+    assert record["result"] is None
 
 
 def test_unknown_execution_is_404(http: httpx.Client) -> None:

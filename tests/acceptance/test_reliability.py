@@ -8,6 +8,10 @@ from pathlib import Path
 
 import httpx
 
+from app.engine.executions import start_execution
+from app.settings import normalize_database_url
+from app.storage.db import make_engine
+from app.workflows.registry import load_workflow_modules
 from tests.acceptance.conftest import Stack, execution_id, history, wait_for_end
 from tests.support import wait_until
 
@@ -67,3 +71,45 @@ def test_the_same_activity_message_delivered_twice_records_one_outcome(
     assert types.count("ACTIVITY_TASK_COMPLETED") == 1
     assert types.count("WORKFLOW_EXECUTION_COMPLETED") == 1
     celery.close()
+
+
+def test_an_execution_whose_first_message_was_never_published_still_runs(
+    stack: Stack, http: httpx.Client
+) -> None:
+    # What the API leaves behind if it dies between its commit and its publish.
+    engine = make_engine(normalize_database_url(stack.env["CHAINLINE_DATABASE_URL"]))
+    try:
+        record, _never_sent = start_execution(
+            engine,
+            load_workflow_modules(["tests.workflows"]).workflow("sequential-sum"),
+            execution_id=execution_id(),
+            input_value={"values": [20, 22]},
+        )
+    finally:
+        engine.dispose()
+    final = wait_for_end(http, record.execution_id, timeout=60)
+    assert final["status"] == "COMPLETED"
+    assert final["result"] == {"total": 42}
+
+
+def test_a_whole_worker_killed_mid_activity_is_recovered_by_another(
+    stack: Stack, http: httpx.Client, tmp_path: Path
+) -> None:
+    started = http.post(
+        "/v1/workflows/worker-dies/execute",
+        json={"execution_id": execution_id(), "input": {"folder": str(tmp_path)}},
+    ).json()
+    wait_until(lambda: (tmp_path / "victim-pid").exists(), what="the first attempt")
+    worker = stack.processes["worker"]
+    os.killpg(worker.pid, signal.SIGKILL)  # the main process and its pool: a lost machine
+    worker.wait(timeout=10)
+    stack.start("worker")
+
+    record = wait_for_end(http, started["execution_id"], timeout=90)
+    assert record["status"] == "COMPLETED"
+    assert record["result"] == {"call": 2}
+    events = history(http, started["execution_id"])
+    types = _types(events)
+    assert types.count("ACTIVITY_TASK_COMPLETED") == 1
+    (retrying,) = [e for e in events if e["event_type"] == "ACTIVITY_TASK_RETRYING"]
+    assert retrying["attributes"]["failure"]["type"] == "WorkerLost"

@@ -7,7 +7,8 @@ import subprocess
 import uuid
 from datetime import timedelta
 
-from sqlalchemy import Engine, select, update
+from sqlalchemy import Engine, cast, select, update
+from sqlalchemy.dialects.postgresql import JSONB
 
 from app.engine import events as ev
 from app.engine.activity_tasks import (
@@ -22,7 +23,7 @@ from app.engine.executions import get_execution, get_history, start_execution
 from app.engine.statuses import ExecutionStatus
 from app.engine.sweeper import sweep
 from app.engine.workflow_tasks import run_workflow_task
-from app.storage.schema import activities, runs
+from app.storage.schema import activities, events, runs
 from app.workflows.registry import Registry
 
 
@@ -148,3 +149,32 @@ def _a_dead_pid() -> int:
     process = subprocess.Popen(["true"])
     process.wait()
     return process.pid
+
+
+def test_a_replay_that_disagrees_with_history_fails_the_workflow_task_once(
+    engine: Engine, registry: Registry
+) -> None:
+    run_id = _start(engine, registry, "sequential-sum", {"values": [1, 2]})
+    run_workflow_task(engine, registry, run_id)
+    claim = claim_attempt(engine, registry, run_id, 1)
+    assert isinstance(claim, Attempt)
+    # Stand-in for a deployment whose code changed under a running execution.
+    with engine.begin() as conn:
+        conn.execute(
+            update(events)
+            .where(events.c.run_id == run_id, events.c.event_type == ev.ACTIVITY_TASK_SCHEDULED)
+            .values(
+                attributes=events.c.attributes.op("||")(cast({"activity_name": "square"}, JSONB))
+            )
+        )
+    succeeded, value = execute_attempt(claim)
+    record_outcome(engine, claim, succeeded, value)
+    assert run_workflow_task(engine, registry, run_id) == []
+    assert run_workflow_task(engine, registry, run_id) == []
+    history = get_history(engine, run_id)
+    failures = [e for e in history if e.event_type == ev.WORKFLOW_TASK_FAILED]
+    assert len(failures) == 1
+    assert failures[0].attributes["failure"]["type"] == "NonDeterminismError"
+    assert "'add'" in failures[0].attributes["failure"]["message"]
+    assert history[-1].event_type == ev.WORKFLOW_TASK_FAILED
+    assert get_execution(engine, _execution_of(engine, run_id)).status is ExecutionStatus.RUNNING

@@ -1,0 +1,37 @@
+"""The reliability rules of DESIGN.md, as Celery configuration (no broker needed)."""
+
+from __future__ import annotations
+
+from app.settings import Settings
+from workers.celery_app import create_celery_app
+
+
+def test_celery_follows_the_reliability_rules() -> None:
+    conf = create_celery_app(Settings(broker_url="redis://127.0.0.1:6379/0")).conf
+    assert conf.task_serializer == "json"
+    assert conf.result_serializer == "json"
+    assert conf.accept_content == ["json"]
+    assert conf.task_acks_late is True
+    assert conf.task_reject_on_worker_lost is True
+    assert conf.worker_prefetch_multiplier == 1
+    assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
+    assert conf.broker_transport_options["visibility_timeout"] >= 3600
+    assert conf.beat_schedule["chainline-sweep"]["task"] == "chainline.sweep"
+
+
+def test_a_key_prefix_isolates_broker_and_results() -> None:
+    conf = create_celery_app(
+        Settings(broker_url="redis://127.0.0.1:6379/0", broker_key_prefix="team-a:")
+    ).conf
+    assert conf.broker_transport_options["global_keyprefix"] == "team-a:"
+    assert conf.result_backend_transport_options["global_keyprefix"] == "team-a:"
+
+
+def test_a_non_redis_broker_keeps_chord_state_in_postgres() -> None:
+    settings = Settings(
+        broker_url="amqp://guest:guest@127.0.0.1:5672//",
+        database_url="postgresql://postgres@127.0.0.1/chainline",
+    )
+    assert settings.database_url == "postgresql+psycopg://postgres@127.0.0.1/chainline"
+    assert settings.celery_result_backend == "db+postgresql+psycopg://postgres@127.0.0.1/chainline"
+    assert "global_keyprefix" not in create_celery_app(settings).conf.broker_transport_options
