@@ -8,6 +8,7 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
+from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.engine.activity_tasks import (
     Attempt,
@@ -34,7 +35,17 @@ from workers.dispatch import dispatcher
 MAX_COUNTDOWN_SECONDS = 600.0
 
 
-@app.task(name=WORKFLOW_TASK, ignore_result=True)
+# A database or broker outage is transient: try again rather than drop the message.
+TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+RETRY_TRANSIENT: dict[str, Any] = {
+    "autoretry_for": TRANSIENT_ERRORS,
+    "retry_backoff": True,
+    "retry_backoff_max": 60,
+    "max_retries": None,
+}
+
+
+@app.task(name=WORKFLOW_TASK, ignore_result=True, **RETRY_TRANSIENT)
 def workflow_task(run_id: str) -> None:
     dispatcher.send(run_workflow_task(get_engine(), registry, uuid.UUID(run_id)))
 
@@ -69,7 +80,7 @@ def run_activity_message(task: Task[Any, Any], run_id: str, seq: int) -> str:
 
 
 def _register_activity_task(activity_name: str) -> None:
-    @app.task(name=activity_task_name(activity_name), bind=True)
+    @app.task(name=activity_task_name(activity_name), bind=True, **RETRY_TRANSIENT)
     def activity_task(self: Task[Any, Any], run_id: str, seq: int) -> str:
         return run_activity_message(self, run_id, seq)
 

@@ -5,11 +5,14 @@ from __future__ import annotations
 from datetime import datetime
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.engine.executions import ExecutionRecord, StoredEvent
 
+# URL-safe, since the SDK puts ids into paths unescaped.
 EXECUTION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
+# Ids that would collide with the batch endpoints under /v1/workflows/executions/.
+RESERVED_EXECUTION_IDS = frozenset({"cancel", "terminate"})
 LOCAL_TENANT = "local"
 
 
@@ -22,6 +25,13 @@ class WorkflowExecutionRequest(BaseModel):
     timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
     deployment_name: str | None = None
     task_queue: str | None = None
+
+    @field_validator("execution_id")
+    @classmethod
+    def _not_reserved(cls, value: str | None) -> str | None:
+        if value in RESERVED_EXECUTION_IDS:
+            raise ValueError(f"{value!r} is reserved by the HTTP API")
+        return value
 
 
 def iso(value: datetime | None) -> str | None:

@@ -107,6 +107,19 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
     def time(self) -> float:
         return 0.0
 
+    def call_later(  # type: ignore[override]
+        self, delay: float, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        raise RuntimeError(
+            "asyncio timers are not replay-safe in workflow code; "
+            "use an activity, or workflows.workflow.sleep() once durable timers land"
+        )
+
+    def call_at(  # type: ignore[override]
+        self, when: float, callback: Callable[..., object], *args: Any, context: Any = None
+    ) -> asyncio.TimerHandle:
+        return self.call_later(when, callback)
+
     def call_exception_handler(self, context: dict[str, Any]) -> None:
         # Pending tasks of a replay that stops are dropped on purpose; nothing to report.
         return None

@@ -283,6 +283,11 @@ def test_bad_input_is_422_in_fastapi_shape_and_writes_nothing(
     )
     assert bad_id.status_code == 422
     assert bad_id.json()["detail"][0]["loc"] == ["body", "execution_id"]
+    reserved = http.post(
+        "/v1/workflows/sequential-sum/execute",
+        json={"execution_id": "cancel", "input": {"values": []}},
+    )
+    assert reserved.status_code == 422
     assert _count_rows(stack) == rows_before
 
 

@@ -234,3 +234,16 @@ def test_activities_called_outside_a_workflow_are_plain_functions() -> None:
     assert double(4) == 8
     assert asyncio.run(shout("hi")) == "HI"
     assert workflows.get_execution_id() is None
+
+
+@workflows.workflow.define(name="unit-asyncio-sleep")
+class AsyncioSleep:
+    @workflows.workflow.entrypoint
+    async def run(self) -> None:
+        await asyncio.sleep(5)
+
+
+def test_asyncio_timers_fail_the_workflow_with_a_clear_message() -> None:
+    (command,) = replay("unit-asyncio-sleep", [started(None)]).commands
+    assert isinstance(command, FailWorkflow)
+    assert command.error_type == "RuntimeError" and "not replay-safe" in command.message
