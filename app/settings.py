@@ -35,6 +35,11 @@ class Settings(BaseSettings):
     beat_schedule_file: str = "/tmp/chainline-beat-schedule"
     # Worker pool size; unset means Celery's default (one process per core).
     worker_concurrency: int | None = None
+    api_host: str = "127.0.0.1"
+    # "user:password" (comma-separated for several); Flower refuses to start without it.
+    flower_basic_auth: str = ""
+    flower_port: int = 5555
+    flower_address: str = "127.0.0.1"
 
     @field_validator("database_url")
     @classmethod

@@ -54,6 +54,9 @@ def create_celery_app(settings: Settings) -> Celery:
         result_backend_transport_options=result_options,
         result_expires=3600,
         task_default_queue=settings.queue,
+        # Flower builds its task list from these events.
+        worker_send_task_events=True,
+        task_send_sent_event=True,
         worker_hijack_root_logger=False,
         worker_concurrency=settings.worker_concurrency,
         beat_schedule_filename=settings.beat_schedule_file,

@@ -11,6 +11,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
+from app.api import health
 from app.api.schemas import (
     LOCAL_TENANT,
     WorkflowExecutionRequest,
@@ -37,6 +38,7 @@ WAIT_POLL_SECONDS = 0.02
 DEFAULT_WAIT_SECONDS = 60.0
 
 app = FastAPI(title="Chainline", version="0.1.0")
+app.include_router(health.router)
 
 
 @app.exception_handler(ChainlineError)

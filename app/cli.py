@@ -1,0 +1,289 @@
+"""The `chainline` command: talk to the HTTP API, and start Chainline's processes."""
+
+from __future__ import annotations
+
+import itertools
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from typing import Any, NoReturn
+
+import click
+import httpx
+
+DEFAULT_BASE_URL = "http://127.0.0.1:8000"
+CELERY_APP = "workers.celery_app"
+
+
+class ApiError(click.ClickException):
+    """An error answer or an unreachable API, shown as one line."""
+
+    exit_code = 1
+
+
+class Api:
+    def __init__(self, base_url: str, api_key: str | None) -> None:
+        headers = {"Authorization": f"Bearer {api_key}"} if api_key else {}
+        self.base_url = base_url.rstrip("/")
+        self.client = httpx.Client(base_url=self.base_url, headers=headers, timeout=30)
+
+    def call(self, method: str, path: str, **kwargs: Any) -> Any:
+        try:
+            reply = self.client.request(method, path, **kwargs)
+        except httpx.HTTPError as exc:
+            raise ApiError(f"cannot reach the Chainline API at {self.base_url}: {exc}") from exc
+        if reply.status_code >= 400:
+            raise ApiError(_describe_error(reply))
+        return reply.json()
+
+
+def _describe_error(reply: httpx.Response) -> str:
+    try:
+        body = reply.json()
+    except ValueError:
+        return f"HTTP {reply.status_code}: {reply.text[:200]}"
+    detail = body.get("detail") if isinstance(body, dict) else body
+    if isinstance(detail, list):
+        detail = "; ".join(
+            f"{'.'.join(str(p) for p in item.get('loc', []))}: {item.get('msg')}" for item in detail
+        )
+    code = f" {body['code']}" if isinstance(body, dict) and body.get("code") else ""
+    return f"HTTP {reply.status_code}{code}: {detail}"
+
+
+def _emit(data: Any, as_json: bool, human: str) -> None:
+    click.echo(json.dumps(data, indent=2) if as_json else human)
+
+
+json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
+
+
+@click.group()
+@click.option(
+    "--base-url",
+    envvar="CHAINLINE_BASE_URL",
+    default=DEFAULT_BASE_URL,
+    show_default=True,
+    help="The API to talk to (env CHAINLINE_BASE_URL).",
+)
+@click.option("--api-key", envvar="CHAINLINE_API_KEY", default=None, help="Bearer token.")
+@click.pass_context
+def main(ctx: click.Context, base_url: str, api_key: str | None) -> None:
+    """Chainline: durable workflow executions on Celery and Postgres."""
+    ctx.obj = {"base_url": base_url, "api_key": api_key}
+
+
+def _api(ctx: click.Context) -> Api:
+    return Api(ctx.obj["base_url"], ctx.obj["api_key"])
+
+
+@main.command()
+@json_option
+@click.pass_context
+def workflows(ctx: click.Context, as_json: bool) -> None:
+    """List the registered workflows."""
+    listing = _api(ctx).call("GET", "/v1/workflows", params={"limit": 1000})
+    rows = [f"{w['name']:<32} {w.get('description') or ''}" for w in listing["workflows"]]
+    _emit(listing, as_json, "\n".join(rows) or "(no workflows registered)")
+
+
+def _read_input(raw: str | None) -> Any:
+    if raw is None:
+        return None
+    text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as exc:
+        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--input") from exc
+
+
+def _describe_execution(record: dict[str, Any]) -> str:
+    lines = [
+        f"execution  {record['execution_id']}",
+        f"workflow   {record['workflow_name']}",
+        f"status     {record['status']}",
+        f"started    {record['start_time']}",
+        f"ended      {record['end_time'] or '-'}",
+    ]
+    if record.get("result") is not None:
+        lines.append(f"result     {json.dumps(record['result'])}")
+    if record.get("error"):
+        lines.append(f"error      {record['error'].get('type')}: {record['error'].get('message')}")
+    return "\n".join(lines)
+
+
+def _wait(api: Api, execution_id: str, timeout: float) -> dict[str, Any]:
+    spinner = itertools.cycle("|/-\\")
+    show_progress = sys.stderr.isatty()
+    deadline = time.monotonic() + timeout
+    while True:
+        record: dict[str, Any] = api.call("GET", f"/v1/workflows/executions/{execution_id}")
+        if record["end_time"] is not None:
+            if show_progress:
+                click.echo("\r" + " " * 60 + "\r", nl=False, err=True)
+            return record
+        if time.monotonic() > deadline:
+            raise ApiError(f"execution {execution_id} still {record['status']} after {timeout}s")
+        if show_progress:
+            click.echo(f"\r{next(spinner)} {execution_id} {record['status']}", nl=False, err=True)
+        time.sleep(0.1)
+
+
+@main.command()
+@click.argument("workflow")
+@click.option("--input", "raw_input", help="JSON input, or @file to read it from a file.")
+@click.option("--id", "execution_id", help="Execution id (default: generated).")
+@click.option("--wait", is_flag=True, help="Wait for the execution to finish.")
+@click.option("--timeout", default=300.0, show_default=True, help="Seconds --wait waits.")
+@json_option
+@click.pass_context
+def run(
+    ctx: click.Context,
+    workflow: str,
+    raw_input: str | None,
+    execution_id: str | None,
+    wait: bool,
+    timeout: float,
+    as_json: bool,
+) -> None:
+    """Start an execution of WORKFLOW."""
+    api = _api(ctx)
+    body: dict[str, Any] = {"input": _read_input(raw_input)}
+    if execution_id:
+        body["execution_id"] = execution_id
+    record = api.call("POST", f"/v1/workflows/{workflow}/execute", json=body)
+    if wait:
+        record = _wait(api, record["execution_id"], timeout)
+        human = (
+            json.dumps(record["result"])
+            if record["status"] == "COMPLETED"
+            else _describe_execution(record)
+        )
+        _emit(record, as_json, human)
+        if record["status"] != "COMPLETED":
+            sys.exit(1)
+        return
+    _emit(record, as_json, f"started {record['execution_id']} ({record['status']})")
+
+
+@main.command()
+@click.argument("execution_id")
+@json_option
+@click.pass_context
+def get(ctx: click.Context, execution_id: str, as_json: bool) -> None:
+    """Show one execution."""
+    record = _api(ctx).call("GET", f"/v1/workflows/executions/{execution_id}")
+    _emit(record, as_json, _describe_execution(record))
+
+
+@main.command()
+@click.argument("execution_id")
+@json_option
+@click.pass_context
+def history(ctx: click.Context, execution_id: str, as_json: bool) -> None:
+    """Show an execution's history, oldest event first."""
+    events = _api(ctx).call("GET", f"/v1/workflows/executions/{execution_id}/history")
+    rows = []
+    for event in events["events"]:
+        attributes = event["attributes"]
+        detail = attributes.get("activity_name") or attributes.get("to_status") or ""
+        if "attempt" in attributes and attributes.get("activity_name"):
+            detail += f" (attempt {attributes['attempt']})"
+        if "failure" in attributes:
+            detail += f" {attributes['failure'].get('type')}: {attributes['failure']['message']}"
+        rows.append(f"{event['event_id']:>4}  {event['event_type']:<30} {detail}".rstrip())
+    _emit(events, as_json, "\n".join(rows))
+
+
+# Process commands: the Procfile runs these, so every deploy starts processes one way.
+
+
+def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
+    os.execvpe(argv[0], argv, env if env is not None else dict(os.environ))
+
+
+@main.command()
+def migrate() -> None:
+    """Apply the database migrations (the `release` process)."""
+    from app.storage.migrate import upgrade
+
+    upgrade()
+    click.echo("database schema is at head")
+
+
+@main.command()
+@click.option("--host", envvar="CHAINLINE_API_HOST", default="127.0.0.1", show_default=True)
+@click.option("--port", envvar="PORT", default=8000, show_default=True, type=int)
+def api(host: str, port: int) -> None:
+    """Serve the HTTP API."""
+    import uvicorn
+
+    uvicorn.run("app.api.main:app", host=host, port=port, log_level="info")
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def worker(celery_args: tuple[str, ...]) -> None:
+    """Run a Celery worker (extra arguments go to `celery worker`)."""
+    _exec(["celery", "-A", CELERY_APP, "worker", "--loglevel=INFO", *celery_args])
+
+
+@main.command(context_settings={"ignore_unknown_options": True})
+@click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
+def beat(celery_args: tuple[str, ...]) -> None:
+    """Run Celery beat: the sweeper, timeouts, and (later) schedules."""
+    _exec(["celery", "-A", CELERY_APP, "beat", "--loglevel=INFO", *celery_args])
+
+
+@main.command()
+def flower() -> None:
+    """Run Flower behind basic auth (CHAINLINE_FLOWER_BASIC_AUTH=user:password)."""
+    from app.settings import get_settings
+
+    settings = get_settings()
+    if not settings.flower_basic_auth or ":" not in settings.flower_basic_auth:
+        raise click.ClickException(
+            "refusing to run Flower without credentials: "
+            "set CHAINLINE_FLOWER_BASIC_AUTH=user:password"
+        )
+    # Through the environment, so the password does not show in `ps`.
+    env = {**os.environ, "FLOWER_BASIC_AUTH": settings.flower_basic_auth}
+    _exec(
+        [
+            "celery",
+            "-A",
+            CELERY_APP,
+            "flower",
+            f"--port={settings.flower_port}",
+            f"--address={settings.flower_address}",
+        ],
+        env,
+    )
+
+
+@main.command()
+@click.option(
+    "--data-dir",
+    envvar="CHAINLINE_DATA_DIR",
+    default=".chainline",
+    show_default=True,
+    type=click.Path(file_okay=False, path_type=Path),
+    help="Where the embedded Postgres and Redis keep their data.",
+)
+@click.option("--host", default="127.0.0.1", show_default=True, help="API listen address.")
+@click.option("--port", default=8000, show_default=True, help="API port.")
+@click.option("--flower-port", default=5555, show_default=True)
+def dev(data_dir: Path, host: str, port: int, flower_port: int) -> None:
+    """Run everything: api, worker, beat and flower, on embedded Postgres and Redis.
+
+    Set CHAINLINE_DATABASE_URL / CHAINLINE_BROKER_URL to use your own servers instead.
+    """
+    from app.devstack import DevStack, DevStackError
+
+    try:
+        stack = DevStack(data_dir=data_dir, host=host, port=port, flower_port=flower_port)
+        sys.exit(stack.run())
+    except DevStackError as exc:
+        raise click.ClickException(str(exc)) from exc

@@ -1,0 +1,192 @@
+"""`chainline dev`, as a newcomer runs it: embedded servers, or the system ones by URL."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import signal
+import subprocess
+import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import httpx
+import psutil
+
+from tests.support import BROKER_URL, create_database, drop_database, free_port, wait_until
+
+HELLO = ("run", "hello-world", "--input", '{"name": "World"}', "--wait")
+
+
+def _clean_env(**overrides: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAINLINE_")}
+    env.update(overrides)
+    return env
+
+
+class DevProcess:
+    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+        self.data_dir = data_dir
+        self.port = free_port()
+        self.flower_port = free_port()
+        self.env = env
+        self.log_path = data_dir.parent / f"dev-{uuid.uuid4().hex[:6]}.log"
+        with self.log_path.open("wb") as log:
+            self.process = subprocess.Popen(
+                [
+                    "chainline",
+                    "dev",
+                    "--data-dir",
+                    str(data_dir),
+                    "--port",
+                    str(self.port),
+                    "--flower-port",
+                    str(self.flower_port),
+                ],
+                env=env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    @property
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    @property
+    def base_url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def wait_ready(self) -> float:
+        match = wait_until(
+            lambda: re.search(r"Chainline is ready \(([\d.]+)s\)", self.log),
+            timeout=120,
+            what=f"chainline dev to be ready (log: {self.log_path})",
+        )
+        return float(match.group(1))
+
+    def chainline(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            ["chainline", "--base-url", self.base_url, *args],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=self.env,
+        )
+
+    def processes(self) -> list[psutil.Process]:
+        """The dev process, its children, and the servers it started for this data dir."""
+        root = psutil.Process(self.process.pid)
+        found = {root.pid: root, **{p.pid: p for p in root.children(recursive=True)}}
+        marker = str(self.data_dir.resolve())
+        for process in psutil.process_iter(["cmdline"]):
+            if any(marker in part for part in process.info["cmdline"] or []):
+                found[process.pid] = process
+        return list(found.values())
+
+    def stop(self) -> None:
+        if self.process.poll() is None:
+            os.kill(self.process.pid, signal.SIGTERM)
+        self.process.wait(timeout=30)
+
+
+@contextmanager
+def running_dev(data_dir: Path, env: dict[str, str]) -> Iterator[DevProcess]:
+    dev = DevProcess(data_dir, env)
+    try:
+        yield dev
+    finally:
+        if dev.process.poll() is None:
+            os.killpg(dev.process.pid, signal.SIGKILL)
+            dev.process.wait(timeout=10)
+
+
+def _all_gone(processes: list[psutil.Process]) -> bool:
+    return not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
+
+
+def test_dev_on_embedded_servers_runs_hello_world_and_stops_clean(tmp_path: Path) -> None:
+    data_dir = tmp_path / "data"
+    with running_dev(data_dir, _clean_env()) as dev:
+        seconds = dev.wait_ready()
+        print(f"chainline dev (embedded, first start) ready in {seconds:.1f}s")
+        assert f"data       {data_dir.resolve()}" in dev.log
+        assert f"host={data_dir.resolve()}" in dev.log  # Postgres on a socket in our folder
+        assert "broker     redis://127.0.0.1:6379" not in dev.log
+        hello = dev.chainline(*HELLO, "--id", "hello-1")
+        assert hello.returncode == 0, hello.stderr
+        assert json.loads(hello.stdout) == {"message": "Hello, World!"}
+
+        user, _, password = (data_dir / "flower-credentials").read_text().partition(":")
+        flower = f"http://127.0.0.1:{dev.flower_port}"
+        wait_until(lambda: _status(flower + "/healthcheck") == 200, what="flower")
+        assert _status(flower + "/api/workers") == 401
+
+        def finished_activity() -> bool:
+            tasks = httpx.get(flower + "/api/tasks", auth=(user, password), timeout=5).json()
+            return any(
+                t["name"] == "activity.make_greeting" and t["state"] == "SUCCESS"
+                for t in tasks.values()
+            )
+
+        wait_until(finished_activity, timeout=30, what="flower to list the activity task")
+        workers = httpx.get(
+            flower + "/api/workers?refresh=1", auth=(user, password), timeout=10
+        ).json()
+        assert workers, "flower shows no worker"
+
+        second = subprocess.run(
+            ["chainline", "dev", "--data-dir", str(data_dir), "--port", str(free_port())],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env=dev.env,
+        )
+        assert second.returncode != 0
+        assert "already using" in second.stderr
+
+        processes = dev.processes()
+        assert len(processes) >= 6  # dev, 4 Procfile processes, Postgres, Redis ...
+        dev.stop()
+        wait_until(lambda: _all_gone(processes), timeout=15, what="every process to exit")
+
+    with running_dev(data_dir, _clean_env()) as again:
+        seconds = again.wait_ready()
+        print(f"chainline dev (embedded, restart) ready in {seconds:.1f}s")
+        kept = again.chainline("get", "hello-1", "--json")
+        assert kept.returncode == 0, kept.stderr
+        assert json.loads(kept.stdout)["result"] == {"message": "Hello, World!"}
+        processes = again.processes()
+        again.stop()
+        wait_until(lambda: _all_gone(processes), timeout=15, what="every process to exit")
+
+
+def test_dev_uses_the_servers_named_by_the_url_settings(tmp_path: Path) -> None:
+    database_url = create_database()
+    env = _clean_env(
+        CHAINLINE_DATABASE_URL=database_url,
+        CHAINLINE_BROKER_URL=BROKER_URL,
+        CHAINLINE_BROKER_KEY_PREFIX=f"chainline-dev-test-{uuid.uuid4().hex[:8]}:",
+    )
+    try:
+        with running_dev(tmp_path / "data", env) as dev:
+            dev.wait_ready()
+            assert not (tmp_path / "data" / "postgres").exists()
+            assert not (tmp_path / "data" / "redis").exists()
+            hello = dev.chainline(*HELLO)
+            assert hello.returncode == 0, hello.stderr
+            assert json.loads(hello.stdout) == {"message": "Hello, World!"}
+            processes = dev.processes()
+            dev.stop()
+            wait_until(lambda: _all_gone(processes), timeout=15, what="every process to exit")
+    finally:
+        drop_database(database_url)
+
+
+def _status(url: str) -> int:
+    try:
+        return httpx.get(url, timeout=5).status_code
+    except httpx.HTTPError:
+        return 0
