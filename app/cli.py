@@ -287,3 +287,47 @@ def dev(data_dir: Path, host: str, port: int, flower_port: int) -> None:
         sys.exit(stack.run())
     except DevStackError as exc:
         raise click.ClickException(str(exc)) from exc
+
+
+@main.command()
+@click.option("-n", "--executions", default=50, show_default=True, help="N executions per round.")
+@click.option("-s", "--steps", default=5, show_default=True, help="S activities per execution.")
+@click.option("-m", "--latency-samples", default=50, show_default=True, help="M latency runs.")
+@click.option("-k", "--api-clients", default=8, show_default=True, help="K concurrent clients.")
+@click.option("--rounds", default=3, show_default=True)
+@click.option("--warmup-rounds", default=1, show_default=True)
+@click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
+@click.option("--pool", default="prefork", show_default=True, help="Celery worker pool.")
+@click.option("--preload-events", default=0, help="Fill the history with this many events first.")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
+def bench(
+    executions: int,
+    steps: int,
+    latency_samples: int,
+    api_clients: int,
+    rounds: int,
+    warmup_rounds: int,
+    concurrency: int,
+    pool: str,
+    preload_events: int,
+    json_path: Path | None,
+) -> None:
+    """Measure Chainline against raw Celery chains on this machine."""
+    from app.bench import BenchConfig, format_report, run_benchmark, write_json
+
+    config = BenchConfig(
+        executions=executions,
+        steps=steps,
+        latency_samples=latency_samples,
+        api_clients=api_clients,
+        api_requests_per_client=max(1, latency_samples // max(1, api_clients)),
+        rounds=rounds,
+        warmup_rounds=warmup_rounds,
+        concurrency=concurrency,
+        pool=pool,
+        preload_events=preload_events,
+    )
+    report = run_benchmark(config, lambda line: click.echo(line, err=True))
+    click.echo(format_report(report))
+    if json_path is not None:
+        write_json(report, json_path)

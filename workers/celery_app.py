@@ -83,4 +83,5 @@ def _fresh_connections_after_fork(**_: Any) -> None:
     get_engine().dispose(close=False)
 
 
-import workers.tasks  # noqa: E402,F401  (registers the tasks on `app`)
+import workers.bench_tasks  # noqa: E402  (registers the tasks on `app`)
+import workers.tasks  # noqa: E402,F401

@@ -1,0 +1,518 @@
+"""`chainline bench`: Chainline against raw Celery, same machine, same broker, one run.
+
+Every contender runs on the same worker processes (same concurrency and pool, same
+Celery settings). Postgres write transactions are counted from the server's transaction
+id counter, broker messages from Redis' LPUSH count, CPU from each process's own clock.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import statistics
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import psycopg
+import redis
+
+BENCH_WORKFLOWS = "workers.workflows.bench"
+
+
+@dataclass(frozen=True)
+class BenchConfig:
+    executions: int = 50  # N
+    steps: int = 5  # S
+    latency_samples: int = 50  # M
+    api_clients: int = 8  # K
+    api_requests_per_client: int = 20
+    rounds: int = 3
+    warmup_rounds: int = 1
+    concurrency: int = 2
+    pool: str = "prefork"
+    preload_events: int = 0
+    timeout: float = 120.0
+
+
+@dataclass
+class Servers:
+    database_url: str
+    broker_url: str
+    admin_url: str
+    postgres_pids: Callable[[], list[int]]
+    redis_pids: Callable[[], list[int]]
+
+
+def _processes_named(name: str) -> list[int]:
+    return [
+        p.pid
+        for p in psutil.process_iter(["name"])
+        if p.info["name"] and p.info["name"].startswith(name)
+    ]
+
+
+def _process_tree(pid: int) -> list[int]:
+    try:
+        root = psutil.Process(pid)
+        return [root.pid, *(child.pid for child in root.children(recursive=True))]
+    except psutil.NoSuchProcess:
+        return []
+
+
+@contextmanager
+def _servers(work_dir: Path) -> Iterator[Servers]:
+    """The configured Postgres and broker, or embedded ones; a scratch database on it."""
+    from app.devstack import EmbeddedPostgres, EmbeddedRedis
+
+    embedded_pg = EmbeddedPostgres(work_dir / "postgres")
+    embedded_redis = EmbeddedRedis(work_dir / "redis")
+    try:
+        admin_url = os.environ.get("CHAINLINE_DATABASE_URL") or embedded_pg.start()
+        broker_url = os.environ.get("CHAINLINE_BROKER_URL") or embedded_redis.start()
+        admin_url = admin_url.replace("postgresql+psycopg://", "postgresql://")
+        name = f"chainline_bench_{uuid.uuid4().hex[:8]}"
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'CREATE DATABASE "{name}"')
+        database_url = _with_database(admin_url, name)
+        postmaster = embedded_pg.server.get_pid() if embedded_pg.server else None
+        redis_pid = embedded_redis.process.pid if embedded_redis.process else None
+        try:
+            yield Servers(
+                database_url=database_url,
+                broker_url=broker_url,
+                admin_url=admin_url,
+                postgres_pids=lambda: (
+                    _process_tree(postmaster) if postmaster else _processes_named("postgres")
+                ),
+                redis_pids=lambda: [redis_pid] if redis_pid else _processes_named("redis-server"),
+            )
+        finally:
+            with psycopg.connect(admin_url, autocommit=True) as conn:
+                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+    finally:
+        embedded_redis.stop()
+        embedded_pg.stop()
+
+
+def _with_database(url: str, name: str) -> str:
+    base, _, query = url.partition("?")
+    base = base.rsplit("/", 1)[0] + "/" + name
+    return f"{base}?{query}" if query else base
+
+
+@dataclass
+class Stack:
+    env: dict[str, str]
+    api_url: str
+    processes: dict[str, subprocess.Popen[bytes]] = field(default_factory=dict)
+
+    def cpu_seconds(self) -> dict[str, float]:
+        return {name: _tree_cpu(process.pid) for name, process in self.processes.items()}
+
+
+def _tree_cpu(pid: int) -> float:
+    try:
+        root = psutil.Process(pid)
+        total = 0.0
+        for process in [root, *root.children(recursive=True)]:
+            times = process.cpu_times()
+            total += times.user + times.system
+        return total
+    except psutil.NoSuchProcess:
+        return 0.0
+
+
+def _pids_cpu(pids: list[int]) -> float:
+    total = 0.0
+    for pid in pids:
+        try:
+            times = psutil.Process(pid).cpu_times()
+        except psutil.NoSuchProcess:
+            continue
+        total += times.user + times.system
+    return total
+
+
+@contextmanager
+def _stack(servers: Servers, config: BenchConfig, work_dir: Path) -> Iterator[Stack]:
+    from app.devstack import free_port
+
+    port = free_port()
+    env = {
+        **os.environ,
+        "CHAINLINE_DATABASE_URL": servers.database_url,
+        "CHAINLINE_BROKER_URL": servers.broker_url,
+        "CHAINLINE_BROKER_KEY_PREFIX": f"chainline-bench-{uuid.uuid4().hex[:8]}:",
+        "CHAINLINE_WORKFLOWS": BENCH_WORKFLOWS,
+        "CHAINLINE_BEAT_SCHEDULE_FILE": str(work_dir / "beat-schedule"),
+        "CHAINLINE_FLOWER_BASIC_AUTH": "bench:bench",
+        "PORT": str(port),
+    }
+    subprocess.run(["chainline", "migrate"], env=env, check=True, capture_output=True)
+    stack = Stack(env=env, api_url=f"http://127.0.0.1:{port}")
+    commands = {
+        "api": ["chainline", "api"],
+        "worker": [
+            "chainline",
+            "worker",
+            f"--concurrency={config.concurrency}",
+            f"--pool={config.pool}",
+            "--loglevel=WARNING",
+        ],
+        "beat": ["chainline", "beat", "--loglevel=WARNING"],
+    }
+    try:
+        for name, command in commands.items():
+            with (work_dir / f"{name}.log").open("ab") as log:
+                stack.processes[name] = subprocess.Popen(
+                    command, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+                )
+        yield stack
+    finally:
+        for process in stack.processes.values():
+            if process.poll() is None:
+                os.killpg(process.pid, 15)
+        for process in stack.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, 9)
+
+
+class Probe:
+    """Counters read before and after each measurement."""
+
+    def __init__(self, servers: Servers, stack: Stack) -> None:
+        self.servers = servers
+        self.stack = stack
+        # Messages are counted on a Redis broker only (kombu publishes with LPUSH).
+        self.redis = (
+            redis.Redis.from_url(servers.broker_url)
+            if servers.broker_url.startswith(("redis://", "rediss://"))
+            else None
+        )
+        self.pg = psycopg.connect(servers.database_url, autocommit=True)
+
+    def snapshot(self) -> dict[str, float]:
+        row = self.pg.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()
+        assert row is not None
+        stats = self.redis.info("commandstats") if self.redis is not None else {}
+        cpu = {f"cpu_{k}": v for k, v in self.stack.cpu_seconds().items()}
+        cpu["cpu_postgres"] = _pids_cpu(self.servers.postgres_pids())
+        cpu["cpu_redis"] = _pids_cpu(self.servers.redis_pids())
+        cpu["cpu_bench_client"] = sum(os.times()[:2])
+        return {
+            "xid": float(row[0]),
+            "lpush": float(stats.get("cmdstat_lpush", {}).get("calls", 0)),
+            "time": time.perf_counter(),
+            **cpu,
+        }
+
+    @staticmethod
+    def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
+        return {k: after[k] - before[k] for k in before}
+
+
+def _wait_all_closed(probe: Probe, execution_ids: list[str], timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        row = probe.pg.execute(
+            "SELECT count(*) FILTER (WHERE r.end_time IS NOT NULL),"
+            " count(*) FILTER (WHERE r.status <> 'COMPLETED' AND r.end_time IS NOT NULL)"
+            " FROM executions e JOIN runs r ON r.run_id = e.current_run_id"
+            " WHERE e.execution_id = ANY(%s)",
+            (execution_ids,),
+        ).fetchone()
+        assert row is not None
+        closed, failed = row
+        if failed:
+            raise RuntimeError(f"{failed} bench executions did not complete")
+        if closed == len(execution_ids):
+            return
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"only {closed}/{len(execution_ids)} executions closed in time")
+        time.sleep(0.005)
+
+
+def _measure(probe: Probe, run: Callable[[], None]) -> dict[str, float]:
+    before = probe.snapshot()
+    run()
+    return Probe.delta(before, probe.snapshot())
+
+
+def run_benchmark(config: BenchConfig, log: Callable[[str], None]) -> dict[str, Any]:
+    with ExitStack() as stack_scope:
+        work_dir = Path(stack_scope.enter_context(tempfile.TemporaryDirectory()))
+        servers = stack_scope.enter_context(_servers(work_dir))
+        os.environ.update(
+            {"CHAINLINE_DATABASE_URL": servers.database_url, "CHAINLINE_WORKFLOWS": BENCH_WORKFLOWS}
+        )
+        stack = stack_scope.enter_context(_stack(servers, config, work_dir))
+        os.environ["CHAINLINE_BROKER_URL"] = servers.broker_url
+        os.environ["CHAINLINE_BROKER_KEY_PREFIX"] = stack.env["CHAINLINE_BROKER_KEY_PREFIX"]
+        return _run_contenders(config, servers, stack, log)
+    raise AssertionError("unreachable")
+
+
+def _run_contenders(
+    config: BenchConfig, servers: Servers, stack: Stack, log: Callable[[str], None]
+) -> dict[str, Any]:
+    from celery import chain
+
+    from app.engine.executions import start_execution
+    from app.settings import get_settings
+    from app.storage.db import get_engine
+    from workers.bench_tasks import raw_noop
+    from workers.celery_app import app as celery_app
+    from workers.celery_app import registry
+    from workers.dispatch import dispatcher
+
+    get_settings.cache_clear()
+    get_engine.cache_clear()
+    engine = get_engine()
+    _wait_ready(stack, celery_app, config.timeout)
+    probe = Probe(servers, stack)
+    if config.preload_events:
+        log(f"preloading {config.preload_events} history events ...")
+        _preload_events(probe, config.preload_events)
+
+    def raw_round() -> None:
+        results = [
+            chain(*[raw_noop.si(step) for step in range(config.steps)]).apply_async()
+            for _ in range(config.executions)
+        ]
+        for result in results:
+            result.get(timeout=config.timeout, disable_sync_subtasks=False)
+
+    def chainline_round(workflow: str) -> Callable[[], None]:
+        definition = registry.workflow(workflow)
+
+        def run() -> None:
+            ids = []
+            for _ in range(config.executions):
+                record, dispatch = start_execution(
+                    engine,
+                    definition,
+                    execution_id=uuid.uuid4().hex,
+                    input_value={"steps": config.steps},
+                )
+                dispatcher.send([dispatch])
+                ids.append(record.execution_id)
+            _wait_all_closed(probe, ids, config.timeout)
+
+        return run
+
+    contenders: dict[str, Callable[[], None]] = {
+        "raw_celery": raw_round,
+        "sequential": chainline_round("bench-sequential"),
+        "fan_out": chainline_round("bench-fan-out"),
+    }
+    rounds: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
+    for index in range(config.warmup_rounds + config.rounds):
+        label = "warm-up" if index < config.warmup_rounds else f"round {index}"
+        for name, run in contenders.items():
+            measured = _measure(probe, run)
+            if index >= config.warmup_rounds:
+                rounds[name].append(measured)
+            log(f"{label:>8} {name:<11} {measured['time']:.2f}s")
+
+    activities = config.executions * config.steps
+    report: dict[str, Any] = {
+        "config": config.__dict__,
+        "machine": {"cpus": os.cpu_count(), "python": sys.version.split()[0]},
+    }
+    for name, samples in rounds.items():
+        report[name] = _summarise(samples, config.executions, activities)
+    for name in ("sequential", "fan_out"):
+        ratios = [
+            (activities / m["time"]) / (activities / raw["time"])
+            for m, raw in zip(rounds[name], rounds["raw_celery"], strict=True)
+        ]
+        report[name]["ratio_to_raw_celery"] = statistics.median(ratios)
+        report[name]["ratio_to_raw_celery_min_max"] = [min(ratios), max(ratios)]
+    report["latency"] = _latency(stack, config)
+    report["api"] = _api_load(stack, probe, config)
+    return report
+
+
+def _summarise(
+    measured: list[dict[str, float]], executions: int, activities: int
+) -> dict[str, Any]:
+    per_s = [executions / m["time"] for m in measured]
+    act_per_s = [activities / m["time"] for m in measured]
+    summary: dict[str, Any] = {
+        "executions_per_s": statistics.median(per_s),
+        "executions_per_s_min_max": [min(per_s), max(per_s)],
+        "activities_per_s": statistics.median(act_per_s),
+        "activities_per_s_min_max": [min(act_per_s), max(act_per_s)],
+        "pg_transactions_per_activity": statistics.median(m["xid"] / activities for m in measured),
+        "celery_messages_per_activity": statistics.median(
+            m["lpush"] / activities for m in measured
+        ),
+        "cpu_seconds": {
+            key.removeprefix("cpu_"): statistics.median(m[key] for m in measured)
+            for key in measured[0]
+            if key.startswith("cpu_")
+        },
+    }
+    return summary
+
+
+def _percentile(samples: list[float], fraction: float) -> float:
+    ordered = sorted(samples)
+    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
+    return ordered[index]
+
+
+def _latency(stack: Stack, config: BenchConfig) -> dict[str, float]:
+    samples = []
+    with httpx.Client(base_url=stack.api_url, timeout=config.timeout) as client:
+        for _ in range(config.latency_samples):
+            started = time.perf_counter()
+            reply = client.post(
+                "/v1/workflows/bench-one/execute",
+                json={"wait_for_result": True, "timeout_seconds": config.timeout},
+            )
+            samples.append((time.perf_counter() - started) * 1000)
+            if reply.json().get("result") != 0:
+                raise RuntimeError(f"latency execution did not complete: {reply.text}")
+    return {
+        "p50_ms": _percentile(samples, 0.50),
+        "p95_ms": _percentile(samples, 0.95),
+        "p99_ms": _percentile(samples, 0.99),
+        "samples": len(samples),
+    }
+
+
+def _api_load(stack: Stack, probe: Probe, config: BenchConfig) -> dict[str, float]:
+    samples: list[float] = []
+    ids: list[str] = []
+    lock = threading.Lock()
+
+    def client_loop() -> None:
+        with httpx.Client(base_url=stack.api_url, timeout=config.timeout) as client:
+            for _ in range(config.api_requests_per_client):
+                started = time.perf_counter()
+                reply = client.post("/v1/workflows/bench-one/execute", json={})
+                elapsed = (time.perf_counter() - started) * 1000
+                with lock:
+                    samples.append(elapsed)
+                    ids.append(reply.json()["execution_id"])
+
+    threads = [threading.Thread(target=client_loop) for _ in range(config.api_clients)]
+    started = time.perf_counter()
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    elapsed = time.perf_counter() - started
+    _wait_all_closed(probe, ids, config.timeout)
+    return {
+        "clients": config.api_clients,
+        "requests": len(samples),
+        "requests_per_s": len(samples) / elapsed,
+        "p50_ms": _percentile(samples, 0.50),
+        "p99_ms": _percentile(samples, 0.99),
+    }
+
+
+def _wait_ready(stack: Stack, celery_app: Any, timeout: float) -> None:
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            if httpx.get(stack.api_url + "/readyz", timeout=2).status_code == 200:
+                if celery_app.control.ping(timeout=0.5):
+                    return
+        except httpx.HTTPError:
+            pass
+        if time.monotonic() > deadline:
+            raise RuntimeError("the bench stack did not become ready")
+        time.sleep(0.2)
+
+
+def _preload_events(probe: Probe, count: int) -> None:
+    """Fill the history with `count` events of finished executions (1,000 per run)."""
+    per_run = 1000
+    runs = max(1, count // per_run)
+    probe.pg.execute(
+        """
+        WITH new_runs AS (
+            SELECT gen_random_uuid() AS run_id, 'preload-' || g AS execution_id
+            FROM generate_series(1, %(runs)s) AS g
+        ), ins_exec AS (
+            INSERT INTO executions (execution_id, workflow_name, root_execution_id, current_run_id)
+            SELECT execution_id, 'bench-sequential', execution_id, run_id FROM new_runs
+        ), ins_runs AS (
+            INSERT INTO runs (run_id, execution_id, run_number, status, start_time, end_time,
+                              deadline, random_seed, last_event_id, processed_event_id)
+            SELECT run_id, execution_id, 1, 'COMPLETED', now(), now(), now(), 1, %(per_run)s, 0
+            FROM new_runs
+        )
+        INSERT INTO events (run_id, event_id, execution_id, event_type, attributes,
+                            event_timestamp)
+        SELECT run_id, e, execution_id, 'ACTIVITY_TASK_COMPLETED',
+               '{"seq": 1, "result": {"type": "json", "value": 1}}'::jsonb, 0
+        FROM new_runs, generate_series(1, %(per_run)s) AS e
+        """,
+        {"runs": runs, "per_run": per_run},
+    )
+    probe.pg.execute("ANALYZE")
+
+
+TARGETS = {
+    ("sequential", "ratio_to_raw_celery"): ">= 0.5",
+    ("sequential", "pg_transactions_per_activity"): "<= 2",
+    ("latency", "p50_ms"): "< 30",
+    ("latency", "p99_ms"): "< 100",
+}
+
+
+def format_report(report: dict[str, Any]) -> str:
+    lines = [
+        "contender     exec/s (min-max)          activities/s   ratio   pg tx/act  msgs/act",
+    ]
+    for name in ("raw_celery", "sequential", "fan_out"):
+        r = report[name]
+        low, high = r["executions_per_s_min_max"]
+        ratio = f"{r['ratio_to_raw_celery']:.2f}" if "ratio_to_raw_celery" in r else "1.00"
+        lines.append(
+            f"{name:<13} {r['executions_per_s']:>7.1f} ({low:>6.1f}-{high:<6.1f})"
+            f"     {r['activities_per_s']:>9.1f}   {ratio:>5}"
+            f"   {r['pg_transactions_per_activity']:>8.2f}"
+            f"  {r['celery_messages_per_activity']:>8.2f}"
+        )
+    lines.append("")
+    lines.append("CPU seconds per round (median):")
+    for name in ("raw_celery", "sequential", "fan_out"):
+        cpu = report[name]["cpu_seconds"]
+        lines.append(f"  {name:<11} " + "  ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items())))
+    lat, api = report["latency"], report["api"]
+    lines.append("")
+    lines.append(
+        f"latency (one activity, execute -> COMPLETED, {lat['samples']} runs): "
+        f"p50 {lat['p50_ms']:.1f} ms  p95 {lat['p95_ms']:.1f} ms  p99 {lat['p99_ms']:.1f} ms"
+    )
+    lines.append(
+        f"API execute under {api['clients']} clients: p50 {api['p50_ms']:.1f} ms  "
+        f"p99 {api['p99_ms']:.1f} ms  ({api['requests_per_s']:.0f} req/s)"
+    )
+    lines.append("")
+    lines.append("targets:")
+    for (section, key), target in TARGETS.items():
+        lines.append(f"  {section}.{key} = {report[section][key]:.2f} (target {target})")
+    return "\n".join(lines)
+
+
+def write_json(report: dict[str, Any], path: Path) -> None:
+    path.write_text(json.dumps(report, indent=2))
