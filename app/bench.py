@@ -219,6 +219,10 @@ class Probe:
             **cpu,
         }
 
+    def results_stored(self, keys: list[str]) -> bool:
+        assert self.redis is not None, "the raw Celery baseline needs a Redis result backend"
+        return all(value is not None for value in self.redis.mget(keys))
+
     @staticmethod
     def delta(before: dict[str, float], after: dict[str, float]) -> dict[str, float]:
         return {k: after[k] - before[k] for k in before}
@@ -268,15 +272,11 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None]) -> dict[str, 
 def _run_contenders(
     config: BenchConfig, servers: Servers, stack: Stack, log: Callable[[str], None]
 ) -> dict[str, Any]:
-    from celery import chain
-
-    from app.engine.executions import start_execution
     from app.settings import get_settings
     from app.storage.db import get_engine
     from workers.bench_tasks import raw_noop
     from workers.celery_app import app as celery_app
     from workers.celery_app import registry
-    from workers.dispatch import dispatcher
 
     get_settings.cache_clear()
     get_engine.cache_clear()
@@ -287,36 +287,10 @@ def _run_contenders(
         log(f"preloading {config.preload_events} history events ...")
         _preload_events(probe, config.preload_events)
 
-    def raw_round() -> None:
-        results = [
-            chain(*[raw_noop.si(step) for step in range(config.steps)]).apply_async()
-            for _ in range(config.executions)
-        ]
-        for result in results:
-            result.get(timeout=config.timeout, disable_sync_subtasks=False)
-
-    def chainline_round(workflow: str) -> Callable[[], None]:
-        definition = registry.workflow(workflow)
-
-        def run() -> None:
-            ids = []
-            for _ in range(config.executions):
-                record, dispatch = start_execution(
-                    engine,
-                    definition,
-                    execution_id=uuid.uuid4().hex,
-                    input_value={"steps": config.steps},
-                )
-                dispatcher.send([dispatch])
-                ids.append(record.execution_id)
-            _wait_all_closed(probe, ids, config.timeout)
-
-        return run
-
     contenders: dict[str, Callable[[], None]] = {
-        "raw_celery": raw_round,
-        "sequential": chainline_round("bench-sequential"),
-        "fan_out": chainline_round("bench-fan-out"),
+        "raw_celery": _raw_celery_round(config, probe, raw_noop, celery_app),
+        "sequential": _chainline_round(config, probe, engine, registry, "bench-sequential"),
+        "fan_out": _chainline_round(config, probe, engine, registry, "bench-fan-out"),
     }
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
     for index in range(config.warmup_rounds + config.rounds):
@@ -344,6 +318,58 @@ def _run_contenders(
     report["latency"] = _latency(stack, config)
     report["api"] = _api_load(stack, probe, config)
     return report
+
+
+def _raw_celery_round(
+    config: BenchConfig, probe: Probe, raw_noop: Any, celery_app: Any
+) -> Callable[[], None]:
+    from celery import chain
+
+    prefix = celery_app.conf.result_backend_transport_options.get("global_keyprefix", "")
+
+    def run() -> None:
+        # Only each chain's last task stores a result: its arrival ends the chain.
+        last_ids = []
+        for _ in range(config.executions):
+            steps = [raw_noop.si(i).set(ignore_result=True) for i in range(config.steps - 1)]
+            last_ids.append(chain(*steps, raw_noop.si(config.steps - 1)).apply_async().id)
+        keys = [f"{prefix}celery-task-meta-{task_id}" for task_id in last_ids]
+        _wait_for(lambda: probe.results_stored(keys), config.timeout, "raw Celery chains")
+
+    return run
+
+
+def _chainline_round(
+    config: BenchConfig, probe: Probe, engine: Any, registry: Any, workflow: str
+) -> Callable[[], None]:
+    from app.engine.executions import start_execution
+    from workers.dispatch import dispatcher
+
+    definition = registry.workflow(workflow)
+
+    def run() -> None:
+        ids = []
+        for _ in range(config.executions):
+            record, dispatches = start_execution(
+                engine,
+                definition,
+                execution_id=uuid.uuid4().hex,
+                input_value={"steps": config.steps},
+                registry=registry,
+            )
+            dispatcher.send(dispatches)
+            ids.append(record.execution_id)
+        _wait_all_closed(probe, ids, config.timeout)
+
+    return run
+
+
+def _wait_for(probe: Callable[[], bool], timeout: float, what: str) -> None:
+    deadline = time.monotonic() + timeout
+    while not probe():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} did not finish within {timeout}s")
+        time.sleep(0.005)
 
 
 def _summarise(

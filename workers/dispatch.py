@@ -21,13 +21,15 @@ log = logging.getLogger(__name__)
 HARD_LIMIT_MARGIN = 5.0
 
 
-def activity_signature(activity: ActivityDispatch) -> Signature:
+def activity_signature(activity: ActivityDispatch, *, keep_result: bool) -> Signature:
+    # Only a chord's bookkeeping reads activity task results; a chain needs none.
     return app.signature(
         activity_task_name(activity.activity_name),
         args=[str(activity.run_id), activity.seq],
         immutable=True,
         soft_time_limit=activity.start_to_close_seconds,
         time_limit=activity.start_to_close_seconds + HARD_LIMIT_MARGIN,
+        ignore_result=not keep_result,
     )
 
 
@@ -49,9 +51,12 @@ class CeleryDispatcher:
         if not dispatch.activities:
             callback.apply_async()
         elif len(dispatch.activities) == 1:
-            chain(activity_signature(dispatch.activities[0]), callback).apply_async()
+            chain(
+                activity_signature(dispatch.activities[0], keep_result=False), callback
+            ).apply_async()
         else:
-            chord([activity_signature(a) for a in dispatch.activities], callback).apply_async()
+            group = [activity_signature(a, keep_result=True) for a in dispatch.activities]
+            chord(group, callback).apply_async()
 
 
 dispatcher = CeleryDispatcher()

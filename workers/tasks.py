@@ -72,10 +72,14 @@ def run_activity_message(task: Task[Any, Any], run_id: str, seq: int) -> str:
         assert isinstance(claim, Done)
         return claim.reason
     succeeded, value = execute_attempt(claim)
-    outcome = record_outcome(engine, claim, succeeded, value)
+    outcome = record_outcome(engine, claim, succeeded, value, registry)
     if isinstance(outcome, RetryLater):
         _retry_later(task, outcome)
     assert isinstance(outcome, Done)
+    if outcome.advanced:
+        # The workflow task already ran inline; the chain's own would find nothing to do.
+        task.request.chain = None
+        dispatcher.send(outcome.dispatches)
     return outcome.reason
 
 

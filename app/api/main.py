@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-import time
 from collections.abc import Awaitable, Callable
+from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
@@ -18,6 +18,7 @@ from app.api.schemas import (
     event_json,
     execution_json,
 )
+from app.api.waiting import ClosedListener
 from app.engine.binding import bind_input
 from app.engine.executions import (
     get_execution,
@@ -33,9 +34,16 @@ from app.workflows.registry import WorkflowDefinition
 from workers.celery_app import registry
 from workers.dispatch import dispatcher
 
-# How often wait_for_result looks again, and how long it waits when not told.
-WAIT_POLL_SECONDS = 0.02
+# How long wait_for_result waits when the caller does not say.
 DEFAULT_WAIT_SECONDS = 60.0
+
+
+@lru_cache(maxsize=1)
+def closed_listener() -> ClosedListener:
+    return ClosedListener(
+        get_settings().database_url.replace("postgresql+psycopg://", "postgresql://")
+    )
+
 
 app = FastAPI(title="Chainline", version="0.1.0")
 app.include_router(health.router)
@@ -147,19 +155,23 @@ def execute_workflow(
     check_payload_size(body.input, "input")
     _validate_input(definition, body.input)
     engine = get_engine()
-    record, dispatch = start_execution(
+    record, dispatches = start_execution(
         engine,
         definition,
         execution_id=body.execution_id or new_execution_id(),
         input_value=body.input,
         user_id=caller,
+        registry=registry,
     )
-    dispatcher.send([dispatch])
+    dispatcher.send(dispatches)
     if not body.wait_for_result:
         return execution_json(record)
-    deadline = time.monotonic() + (body.timeout_seconds or DEFAULT_WAIT_SECONDS)
-    while record.is_open and time.monotonic() < deadline:
-        time.sleep(WAIT_POLL_SECONDS)
+    if record.is_open:
+        closed_listener().wait(
+            record.execution_id,
+            body.timeout_seconds or DEFAULT_WAIT_SECONDS,
+            lambda: not get_execution(engine, record.execution_id).is_open,
+        )
         record = get_execution(engine, record.execution_id)
     if record.status.value == "COMPLETED":
         return {

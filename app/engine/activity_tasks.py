@@ -12,29 +12,30 @@ import asyncio
 import os
 import socket
 import uuid
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
-from sqlalchemy import Connection, Engine, select, update
+from sqlalchemy import Connection, Engine
 
 from app.engine import events as ev
 from app.engine.binding import bind_input, to_json
+from app.engine.dispatch import Dispatch
 from app.engine.payloads import check_payload_size
 from app.engine.retry import RetryPolicy
 from app.engine.statuses import ExecutionStatus
+from app.engine.workflow_tasks import advance, time_out_run
 from app.errors import PayloadTooLarge
 from app.storage.history import (
+    NOW,
     LockedRun,
     NewEvent,
-    already_recorded,
-    append_events,
     has_retrying_activity,
     lock_run,
-    request_workflow_task,
-    transition,
+    lock_run_with_activity,
+    update_activity,
+    write_run,
 )
-from app.storage.schema import activities
 from app.workflows.context import current_activity_execution_id
 from app.workflows.errors import WorkflowError
 from app.workflows.registry import ActivityDefinition, Registry
@@ -64,9 +65,15 @@ class RetryLater:
 
 @dataclass(frozen=True)
 class Done:
-    """Nothing (more) to run for this message; `reason` says why."""
+    """Nothing (more) to run for this message; `reason` says why.
+
+    `advanced` says the run's next workflow task already ran inline; `dispatches` is
+    the work it asked for.
+    """
 
     reason: str
+    dispatches: list[Dispatch] = field(default_factory=list)
+    advanced: bool = False
 
 
 ClaimOutcome = Attempt | RetryLater | Done
@@ -94,16 +101,9 @@ def _lease_owner_alive(owner: str | None) -> bool | None:
 
 def claim_attempt(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: int) -> ClaimOutcome:
     with engine.begin() as conn:
-        run = lock_run(conn, run_id)
+        run, row = lock_run_with_activity(conn, run_id, seq)
         if run is None:
             return Done("unknown run")
-        row = (
-            conn.execute(
-                select(activities).where(activities.c.run_id == run_id, activities.c.seq == seq)
-            )
-            .mappings()
-            .first()
-        )
         if row is None:
             return Done("unknown activity")
         if not run.is_open:
@@ -119,50 +119,42 @@ def claim_attempt(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: in
             if alive or (alive is None and row["lease_expires_at"] > now):
                 return Done("attempt in progress elsewhere")
             error_type = "WorkerLost" if alive is False else "StartToCloseTimeout"
-            delay = _record_failure(
-                conn,
-                run,
-                row,
-                error_type,
-                f"attempt {row['attempt']} was lost: its worker stopped before reporting",
-                now,
-            )
+            message = f"attempt {row['attempt']} was lost: its worker stopped before reporting"
+            delay = _record_failure(conn, run, row, error_type, message, now)
             return Done("lost attempt failed for good") if delay is None else RetryLater(delay)
         definition = registry.activities.get(row["activity_name"])
         if definition is None:
             return RetryLater(5.0)
         attempt = int(row["attempt"])
-        started_key = f"activity:{seq}:attempt:{attempt}:started"
-        conn.execute(
-            update(activities)
-            .where(activities.c.run_id == run_id, activities.c.seq == seq)
-            .values(
-                state="STARTED",
-                lease_owner=worker_identity(),
-                lease_expires_at=now
-                + timedelta(seconds=row["start_to_close_seconds"])
-                + LEASE_GRACE,
-                next_attempt_at=None,
-            )
+        write_run(
+            conn,
+            run,
+            new_events=[
+                NewEvent(
+                    ev.ACTIVITY_TASK_STARTED,
+                    {
+                        "task_id": ev.activity_task_id(run_id, seq),
+                        "activity_name": row["activity_name"],
+                        "input": ev.payload(row["input"]),
+                        "seq": seq,
+                        "attempt": attempt,
+                    },
+                    dedup_key=f"activity:{seq}:attempt:{attempt}:started",
+                )
+            ],
+            also=[
+                update_activity(
+                    run_id,
+                    seq,
+                    state="STARTED",
+                    lease_owner=worker_identity(),
+                    lease_expires_at=now
+                    + timedelta(seconds=row["start_to_close_seconds"])
+                    + LEASE_GRACE,
+                    next_attempt_at=None,
+                )
+            ],
         )
-        if not already_recorded(conn, run_id, started_key):
-            append_events(
-                conn,
-                run,
-                [
-                    NewEvent(
-                        ev.ACTIVITY_TASK_STARTED,
-                        {
-                            "task_id": ev.activity_task_id(run_id, seq),
-                            "activity_name": row["activity_name"],
-                            "input": ev.payload(row["input"]),
-                            "seq": seq,
-                            "attempt": attempt,
-                        },
-                        dedup_key=started_key,
-                    )
-                ],
-            )
         return Attempt(run_id, run.execution_id, seq, attempt, definition, row["input"])
 
 
@@ -189,20 +181,19 @@ def execute_attempt(attempt: Attempt) -> tuple[bool, Any]:
 
 
 def record_outcome(
-    engine: Engine, attempt: Attempt, succeeded: bool, value: Any
+    engine: Engine,
+    attempt: Attempt,
+    succeeded: bool,
+    value: Any,
+    registry: Registry | None = None,
 ) -> RetryLater | Done:
-    """Record the attempt's result or failure, unless the attempt is no longer ours."""
+    """Record the attempt's result or failure, unless the attempt is no longer ours.
+
+    With a registry, the run's next workflow task runs right here, in the same
+    transaction: the outcome and the commands it leads to commit together.
+    """
     with engine.begin() as conn:
-        run = lock_run(conn, attempt.run_id)
-        row = (
-            conn.execute(
-                select(activities).where(
-                    activities.c.run_id == attempt.run_id, activities.c.seq == attempt.seq
-                )
-            )
-            .mappings()
-            .first()
-        )
+        run, row = lock_run_with_activity(conn, attempt.run_id, attempt.seq)
         if (
             run is None
             or row is None
@@ -214,28 +205,36 @@ def record_outcome(
             return Done("outcome discarded: the attempt is no longer current")
         now = datetime.now(UTC)
         if succeeded:
-            _record_success(conn, run, row, value, now)
-            return Done("completed")
-        error: BaseException = value
-        error_type = error.type if isinstance(error, WorkflowError) else type(error).__name__
-        if isinstance(error, WorkflowError) and error.non_retryable:
-            delay = _record_failure(conn, run, row, error_type, str(error), now, retry=False)
+            run = _record_success(conn, run, row, value)
+            delay = None
         else:
-            delay = _record_failure(conn, run, row, error_type, str(error), now)
-        return Done("failed") if delay is None else RetryLater(delay)
+            error: BaseException = value
+            error_type = error.type if isinstance(error, WorkflowError) else type(error).__name__
+            retry = not (isinstance(error, WorkflowError) and error.non_retryable)
+            delay = _record_failure(conn, run, row, error_type, str(error), now, retry=retry)
+            if delay is not None:
+                return RetryLater(delay)
+            locked = lock_run(conn, attempt.run_id)
+            assert locked is not None
+            run = locked
+        if registry is None:
+            return Done("completed" if succeeded else "failed")
+        if now >= run.deadline:
+            time_out_run(conn, run)
+            return Done("run timed out")
+        dispatches = advance(conn, registry, run, now)
+        return Done("completed" if succeeded else "failed", dispatches=dispatches, advanced=True)
 
 
-def _record_success(conn: Connection, run: LockedRun, row: Any, value: Any, now: datetime) -> None:
+def _record_success(conn: Connection, run: LockedRun, row: Any, value: Any) -> LockedRun:
     seq = row["seq"]
-    conn.execute(
-        update(activities)
-        .where(activities.c.run_id == run.run_id, activities.c.seq == seq)
-        .values(state="COMPLETED", lease_owner=None, lease_expires_at=None)
+    settled = run.status is ExecutionStatus.RETRYING_AFTER_ERROR and not has_retrying_activity(
+        conn, run.run_id, besides=seq
     )
-    run = append_events(
+    return write_run(
         conn,
         run,
-        [
+        new_events=[
             NewEvent(
                 ev.ACTIVITY_TASK_COMPLETED,
                 {
@@ -248,12 +247,11 @@ def _record_success(conn: Connection, run: LockedRun, row: Any, value: Any, now:
                 dedup_key=f"activity:{seq}:outcome",
             )
         ],
+        also=[update_activity(run.run_id, seq, state="COMPLETED", lease_owner=None)],
+        values={"workflow_task_due_at": run.workflow_task_due_at or NOW},
+        status=ExecutionStatus.RUNNING if settled else None,
+        reason="activity retry succeeded" if settled else None,
     )
-    request_workflow_task(conn, run.run_id)
-    if run.status is ExecutionStatus.RETRYING_AFTER_ERROR and not has_retrying_activity(
-        conn, run.run_id
-    ):
-        transition(conn, run, ExecutionStatus.RUNNING, now=now, reason="activity retry succeeded")
 
 
 def _record_failure(
@@ -270,55 +268,49 @@ def _record_failure(
     seq, attempt = row["seq"], row["attempt"]
     policy = RetryPolicy.from_json(row["retry_policy"])
     delay = policy.next_delay(attempt, error_type) if retry else None
-    failure = ev.failure(error_type, message)
     attributes = {
         "task_id": ev.activity_task_id(run.run_id, seq),
         "activity_name": row["activity_name"],
         "attempt": attempt,
-        "failure": failure,
+        "failure": ev.failure(error_type, message),
         "seq": seq,
     }
     if delay is None:
-        conn.execute(
-            update(activities)
-            .where(activities.c.run_id == run.run_id, activities.c.seq == seq)
-            .values(state="FAILED", lease_owner=None, lease_expires_at=None)
-        )
-        append_events(
+        write_run(
             conn,
             run,
-            [NewEvent(ev.ACTIVITY_TASK_FAILED, attributes, dedup_key=f"activity:{seq}:outcome")],
+            new_events=[
+                NewEvent(ev.ACTIVITY_TASK_FAILED, attributes, dedup_key=f"activity:{seq}:outcome")
+            ],
+            also=[update_activity(run.run_id, seq, state="FAILED", lease_owner=None)],
+            values={"workflow_task_due_at": run.workflow_task_due_at or NOW},
         )
-        request_workflow_task(conn, run.run_id)
         return None
-    conn.execute(
-        update(activities)
-        .where(activities.c.run_id == run.run_id, activities.c.seq == seq)
-        .values(
-            state="BACKING_OFF",
-            attempt=attempt + 1,
-            lease_owner=None,
-            lease_expires_at=None,
-            next_attempt_at=now + timedelta(seconds=delay),
-        )
-    )
-    run = append_events(
+    start_retrying = run.status is ExecutionStatus.RUNNING
+    write_run(
         conn,
         run,
-        [
+        new_events=[
             NewEvent(
                 ev.ACTIVITY_TASK_RETRYING,
                 {**attributes, "next_attempt_in_seconds": delay},
                 dedup_key=f"activity:{seq}:attempt:{attempt}:retrying",
             )
         ],
+        also=[
+            update_activity(
+                run.run_id,
+                seq,
+                state="BACKING_OFF",
+                attempt=attempt + 1,
+                lease_owner=None,
+                lease_expires_at=None,
+                next_attempt_at=now + timedelta(seconds=delay),
+            )
+        ],
+        status=ExecutionStatus.RETRYING_AFTER_ERROR if start_retrying else None,
+        reason=f"activity {row['activity_name']!r} attempt {attempt} failed"
+        if start_retrying
+        else None,
     )
-    if run.status is ExecutionStatus.RUNNING:
-        transition(
-            conn,
-            run,
-            ExecutionStatus.RETRYING_AFTER_ERROR,
-            now=now,
-            reason=f"activity {row['activity_name']!r} attempt {attempt} failed",
-        )
     return delay

@@ -13,10 +13,13 @@ from sqlalchemy.dialects.postgresql import insert as pg_insert
 
 from app.engine import events as ev
 from app.engine.dispatch import Dispatch
+from app.engine.replay import HistoryEvent
 from app.engine.statuses import ExecutionStatus
+from app.engine.workflow_tasks import advance
 from app.errors import AlreadyStarted, ExecutionNotFound
+from app.storage.history import LockedRun
 from app.storage.schema import events, executions, runs
-from app.workflows.registry import WorkflowDefinition
+from app.workflows.registry import Registry, WorkflowDefinition
 
 
 @dataclass(frozen=True)
@@ -49,10 +52,17 @@ def start_execution(
     execution_id: str,
     input_value: Any,
     user_id: str | None = None,
-) -> tuple[ExecutionRecord, Dispatch]:
-    """Record a new execution, its first run and its STARTED event, in one transaction."""
+    registry: Registry | None = None,
+) -> tuple[ExecutionRecord, list[Dispatch]]:
+    """Record a new execution, its first run and its STARTED event, in one transaction.
+
+    With a registry, the first workflow task runs in that same transaction, and the
+    dispatches are its activities; without, the dispatch is a workflow task.
+    """
     now = datetime.now(UTC)
     run_id = uuid.uuid4()
+    deadline = now + definition.execution_timeout
+    seed = random.getrandbits(63)
     with engine.begin() as conn:
         inserted = conn.execute(
             pg_insert(executions)
@@ -76,28 +86,47 @@ def start_execution(
                 run_number=1,
                 status=ExecutionStatus.RUNNING.value,
                 start_time=now,
-                deadline=now + definition.execution_timeout,
-                random_seed=random.getrandbits(63),
+                deadline=deadline,
+                random_seed=seed,
                 last_event_id=1,
                 workflow_task_due_at=now,
             )
+        )
+        started = HistoryEvent(
+            1,
+            ev.WORKFLOW_EXECUTION_STARTED,
+            {
+                "task_id": ev.workflow_task_id(run_id, 1),
+                "workflow_name": definition.name,
+                "display_name": definition.display_name or definition.name,
+                "input": ev.payload(input_value),
+                "attempt": 1,
+            },
         )
         conn.execute(
             insert(events).values(
                 run_id=run_id,
                 event_id=1,
                 execution_id=execution_id,
-                event_type=ev.WORKFLOW_EXECUTION_STARTED,
-                attributes={
-                    "task_id": ev.workflow_task_id(run_id, 1),
-                    "workflow_name": definition.name,
-                    "display_name": definition.display_name or definition.name,
-                    "input": ev.payload(input_value),
-                    "attempt": 1,
-                },
+                event_type=started.event_type,
+                attributes=started.attributes,
                 event_timestamp=int(now.timestamp() * 1e9),
             )
         )
+        dispatches = [Dispatch(run_id=run_id)]
+        if registry is not None:
+            run = LockedRun(
+                run_id=run_id,
+                execution_id=execution_id,
+                workflow_name=definition.name,
+                status=ExecutionStatus.RUNNING,
+                deadline=deadline,
+                random_seed=seed,
+                last_event_id=1,
+                processed_event_id=0,
+                workflow_task_due_at=now,
+            )
+            dispatches = advance(conn, registry, run, now, history=[started])
     record = ExecutionRecord(
         execution_id=execution_id,
         workflow_name=definition.name,
@@ -111,7 +140,10 @@ def start_execution(
         error=None,
         user_id=user_id,
     )
-    return record, Dispatch(run_id=run_id)
+    if registry is not None:
+        # The first workflow task may already have finished the execution.
+        record = get_execution(engine, execution_id) if not dispatches else record
+    return record, dispatches
 
 
 def _execution_query() -> Any:

@@ -108,6 +108,6 @@ def _time_out_overdue_runs(engine: Engine, now: datetime) -> int:
         with engine.begin() as conn:
             run = lock_run(conn, run_id)
             if run is not None and run.is_open and run.deadline <= now:
-                time_out_run(conn, run, now=now)
+                time_out_run(conn, run)
                 count += 1
     return count

@@ -1,8 +1,10 @@
 """The workflow task: replay a run and record what its code asks for next.
 
-One transaction: lock the run (the per-execution lock), replay its history, append the
-WORKFLOW_TASK_COMPLETED event and the new commands, update the status. The caller
-dispatches the returned work after commit.
+One transaction: lock the run (the per-execution lock), replay its history, then one
+statement appends WORKFLOW_TASK_COMPLETED and the new commands and updates the run.
+The caller dispatches the returned work after commit. `advance` also runs inline,
+inside the transaction that recorded an activity's outcome or started the execution,
+so the happy path needs no broker hop and no extra transaction for it.
 """
 
 from __future__ import annotations
@@ -11,7 +13,7 @@ import logging
 import uuid
 from datetime import UTC, datetime
 
-from sqlalchemy import Connection, Engine, insert, select, update
+from sqlalchemy import Connection, Engine, select
 
 from app.engine import events as ev
 from app.engine.dispatch import ActivityDispatch, Dispatch
@@ -25,36 +27,56 @@ from app.engine.replay import (
     Replayer,
     ScheduleActivity,
 )
-from app.engine.statuses import ExecutionStatus
+from app.engine.statuses import OPEN_STATUSES, ExecutionStatus
 from app.errors import PayloadTooLarge
 from app.storage.history import (
     LockedRun,
     NewEvent,
-    append_events,
     close_run,
     has_retrying_activity,
+    insert_activities,
     lock_run,
-    transition,
+    write_run,
 )
-from app.storage.schema import activities, events, runs
+from app.storage.schema import events, runs
 from app.workflows.registry import Registry
 
 log = logging.getLogger(__name__)
 
 
 def run_workflow_task(engine: Engine, registry: Registry, run_id: uuid.UUID) -> list[Dispatch]:
+    if not _may_need_a_workflow_task(engine, run_id):
+        return []
     with engine.begin() as conn:
         run = lock_run(conn, run_id)
         if run is None or not run.is_open or run.workflow_task_due_at is None:
             return []
         now = datetime.now(UTC)
         if now >= run.deadline:
-            time_out_run(conn, run, now=now)
+            time_out_run(conn, run)
             return []
-        return _advance(conn, registry, run, now)
+        return advance(conn, registry, run, now)
 
 
-def _advance(conn: Connection, registry: Registry, run: LockedRun, now: datetime) -> list[Dispatch]:
+def _may_need_a_workflow_task(engine: Engine, run_id: uuid.UUID) -> bool:
+    """A lock-free look first: most redundant wake-ups (a chord's callback after the
+    activities already advanced the run inline) end here without a write."""
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(runs.c.status, runs.c.workflow_task_due_at).where(runs.c.run_id == run_id)
+        ).first()
+    return row is not None and row.status in OPEN_STATUSES and row.workflow_task_due_at is not None
+
+
+def advance(
+    conn: Connection,
+    registry: Registry,
+    run: LockedRun,
+    now: datetime,
+    *,
+    history: list[HistoryEvent] | None = None,
+) -> list[Dispatch]:
+    """Replay the locked run and record its new commands; return what to dispatch."""
     definition = registry.workflows.get(run.workflow_name)
     if definition is None:
         _fail_workflow_task(
@@ -66,17 +88,15 @@ def _advance(conn: Connection, registry: Registry, run: LockedRun, now: datetime
         registry=registry,
         execution_id=run.execution_id,
         random_seed=run.random_seed,
-        history=_load_history(conn, run.run_id),
+        history=history if history is not None else _load_history(conn, run.run_id),
     )
     outcome = replayer.replay(now=now)
     if isinstance(outcome, NonDeterminism):
         _fail_workflow_task(conn, run, "NonDeterminismError", outcome.message)
         return []
     commands = [_within_size_limit(c) for c in outcome.commands]
-
-    task_event_id = run.last_event_id + 1
-    task_id = ev.workflow_task_id(run.run_id, task_event_id)
-    new_events = [
+    task_id = ev.workflow_task_id(run.run_id, run.last_event_id + 1)
+    recorded = [
         NewEvent(
             ev.WORKFLOW_TASK_COMPLETED,
             {
@@ -87,75 +107,83 @@ def _advance(conn: Connection, registry: Registry, run: LockedRun, now: datetime
         )
     ]
     scheduled = [c for c in commands if isinstance(c, ScheduleActivity)]
-    for activity in scheduled:
-        new_events.append(
-            NewEvent(
-                ev.ACTIVITY_TASK_SCHEDULED,
-                {
-                    "task_id": ev.activity_task_id(run.run_id, activity.seq),
-                    "seq": activity.seq,
-                    "activity_name": activity.activity_name,
-                    "input": ev.payload(activity.input),
-                    "start_to_close_seconds": activity.start_to_close_seconds,
-                    "retry_policy": activity.retry_policy.to_json(),
-                },
-            )
+    recorded += [
+        NewEvent(
+            ev.ACTIVITY_TASK_SCHEDULED,
+            {
+                "task_id": ev.activity_task_id(run.run_id, activity.seq),
+                "seq": activity.seq,
+                "activity_name": activity.activity_name,
+                "input": ev.payload(activity.input),
+                "start_to_close_seconds": activity.start_to_close_seconds,
+                "retry_policy": activity.retry_policy.to_json(),
+            },
         )
-    run = append_events(conn, run, new_events)
+        for activity in scheduled
+    ]
+    also = []
     if scheduled:
-        conn.execute(
-            insert(activities),
-            [
-                {
-                    "run_id": run.run_id,
-                    "seq": c.seq,
-                    "activity_name": c.activity_name,
-                    "input": c.input,
-                    "state": "SCHEDULED",
-                    "retry_policy": c.retry_policy.to_json(),
-                    "start_to_close_seconds": c.start_to_close_seconds,
-                    "scheduled_at": now,
-                }
-                for c in scheduled
-            ],
+        also.append(
+            insert_activities(
+                [
+                    {
+                        "run_id": run.run_id,
+                        "seq": c.seq,
+                        "activity_name": c.activity_name,
+                        "input": c.input,
+                        "state": "SCHEDULED",
+                        "retry_policy": c.retry_policy.to_json(),
+                        "start_to_close_seconds": c.start_to_close_seconds,
+                        "scheduled_at": now,
+                    }
+                    for c in scheduled
+                ]
+            )
         )
-    conn.execute(
-        update(runs)
-        .where(runs.c.run_id == run.run_id)
-        .values(processed_event_id=outcome.processed_event_id, workflow_task_due_at=None)
-    )
-    for command in commands:
-        if isinstance(command, CompleteWorkflow):
-            close_run(
-                conn,
-                run,
-                ExecutionStatus.COMPLETED,
-                NewEvent(
-                    ev.WORKFLOW_EXECUTION_COMPLETED,
-                    {"task_id": task_id, "result": ev.payload(command.result), "attempt": 1},
-                ),
-                now=now,
-                result=command.result,
-            )
-            return []
-        if isinstance(command, FailWorkflow):
-            failure = ev.failure(command.error_type, command.message)
-            close_run(
-                conn,
-                run,
-                ExecutionStatus.FAILED,
-                NewEvent(
-                    ev.WORKFLOW_EXECUTION_FAILED,
-                    {"task_id": task_id, "failure": failure, "attempt": 1},
-                ),
-                now=now,
-                error=failure,
-            )
-            return []
-    if run.status is ExecutionStatus.RETRYING_AFTER_ERROR and not has_retrying_activity(
+    progress = {"processed_event_id": outcome.processed_event_id, "workflow_task_due_at": None}
+    closing = next((c for c in commands if not isinstance(c, ScheduleActivity)), None)
+    if isinstance(closing, CompleteWorkflow):
+        close_run(
+            conn,
+            run,
+            ExecutionStatus.COMPLETED,
+            NewEvent(
+                ev.WORKFLOW_EXECUTION_COMPLETED,
+                {"task_id": task_id, "result": ev.payload(closing.result), "attempt": 1},
+            ),
+            result=closing.result,
+            new_events=recorded,
+            values=progress,
+            also=also,
+        )
+        return []
+    if isinstance(closing, FailWorkflow):
+        failure = ev.failure(closing.error_type, closing.message)
+        close_run(
+            conn,
+            run,
+            ExecutionStatus.FAILED,
+            NewEvent(
+                ev.WORKFLOW_EXECUTION_FAILED, {"task_id": task_id, "failure": failure, "attempt": 1}
+            ),
+            error=failure,
+            new_events=recorded,
+            values=progress,
+            also=also,
+        )
+        return []
+    settled = run.status is ExecutionStatus.RETRYING_AFTER_ERROR and not has_retrying_activity(
         conn, run.run_id
-    ):
-        transition(conn, run, ExecutionStatus.RUNNING, now=now, reason="retried activity settled")
+    )
+    write_run(
+        conn,
+        run,
+        new_events=recorded,
+        values=progress,
+        also=also,
+        status=ExecutionStatus.RUNNING if settled else None,
+        reason="retried activity settled" if settled else None,
+    )
     if not scheduled:
         return []
     return [
@@ -179,7 +207,7 @@ def _within_size_limit(command: Command) -> Command:
     return command
 
 
-def time_out_run(conn: Connection, run: LockedRun, *, now: datetime) -> None:
+def time_out_run(conn: Connection, run: LockedRun) -> None:
     failure = ev.failure("TimeoutError", "the execution exceeded its execution_timeout")
     close_run(
         conn,
@@ -193,7 +221,6 @@ def time_out_run(conn: Connection, run: LockedRun, *, now: datetime) -> None:
                 "failure": failure,
             },
         ),
-        now=now,
         error=failure,
     )
 
@@ -201,10 +228,10 @@ def time_out_run(conn: Connection, run: LockedRun, *, now: datetime) -> None:
 def _fail_workflow_task(conn: Connection, run: LockedRun, error_type: str, message: str) -> None:
     """Record the failure once and stop: the run waits for a fix (or its timeout)."""
     log.error("workflow task of run %s failed: %s", run.run_id, message)
-    run = append_events(
+    write_run(
         conn,
         run,
-        [
+        new_events=[
             NewEvent(
                 ev.WORKFLOW_TASK_FAILED,
                 {
@@ -214,8 +241,8 @@ def _fail_workflow_task(conn: Connection, run: LockedRun, error_type: str, messa
                 dedup_key=f"workflow-task-failed:{run.last_event_id}",
             )
         ],
+        values={"workflow_task_due_at": None},
     )
-    conn.execute(update(runs).where(runs.c.run_id == run.run_id).values(workflow_task_due_at=None))
 
 
 def _load_history(conn: Connection, run_id: uuid.UUID) -> list[HistoryEvent]:

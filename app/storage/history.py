@@ -1,24 +1,31 @@
 """The write primitives every transaction on a run is built from.
 
 Each function works inside the caller's transaction (`conn`). Writers serialise on the
-run row: `lock_run` first, then read and append, so event ids stay dense and a check
-followed by a write cannot race.
+run row: `lock_run` first, then read and write, so event ids stay dense and a check
+followed by a write cannot race. `write_run` sends one statement for everything a step
+records (events, activity rows, the run's counters and status), because round trips,
+not Postgres, are what a workflow step spends its time on.
 """
 
 from __future__ import annotations
 
 import time
 import uuid
-from dataclasses import dataclass
-from datetime import datetime
+from collections.abc import Sequence
+from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Connection, and_, exists, func, insert, select, update
+from psycopg.types.json import Jsonb
+from sqlalchemy import Connection, and_, exists, select
 
 from app.engine import events as ev
 from app.engine.statuses import OPEN_STATUSES, TERMINAL_STATUSES, ExecutionStatus, sources_of
 from app.errors import IllegalTransition
-from app.storage.schema import activities, events, executions, runs
+from app.storage.schema import activities, executions, runs
+
+IN_FLIGHT_ACTIVITY_STATES = ("SCHEDULED", "STARTED", "BACKING_OFF")
+CLOSED_CHANNEL = "chainline_execution_closed"
 
 
 @dataclass(frozen=True)
@@ -46,20 +53,28 @@ class LockedRun:
         return self.status in OPEN_STATUSES
 
 
+_RUN_COLUMNS = (
+    runs.c.run_id,
+    runs.c.execution_id,
+    executions.c.workflow_name,
+    runs.c.status,
+    runs.c.deadline,
+    runs.c.random_seed,
+    runs.c.last_event_id,
+    runs.c.processed_event_id,
+    runs.c.workflow_task_due_at,
+)
+
+
+def _locked(row: Any) -> LockedRun:
+    values = {c.name: row[c.name] for c in _RUN_COLUMNS}
+    return LockedRun(**{**values, "status": ExecutionStatus(values["status"])})
+
+
 def lock_run(conn: Connection, run_id: uuid.UUID) -> LockedRun | None:
     row = (
         conn.execute(
-            select(
-                runs.c.run_id,
-                runs.c.execution_id,
-                executions.c.workflow_name,
-                runs.c.status,
-                runs.c.deadline,
-                runs.c.random_seed,
-                runs.c.last_event_id,
-                runs.c.processed_event_id,
-                runs.c.workflow_task_due_at,
-            )
+            select(*_RUN_COLUMNS)
             .join(executions, executions.c.execution_id == runs.c.execution_id)
             .where(runs.c.run_id == run_id)
             .with_for_update(of=runs)
@@ -67,86 +82,177 @@ def lock_run(conn: Connection, run_id: uuid.UUID) -> LockedRun | None:
         .mappings()
         .first()
     )
+    return None if row is None else _locked(row)
+
+
+def lock_run_with_activity(
+    conn: Connection, run_id: uuid.UUID, seq: int
+) -> tuple[LockedRun | None, Any]:
+    """Lock the run and read one of its activities, in one round trip."""
+    row = (
+        conn.execute(
+            select(*_RUN_COLUMNS, *(c.label(f"activity_{c.name}") for c in activities.c))
+            .join(executions, executions.c.execution_id == runs.c.execution_id)
+            .outerjoin(
+                activities, and_(activities.c.run_id == runs.c.run_id, activities.c.seq == seq)
+            )
+            .where(runs.c.run_id == run_id)
+            .with_for_update(of=runs)
+        )
+        .mappings()
+        .first()
+    )
     if row is None:
-        return None
-    return LockedRun(**{**row, "status": ExecutionStatus(row["status"])})
+        return None, None
+    activity = {c.name: row[f"activity_{c.name}"] for c in activities.c}
+    return _locked(row), (activity if activity["seq"] is not None else None)
 
 
-def already_recorded(conn: Connection, run_id: uuid.UUID, dedup_key: str) -> bool:
-    query = select(exists().where(events.c.run_id == run_id, events.c.dedup_key == dedup_key))
-    return bool(conn.execute(query).scalar())
+@dataclass(frozen=True)
+class Sql:
+    """A statement written by hand: the hot path skips SQLAlchemy's compiler."""
+
+    text: str
+    params: tuple[Any, ...] = ()
 
 
-def append_events(conn: Connection, run: LockedRun, new_events: list[NewEvent]) -> LockedRun:
-    """Append events after the run's last one; returns the run with its new counter."""
-    if not new_events:
-        return run
-    first_id = run.last_event_id + 1
-    now_ns = time.time_ns()
-    conn.execute(
-        insert(events),
-        [
-            {
-                "run_id": run.run_id,
-                "event_id": first_id + offset,
-                "execution_id": run.execution_id,
-                "event_type": event.event_type,
-                "attributes": event.attributes,
-                "event_timestamp": now_ns + offset,
-                "dedup_key": event.dedup_key,
-            }
-            for offset, event in enumerate(new_events)
-        ],
+class _Now:
+    """As a column value: the database's now()."""
+
+
+NOW = _Now()
+JSON_COLUMNS = frozenset({"attributes", "input", "result", "error", "retry_policy"})
+
+
+def _param(column: str, value: Any) -> Any:
+    if column in JSON_COLUMNS and value is not None:
+        return Jsonb(value)
+    return value
+
+
+def _assignments(values: dict[str, Any]) -> tuple[str, list[Any]]:
+    parts: list[str] = []
+    params: list[Any] = []
+    for column, value in values.items():
+        if isinstance(value, _Now):
+            parts.append(f"{column} = now()")
+        else:
+            parts.append(f"{column} = %s")
+            params.append(_param(column, value))
+    return ", ".join(parts), params
+
+
+def _insert(table: str, rows: Sequence[dict[str, Any]]) -> Sql:
+    columns = list(rows[0])
+    placeholders = "(" + ", ".join(["%s"] * len(columns)) + ")"
+    params = [_param(column, row[column]) for row in rows for column in columns]
+    text = f"INSERT INTO {table} ({', '.join(columns)}) VALUES " + ", ".join(
+        [placeholders] * len(rows)
     )
-    last_event_id = run.last_event_id + len(new_events)
-    conn.execute(
-        update(runs).where(runs.c.run_id == run.run_id).values(last_event_id=last_event_id)
-    )
-    return _replace(run, last_event_id=last_event_id)
+    return Sql(text, tuple(params))
 
 
-def transition(
+def write_run(
     conn: Connection,
     run: LockedRun,
-    new_status: ExecutionStatus,
     *,
-    now: datetime,
-    result: Any = None,
-    error: dict[str, Any] | None = None,
+    new_events: Sequence[NewEvent] = (),
+    status: ExecutionStatus | None = None,
+    values: dict[str, Any] | None = None,
+    also: Sequence[Sql] = (),
     reason: str | None = None,
 ) -> LockedRun:
-    """Move the run to `new_status` with a guarded update, and record the change.
+    """Append events, run the `also` statements, and update the run row: one statement.
 
-    Entering a terminal status records nothing here: the caller appends the matching
-    WORKFLOW_EXECUTION_* event in the same transaction.
+    A status change is a guarded update (allowed only from the statuses the table
+    lists); a non-terminal change records WORKFLOW_STATUS_CHANGED, a terminal one
+    expects the caller's closing event among `new_events`. A guard that fails raises
+    IllegalTransition, and the caller's transaction rolls back.
     """
-    values: dict[str, Any] = {"status": new_status.value}
-    if new_status in TERMINAL_STATUSES:
-        values.update(end_time=now, result=result, error=error, workflow_task_due_at=None)
-    changed = conn.execute(
-        update(runs)
-        .where(
-            runs.c.run_id == run.run_id,
-            runs.c.status.in_([s.value for s in sources_of(new_status)]),
+    appended = list(new_events)
+    run_values: dict[str, Any] = dict(values or {})
+    guard = ""
+    guard_params: list[Any] = []
+    if status is not None:
+        allowed = sorted(s.value for s in sources_of(status))
+        guard = " AND status IN (" + ", ".join(["%s"] * len(allowed)) + ")"
+        guard_params = list(allowed)
+        run_values["status"] = status.value
+        if status in TERMINAL_STATUSES:
+            run_values.update(end_time=NOW, workflow_task_due_at=None)
+        else:
+            appended.append(
+                NewEvent(
+                    ev.WORKFLOW_STATUS_CHANGED,
+                    {"from_status": run.status.value, "to_status": status.value, "reason": reason},
+                )
+            )
+    ctes: list[Sql] = []
+    if appended:
+        now_ns = time.time_ns()
+        ctes.append(
+            _insert(
+                "events",
+                [
+                    {
+                        "run_id": run.run_id,
+                        "event_id": run.last_event_id + 1 + offset,
+                        "execution_id": run.execution_id,
+                        "event_type": event.event_type,
+                        "attributes": event.attributes,
+                        "event_timestamp": now_ns + offset,
+                        "dedup_key": event.dedup_key,
+                    }
+                    for offset, event in enumerate(appended)
+                ],
+            )
         )
-        .values(**values)
-        .returning(runs.c.run_id)
+    ctes.extend(also)
+    last_event_id = run.last_event_id + len(appended)
+    run_values["last_event_id"] = last_event_id
+    assignments, params = _assignments(run_values)
+    prefix = ""
+    prefix_params: list[Any] = []
+    if ctes:
+        prefix = "WITH " + ", ".join(f"w{i} AS ({cte.text})" for i, cte in enumerate(ctes)) + " "
+        prefix_params = [p for cte in ctes for p in cte.params]
+    statement = f"{prefix}UPDATE runs SET {assignments} WHERE run_id = %s{guard} RETURNING run_id"
+    changed = conn.exec_driver_sql(
+        statement, (*prefix_params, *params, run.run_id, *guard_params)
     ).first()
     if changed is None:
-        raise IllegalTransition(f"run {run.run_id} cannot go from {run.status} to {new_status}")
-    moved = _replace(run, status=new_status)
-    if new_status in TERMINAL_STATUSES:
-        return moved
-    return append_events(
-        conn,
-        moved,
-        [
-            NewEvent(
-                ev.WORKFLOW_STATUS_CHANGED,
-                {"from_status": run.status.value, "to_status": new_status.value, "reason": reason},
-            )
-        ],
+        raise IllegalTransition(f"run {run.run_id} cannot go from {run.status} to {status}")
+    if status in TERMINAL_STATUSES:
+        # Delivered at commit: wakes API requests waiting for this execution's result.
+        conn.exec_driver_sql("SELECT pg_notify(%s, %s)", (CLOSED_CHANNEL, run.execution_id))
+    due = run_values.get("workflow_task_due_at", run.workflow_task_due_at)
+    return replace(
+        run,
+        last_event_id=last_event_id,
+        status=status or run.status,
+        workflow_task_due_at=datetime.now(UTC) if isinstance(due, _Now) else due,
     )
+
+
+def abandon_activities(run_id: uuid.UUID) -> Sql:
+    """A closed run's in-flight activities: their later outcomes are not recorded."""
+    return Sql(
+        "UPDATE activities SET state = 'ABANDONED' WHERE run_id = %s"
+        " AND state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')",
+        (run_id,),
+    )
+
+
+def update_activity(run_id: uuid.UUID, seq: int, **values: Any) -> Sql:
+    assignments, params = _assignments(values)
+    return Sql(
+        f"UPDATE activities SET {assignments} WHERE run_id = %s AND seq = %s",
+        (*params, run_id, seq),
+    )
+
+
+def insert_activities(rows: Sequence[dict[str, Any]]) -> Sql:
+    return _insert("activities", rows)
 
 
 def close_run(
@@ -155,49 +261,47 @@ def close_run(
     new_status: ExecutionStatus,
     closing_event: NewEvent,
     *,
-    now: datetime,
     result: Any = None,
     error: dict[str, Any] | None = None,
+    new_events: Sequence[NewEvent] = (),
+    values: dict[str, Any] | None = None,
+    also: Sequence[Sql] = (),
 ) -> LockedRun:
-    """Record the closing event, then move the run to its terminal status.
+    """Record the closing event and move the run to its terminal status.
 
-    The event goes first because a closed run accepts no further writes (the trigger
-    refuses them). A retrying run passes through RUNNING, as the status table demands.
+    A retrying run passes through RUNNING first, as the status table demands.
     """
     if run.status not in sources_of(new_status):
-        run = transition(conn, run, ExecutionStatus.RUNNING, now=now, reason="closing")
-    run = append_events(conn, run, [closing_event])
-    conn.execute(
-        update(activities)
-        .where(
-            activities.c.run_id == run.run_id,
-            activities.c.state.in_(["SCHEDULED", "STARTED", "BACKING_OFF"]),
-        )
-        .values(state="ABANDONED")
+        run = write_run(conn, run, status=ExecutionStatus.RUNNING, reason="closing")
+    return write_run(
+        conn,
+        run,
+        new_events=[*new_events, closing_event],
+        status=new_status,
+        values={**(values or {}), "result": result, "error": error},
+        also=[*also, abandon_activities(run.run_id)],
     )
-    return transition(conn, run, new_status, now=now, result=result, error=error)
 
 
-def has_retrying_activity(conn: Connection, run_id: uuid.UUID) -> bool:
+def has_retrying_activity(conn: Connection, run_id: uuid.UUID, *, besides: int = 0) -> bool:
     query = select(
         exists().where(
-            and_(
-                activities.c.run_id == run_id,
-                activities.c.state.in_(["SCHEDULED", "STARTED", "BACKING_OFF"]),
-                activities.c.attempt > 1,
-            )
+            activities.c.run_id == run_id,
+            activities.c.seq != besides,
+            activities.c.state.in_(IN_FLIGHT_ACTIVITY_STATES),
+            activities.c.attempt > 1,
         )
     )
     return bool(conn.execute(query).scalar())
 
 
-def request_workflow_task(conn: Connection, run_id: uuid.UUID) -> None:
-    conn.execute(
-        update(runs)
-        .where(runs.c.run_id == run_id, runs.c.workflow_task_due_at.is_(None))
-        .values(workflow_task_due_at=func.now())
-    )
-
-
-def _replace(run: LockedRun, **changes: Any) -> LockedRun:
-    return LockedRun(**{**run.__dict__, **changes})
+def transition(
+    conn: Connection,
+    run: LockedRun,
+    new_status: ExecutionStatus,
+    *,
+    reason: str | None = None,
+) -> LockedRun:
+    """Move the run to a non-terminal status (guarded), recording the change."""
+    assert new_status not in TERMINAL_STATUSES, "close_run records terminal statuses"
+    return write_run(conn, run, status=new_status, reason=reason)

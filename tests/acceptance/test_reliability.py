@@ -73,23 +73,30 @@ def test_the_same_activity_message_delivered_twice_records_one_outcome(
     celery.close()
 
 
-def test_an_execution_whose_first_message_was_never_published_still_runs(
+def test_an_execution_whose_first_messages_were_never_published_still_runs(
     stack: Stack, http: httpx.Client
 ) -> None:
-    # What the API leaves behind if it dies between its commit and its publish.
+    # What the API leaves behind if it dies between its commit and its publish: with
+    # the first workflow task still to run, or with its first activity scheduled.
+    registry = load_workflow_modules(["tests.workflows"])
     engine = make_engine(normalize_database_url(stack.env["CHAINLINE_DATABASE_URL"]))
     try:
-        record, _never_sent = start_execution(
-            engine,
-            load_workflow_modules(["tests.workflows"]).workflow("sequential-sum"),
-            execution_id=execution_id(),
-            input_value={"values": [20, 22]},
-        )
+        stranded = [
+            start_execution(
+                engine,
+                registry.workflow("sequential-sum"),
+                execution_id=execution_id(),
+                input_value={"values": [20, 22]},
+                registry=inline,
+            )[0].execution_id
+            for inline in (None, registry)
+        ]
     finally:
         engine.dispose()
-    final = wait_for_end(http, record.execution_id, timeout=60)
-    assert final["status"] == "COMPLETED"
-    assert final["result"] == {"total": 42}
+    for stranded_id in stranded:
+        final = wait_for_end(http, stranded_id, timeout=60)
+        assert final["status"] == "COMPLETED"
+        assert final["result"] == {"total": 42}
 
 
 def test_a_whole_worker_killed_mid_activity_is_recovered_by_another(

@@ -28,13 +28,13 @@ from app.workflows.registry import Registry
 
 
 def _start(engine: Engine, registry: Registry, name: str, value: object) -> uuid.UUID:
-    record, dispatch = start_execution(
+    record, (dispatch,) = start_execution(
         engine,
         registry.workflow(name),
         execution_id=f"engine-{uuid.uuid4().hex}",
         input_value=value,
     )
-    assert dispatch.run_id == record.run_id
+    assert dispatch.run_id == record.run_id and not dispatch.activities
     return record.run_id
 
 

@@ -95,7 +95,7 @@ def test_a_guarded_update_that_lost_the_race_raises(engine: Engine) -> None:
             update(runs).where(runs.c.run_id == run_id).values(status="FAILED", end_time=now)
         )
         with pytest.raises(IllegalTransition):
-            transition(conn, stale, ExecutionStatus.RETRYING_AFTER_ERROR, now=now)
+            transition(conn, stale, ExecutionStatus.RETRYING_AFTER_ERROR)
         conn.rollback()
 
 
