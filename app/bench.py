@@ -75,6 +75,9 @@ def _servers(work_dir: Path) -> Iterator[Servers]:
     """The configured Postgres and broker, or embedded ones; a scratch database on it."""
     from app.devstack import EmbeddedPostgres, EmbeddedRedis
 
+    runtime_dir = work_dir / "run"
+    runtime_dir.mkdir(mode=0o700, exist_ok=True)
+    os.environ.setdefault("XDG_RUNTIME_DIR", str(runtime_dir))
     embedded_pg = EmbeddedPostgres(work_dir / "postgres")
     embedded_redis = EmbeddedRedis(work_dir / "redis")
     try:

@@ -9,6 +9,7 @@ failed and retry by the policy).
 from __future__ import annotations
 
 import asyncio
+import logging
 import os
 import socket
 import uuid
@@ -39,6 +40,8 @@ from app.storage.history import (
 from app.workflows.context import current_activity_execution_id
 from app.workflows.errors import WorkflowError
 from app.workflows.registry import ActivityDefinition, Registry
+
+log = logging.getLogger(__name__)
 
 # Time past start_to_close before a silent attempt counts as lost (the hard kill lands first).
 LEASE_GRACE = timedelta(seconds=10)
@@ -190,8 +193,25 @@ def record_outcome(
     """Record the attempt's result or failure, unless the attempt is no longer ours.
 
     With a registry, the run's next workflow task runs right here, in the same
-    transaction: the outcome and the commands it leads to commit together.
+    transaction: the outcome and the commands it leads to commit together. Should that
+    workflow task break, the transaction is tried again recording the outcome alone,
+    and the chained workflow task advances the run instead.
     """
+    if registry is not None:
+        try:
+            return _record_outcome(engine, attempt, succeeded, value, registry)
+        except Exception:
+            log.exception("inline workflow task of run %s failed", attempt.run_id)
+    return _record_outcome(engine, attempt, succeeded, value, None)
+
+
+def _record_outcome(
+    engine: Engine,
+    attempt: Attempt,
+    succeeded: bool,
+    value: Any,
+    registry: Registry | None,
+) -> RetryLater | Done:
     with engine.begin() as conn:
         run, row = lock_run_with_activity(conn, attempt.run_id, attempt.seq)
         if (

@@ -7,6 +7,7 @@ import subprocess
 import uuid
 from datetime import timedelta
 
+import pytest
 from sqlalchemy import Engine, cast, select, update
 from sqlalchemy.dialects.postgresql import JSONB
 
@@ -178,3 +179,39 @@ def test_a_replay_that_disagrees_with_history_fails_the_workflow_task_once(
     assert "'add'" in failures[0].attributes["failure"]["message"]
     assert history[-1].event_type == ev.WORKFLOW_TASK_FAILED
     assert get_execution(engine, _execution_of(engine, run_id)).status is ExecutionStatus.RUNNING
+
+
+def test_an_inline_workflow_task_that_breaks_keeps_the_outcome(
+    engine: Engine, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    run_id = _start(engine, registry, "sequential-sum", {"values": [1, 2]})
+    run_workflow_task(engine, registry, run_id)
+    claim = claim_attempt(engine, registry, run_id, 1)
+    assert isinstance(claim, Attempt)
+    succeeded, value = execute_attempt(claim)
+
+    def broken_advance(*args: object, **kwargs: object) -> None:
+        raise RuntimeError("a bug in the workflow task")
+
+    monkeypatch.setattr("app.engine.activity_tasks.advance", broken_advance)
+    outcome = record_outcome(engine, claim, succeeded, value, registry)
+    assert outcome == Done("completed")  # not advanced: the chained workflow task will
+    assert _types(engine, run_id)[-1] == ev.ACTIVITY_TASK_COMPLETED
+    monkeypatch.undo()
+    (dispatch,) = run_workflow_task(engine, registry, run_id)
+    assert [a.seq for a in dispatch.activities] == [2]
+
+
+def test_an_outcome_recorded_with_the_registry_advances_in_the_same_transaction(
+    engine: Engine, registry: Registry
+) -> None:
+    run_id = _start(engine, registry, "sequential-sum", {"values": [5]})
+    run_workflow_task(engine, registry, run_id)
+    claim = claim_attempt(engine, registry, run_id, 1)
+    assert isinstance(claim, Attempt)
+    succeeded, value = execute_attempt(claim)
+    outcome = record_outcome(engine, claim, succeeded, value, registry)
+    assert isinstance(outcome, Done) and outcome.advanced and outcome.dispatches == []
+    record = get_execution(engine, _execution_of(engine, run_id))
+    assert record.status is ExecutionStatus.COMPLETED and record.result == {"total": 5}
+    assert run_workflow_task(engine, registry, run_id) == []
