@@ -38,7 +38,7 @@ from app.storage.history import (
     lock_run,
     write_run,
 )
-from app.storage.schema import events, runs
+from app.storage.schema import runs
 from app.workflows.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -246,9 +246,8 @@ def _fail_workflow_task(conn: Connection, run: LockedRun, error_type: str, messa
 
 
 def _load_history(conn: Connection, run_id: uuid.UUID) -> list[HistoryEvent]:
-    rows = conn.execute(
-        select(events.c.event_id, events.c.event_type, events.c.attributes)
-        .where(events.c.run_id == run_id)
-        .order_by(events.c.event_id)
+    rows = conn.exec_driver_sql(
+        "SELECT event_id, event_type, attributes FROM events WHERE run_id = %s ORDER BY event_id",
+        (run_id,),
     )
-    return [HistoryEvent(r.event_id, r.event_type, r.attributes) for r in rows]
+    return [HistoryEvent(*row) for row in rows]

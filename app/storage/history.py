@@ -17,12 +17,12 @@ from datetime import UTC, datetime
 from typing import Any
 
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, and_, exists, select
+from sqlalchemy import Connection, exists, select
 
 from app.engine import events as ev
 from app.engine.statuses import OPEN_STATUSES, TERMINAL_STATUSES, ExecutionStatus, sources_of
 from app.errors import IllegalTransition
-from app.storage.schema import activities, executions, runs
+from app.storage.schema import activities
 
 IN_FLIGHT_ACTIVITY_STATES = ("SCHEDULED", "STARTED", "BACKING_OFF")
 CLOSED_CHANNEL = "chainline_execution_closed"
@@ -54,57 +54,62 @@ class LockedRun:
 
 
 _RUN_COLUMNS = (
-    runs.c.run_id,
-    runs.c.execution_id,
-    executions.c.workflow_name,
-    runs.c.status,
-    runs.c.deadline,
-    runs.c.random_seed,
-    runs.c.last_event_id,
-    runs.c.processed_event_id,
-    runs.c.workflow_task_due_at,
+    "r.run_id, r.execution_id, e.workflow_name, r.status, r.deadline, r.random_seed,"
+    " r.last_event_id, r.processed_event_id, r.workflow_task_due_at"
+)
+_ACTIVITY_COLUMNS = (
+    "seq",
+    "activity_name",
+    "input",
+    "state",
+    "attempt",
+    "retry_policy",
+    "start_to_close_seconds",
+    "lease_owner",
+    "lease_expires_at",
+    "next_attempt_at",
+)
+_LOCK_RUN = (
+    f"SELECT {_RUN_COLUMNS} FROM runs r JOIN executions e ON e.execution_id = r.execution_id"
+    " WHERE r.run_id = %s FOR UPDATE OF r"
+)
+_LOCK_RUN_WITH_ACTIVITY = (
+    f"SELECT {_RUN_COLUMNS}, "
+    + ", ".join(f"a.{c}" for c in _ACTIVITY_COLUMNS)
+    + " FROM runs r JOIN executions e ON e.execution_id = r.execution_id"
+    " LEFT JOIN activities a ON a.run_id = r.run_id AND a.seq = %s"
+    " WHERE r.run_id = %s FOR UPDATE OF r"
 )
 
 
-def _locked(row: Any) -> LockedRun:
-    values = {c.name: row[c.name] for c in _RUN_COLUMNS}
-    return LockedRun(**{**values, "status": ExecutionStatus(values["status"])})
+def _locked(row: Sequence[Any]) -> LockedRun:
+    return LockedRun(
+        run_id=row[0],
+        execution_id=row[1],
+        workflow_name=row[2],
+        status=ExecutionStatus(row[3]),
+        deadline=row[4],
+        random_seed=row[5],
+        last_event_id=row[6],
+        processed_event_id=row[7],
+        workflow_task_due_at=row[8],
+    )
 
 
 def lock_run(conn: Connection, run_id: uuid.UUID) -> LockedRun | None:
-    row = (
-        conn.execute(
-            select(*_RUN_COLUMNS)
-            .join(executions, executions.c.execution_id == runs.c.execution_id)
-            .where(runs.c.run_id == run_id)
-            .with_for_update(of=runs)
-        )
-        .mappings()
-        .first()
-    )
+    """Lock the run row: the per-execution lock every writer takes first."""
+    row = conn.exec_driver_sql(_LOCK_RUN, (run_id,)).first()
     return None if row is None else _locked(row)
 
 
 def lock_run_with_activity(
     conn: Connection, run_id: uuid.UUID, seq: int
-) -> tuple[LockedRun | None, Any]:
+) -> tuple[LockedRun | None, dict[str, Any] | None]:
     """Lock the run and read one of its activities, in one round trip."""
-    row = (
-        conn.execute(
-            select(*_RUN_COLUMNS, *(c.label(f"activity_{c.name}") for c in activities.c))
-            .join(executions, executions.c.execution_id == runs.c.execution_id)
-            .outerjoin(
-                activities, and_(activities.c.run_id == runs.c.run_id, activities.c.seq == seq)
-            )
-            .where(runs.c.run_id == run_id)
-            .with_for_update(of=runs)
-        )
-        .mappings()
-        .first()
-    )
+    row = conn.exec_driver_sql(_LOCK_RUN_WITH_ACTIVITY, (seq, run_id)).first()
     if row is None:
         return None, None
-    activity = {c.name: row[f"activity_{c.name}"] for c in activities.c}
+    activity = dict(zip(_ACTIVITY_COLUMNS, row[9:], strict=True))
     return _locked(row), (activity if activity["seq"] is not None else None)
 
 
