@@ -318,6 +318,7 @@ def _run_contenders(
         ]
         report[name]["ratio_to_raw_celery"] = statistics.median(ratios)
         report[name]["ratio_to_raw_celery_min_max"] = [min(ratios), max(ratios)]
+    _wait_idle(probe, stack, config.timeout)
     report["latency"] = _latency(stack, config)
     report["api"] = _api_load(stack, probe, config)
     return report
@@ -404,16 +405,30 @@ def _percentile(samples: list[float], fraction: float) -> float:
     return ordered[index]
 
 
+LATENCY_WARMUP_SAMPLES = 5
+
+
+def _wait_idle(probe: Probe, stack: Stack, timeout: float) -> None:
+    """Latency is measured on an idle system: nothing left queued from the rounds."""
+    if probe.redis is None:
+        return
+    queue = stack.env["CHAINLINE_BROKER_KEY_PREFIX"] + stack.env.get("CHAINLINE_QUEUE", "chainline")
+    redis_client = probe.redis
+    _wait_for(lambda: redis_client.llen(queue) == 0, timeout, "the queue to drain")
+    time.sleep(0.5)  # let the tasks just taken from the queue finish
+
+
 def _latency(stack: Stack, config: BenchConfig) -> dict[str, float]:
     samples = []
     with httpx.Client(base_url=stack.api_url, timeout=config.timeout) as client:
-        for _ in range(config.latency_samples):
+        for index in range(LATENCY_WARMUP_SAMPLES + config.latency_samples):
             started = time.perf_counter()
             reply = client.post(
                 "/v1/workflows/bench-one/execute",
                 json={"wait_for_result": True, "timeout_seconds": config.timeout},
             )
-            samples.append((time.perf_counter() - started) * 1000)
+            if index >= LATENCY_WARMUP_SAMPLES:
+                samples.append((time.perf_counter() - started) * 1000)
             if reply.json().get("result") != 0:
                 raise RuntimeError(f"latency execution did not complete: {reply.text}")
     return {

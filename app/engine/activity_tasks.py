@@ -12,6 +12,7 @@ import asyncio
 import logging
 import os
 import socket
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
@@ -102,7 +103,65 @@ def _lease_owner_alive(owner: str | None) -> bool | None:
     return True
 
 
+# The common claim (a scheduled or due attempt of an open run) as one autocommit
+# statement: lock the run, lease the activity, record ACTIVITY_TASK_STARTED, bump the
+# event counter. One round trip instead of four; anything else takes the full path.
+_FAST_CLAIM = """
+WITH run AS (
+    SELECT run_id, execution_id, last_event_id FROM runs
+    WHERE run_id = %(run_id)s::uuid AND status IN ('RUNNING', 'RETRYING_AFTER_ERROR')
+    FOR UPDATE
+), claimed AS (
+    UPDATE activities AS a
+    SET state = 'STARTED',
+        lease_owner = %(owner)s::text,
+        lease_expires_at = now()
+            + make_interval(secs => a.start_to_close_seconds + %(grace)s::float8),
+        next_attempt_at = NULL
+    FROM run
+    WHERE a.run_id = run.run_id AND a.seq = %(seq)s::int
+      AND (a.state = 'SCHEDULED'
+           OR (a.state = 'BACKING_OFF' AND a.next_attempt_at <= now() + interval '50 ms'))
+    RETURNING a.activity_name, a.input, a.attempt
+), started AS (
+    INSERT INTO events (run_id, event_id, execution_id, event_type, attributes,
+                        event_timestamp, dedup_key)
+    SELECT run.run_id, run.last_event_id + 1, run.execution_id, 'ACTIVITY_TASK_STARTED',
+           jsonb_build_object('task_id', %(task_id)s::text, 'activity_name', claimed.activity_name,
+                              'input', jsonb_build_object('type', 'json', 'value', claimed.input),
+                              'seq', %(seq)s::int, 'attempt', claimed.attempt),
+           %(timestamp)s::bigint,
+           'activity:' || %(seq)s::int || ':attempt:' || claimed.attempt || ':started'
+    FROM run, claimed
+)
+UPDATE runs SET last_event_id = runs.last_event_id + 1
+FROM run, claimed
+WHERE runs.run_id = run.run_id
+RETURNING claimed.activity_name, claimed.input, claimed.attempt, run.execution_id
+"""
+
+
 def claim_attempt(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: int) -> ClaimOutcome:
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        row = conn.exec_driver_sql(
+            _FAST_CLAIM,
+            {
+                "run_id": run_id,
+                "seq": seq,
+                "owner": worker_identity(),
+                "grace": LEASE_GRACE.total_seconds(),
+                "task_id": ev.activity_task_id(run_id, seq),
+                "timestamp": time.time_ns(),
+            },
+        ).first()
+    if row is not None:
+        definition = registry.activities.get(row.activity_name)
+        if definition is not None:
+            return Attempt(run_id, row.execution_id, seq, row.attempt, definition, row.input)
+    return _claim_slowly(engine, registry, run_id, seq)
+
+
+def _claim_slowly(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: int) -> ClaimOutcome:
     with engine.begin() as conn:
         run, row = lock_run_with_activity(conn, run_id, seq)
         if run is None:
