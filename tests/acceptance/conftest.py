@@ -16,6 +16,7 @@ import httpx
 import pytest
 from celery import Celery
 
+from app.devstack import procfile_commands
 from app.settings import Settings
 from tests.support import BROKER_URL, create_database, drop_database, free_port, wait_until
 from workers.celery_app import create_celery_app
@@ -25,12 +26,7 @@ MAX_PAYLOAD_BYTES = 100_000
 
 
 def procfile() -> dict[str, str]:
-    commands = {}
-    for line in (REPO / "Procfile").read_text().splitlines():
-        if line.strip() and not line.startswith("#"):
-            name, _, command = line.partition(":")
-            commands[name.strip()] = command.strip()
-    return commands
+    return procfile_commands(REPO / "Procfile")
 
 
 @dataclass

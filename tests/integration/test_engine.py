@@ -39,6 +39,15 @@ def _start(engine: Engine, registry: Registry, name: str, value: object) -> uuid
     return record.run_id
 
 
+def _claim_first(engine: Engine, registry: Registry, values: list[int]) -> Attempt:
+    """Start a sequential-sum run, schedule its first activity and claim it."""
+    run_id = _start(engine, registry, "sequential-sum", {"values": values})
+    run_workflow_task(engine, registry, run_id)
+    claim = claim_attempt(engine, registry, run_id, 1)
+    assert isinstance(claim, Attempt)
+    return claim
+
+
 def _types(engine: Engine, run_id: uuid.UUID) -> list[str]:
     return [e.event_type for e in get_history(engine, run_id)]
 
@@ -71,10 +80,8 @@ def test_a_redelivered_workflow_task_records_nothing(engine: Engine, registry: R
 def test_the_same_activity_message_twice_records_one_outcome(
     engine: Engine, registry: Registry
 ) -> None:
-    run_id = _start(engine, registry, "sequential-sum", {"values": [7]})
-    run_workflow_task(engine, registry, run_id)
-    first = claim_attempt(engine, registry, run_id, 1)
-    assert isinstance(first, Attempt)
+    first = _claim_first(engine, registry, [7])
+    run_id = first.run_id
     assert claim_attempt(engine, registry, run_id, 1) == Done("attempt in progress elsewhere")
     succeeded, value = execute_attempt(first)
     assert record_outcome(engine, first, succeeded, value) == Done("completed")
@@ -122,10 +129,8 @@ def test_the_sweeper_restarts_a_run_whose_first_message_was_never_sent(
 def test_the_sweeper_times_out_overdue_runs_and_abandons_their_activities(
     engine: Engine, registry: Registry
 ) -> None:
-    run_id = _start(engine, registry, "sequential-sum", {"values": [1]})
-    run_workflow_task(engine, registry, run_id)
-    claim = claim_attempt(engine, registry, run_id, 1)
-    assert isinstance(claim, Attempt)
+    claim = _claim_first(engine, registry, [1])
+    run_id = claim.run_id
     with engine.begin() as conn:
         conn.execute(update(runs).where(runs.c.run_id == run_id).values(deadline=runs.c.start_time))
     assert sweep(engine, stalled_after=timedelta(seconds=60)).timed_out >= 1
@@ -155,10 +160,8 @@ def _a_dead_pid() -> int:
 def test_a_replay_that_disagrees_with_history_fails_the_workflow_task_once(
     engine: Engine, registry: Registry
 ) -> None:
-    run_id = _start(engine, registry, "sequential-sum", {"values": [1, 2]})
-    run_workflow_task(engine, registry, run_id)
-    claim = claim_attempt(engine, registry, run_id, 1)
-    assert isinstance(claim, Attempt)
+    claim = _claim_first(engine, registry, [1, 2])
+    run_id = claim.run_id
     # Stand-in for a deployment whose code changed under a running execution.
     with engine.begin() as conn:
         conn.execute(
@@ -184,10 +187,8 @@ def test_a_replay_that_disagrees_with_history_fails_the_workflow_task_once(
 def test_an_inline_workflow_task_that_breaks_keeps_the_outcome(
     engine: Engine, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
-    run_id = _start(engine, registry, "sequential-sum", {"values": [1, 2]})
-    run_workflow_task(engine, registry, run_id)
-    claim = claim_attempt(engine, registry, run_id, 1)
-    assert isinstance(claim, Attempt)
+    claim = _claim_first(engine, registry, [1, 2])
+    run_id = claim.run_id
     succeeded, value = execute_attempt(claim)
 
     def broken_advance(*args: object, **kwargs: object) -> None:
@@ -205,10 +206,8 @@ def test_an_inline_workflow_task_that_breaks_keeps_the_outcome(
 def test_an_outcome_recorded_with_the_registry_advances_in_the_same_transaction(
     engine: Engine, registry: Registry
 ) -> None:
-    run_id = _start(engine, registry, "sequential-sum", {"values": [5]})
-    run_workflow_task(engine, registry, run_id)
-    claim = claim_attempt(engine, registry, run_id, 1)
-    assert isinstance(claim, Attempt)
+    claim = _claim_first(engine, registry, [5])
+    run_id = claim.run_id
     succeeded, value = execute_attempt(claim)
     outcome = record_outcome(engine, claim, succeeded, value, registry)
     assert isinstance(outcome, Done) and outcome.advanced and outcome.dispatches == []
