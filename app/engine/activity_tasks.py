@@ -24,6 +24,7 @@ from app.engine import events as ev
 from app.engine.binding import bind_input, to_json
 from app.engine.dispatch import Dispatch
 from app.engine.payloads import check_payload_size
+from app.engine.replay import HistoryEvent
 from app.engine.retry import RetryPolicy
 from app.engine.statuses import ExecutionStatus
 from app.engine.workflow_tasks import advance, time_out_run
@@ -33,7 +34,6 @@ from app.storage.history import (
     LockedRun,
     NewEvent,
     has_retrying_activity,
-    lock_run,
     lock_run_with_activity,
     update_activity,
     write_run,
@@ -163,7 +163,8 @@ def claim_attempt(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: in
 
 def _claim_slowly(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: int) -> ClaimOutcome:
     with engine.begin() as conn:
-        run, row = lock_run_with_activity(conn, run_id, seq)
+        locked = lock_run_with_activity(conn, run_id, seq)
+        run, row = locked.run, locked.activity
         if run is None:
             return Done("unknown run")
         if row is None:
@@ -182,7 +183,7 @@ def _claim_slowly(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: in
                 return Done("attempt in progress elsewhere")
             error_type = "WorkerLost" if alive is False else "StartToCloseTimeout"
             message = f"attempt {row['attempt']} was lost: its worker stopped before reporting"
-            delay = _record_failure(conn, run, row, error_type, message, now)
+            delay, _ = _record_failure(conn, run, row, error_type, message, now)
             return Done("lost attempt failed for good") if delay is None else RetryLater(delay)
         definition = registry.activities.get(row["activity_name"])
         if definition is None:
@@ -272,7 +273,10 @@ def _record_outcome(
     registry: Registry | None,
 ) -> RetryLater | Done:
     with engine.begin() as conn:
-        run, row = lock_run_with_activity(conn, attempt.run_id, attempt.seq)
+        locked = lock_run_with_activity(
+            conn, attempt.run_id, attempt.seq, with_history=registry is not None
+        )
+        run, row, history = locked.run, locked.activity, locked.history
         if (
             run is None
             or row is None
@@ -284,28 +288,32 @@ def _record_outcome(
             return Done("outcome discarded: the attempt is no longer current")
         now = datetime.now(UTC)
         if succeeded:
-            run = _record_success(conn, run, row, value)
-            delay = None
+            run = _record_success(conn, run, row, value, history)
         else:
             error: BaseException = value
             error_type = error.type if isinstance(error, WorkflowError) else type(error).__name__
             retry = not (isinstance(error, WorkflowError) and error.non_retryable)
-            delay = _record_failure(conn, run, row, error_type, str(error), now, retry=retry)
+            delay, run = _record_failure(
+                conn, run, row, error_type, str(error), now, retry=retry, history=history
+            )
             if delay is not None:
                 return RetryLater(delay)
-            locked = lock_run(conn, attempt.run_id)
-            assert locked is not None
-            run = locked
         if registry is None:
             return Done("completed" if succeeded else "failed")
         if now >= run.deadline:
             time_out_run(conn, run)
             return Done("run timed out")
-        dispatches = advance(conn, registry, run, now)
+        dispatches = advance(conn, registry, run, now, history=history)
         return Done("completed" if succeeded else "failed", dispatches=dispatches, advanced=True)
 
 
-def _record_success(conn: Connection, run: LockedRun, row: Any, value: Any) -> LockedRun:
+def _record_success(
+    conn: Connection,
+    run: LockedRun,
+    row: Any,
+    value: Any,
+    history: list[HistoryEvent] | None,
+) -> LockedRun:
     seq = row["seq"]
     settled = run.status is ExecutionStatus.RETRYING_AFTER_ERROR and not has_retrying_activity(
         conn, run.run_id, besides=seq
@@ -313,6 +321,7 @@ def _record_success(conn: Connection, run: LockedRun, row: Any, value: Any) -> L
     return write_run(
         conn,
         run,
+        history=history,
         new_events=[
             NewEvent(
                 ev.ACTIVITY_TASK_COMPLETED,
@@ -342,8 +351,10 @@ def _record_failure(
     now: datetime,
     *,
     retry: bool = True,
-) -> float | None:
-    """Record a failed attempt; returns the backoff before the next one, or None if final."""
+    history: list[HistoryEvent] | None = None,
+) -> tuple[float | None, LockedRun]:
+    """Record a failed attempt; returns the backoff before the next one (None if it
+    was the last) and the run as written."""
     seq, attempt = row["seq"], row["attempt"]
     policy = RetryPolicy.from_json(row["retry_policy"])
     delay = policy.next_delay(attempt, error_type) if retry else None
@@ -355,18 +366,19 @@ def _record_failure(
         "seq": seq,
     }
     if delay is None:
-        write_run(
+        run = write_run(
             conn,
             run,
+            history=history,
             new_events=[
                 NewEvent(ev.ACTIVITY_TASK_FAILED, attributes, dedup_key=f"activity:{seq}:outcome")
             ],
             also=[update_activity(run.run_id, seq, state="FAILED", lease_owner=None)],
             values={"workflow_task_due_at": run.workflow_task_due_at or NOW},
         )
-        return None
+        return None, run
     start_retrying = run.status is ExecutionStatus.RUNNING
-    write_run(
+    run = write_run(
         conn,
         run,
         new_events=[
@@ -392,4 +404,4 @@ def _record_failure(
         if start_retrying
         else None,
     )
-    return delay
+    return delay, run

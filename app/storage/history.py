@@ -20,6 +20,7 @@ from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, exists, select
 
 from app.engine import events as ev
+from app.engine.replay import HistoryEvent
 from app.engine.statuses import OPEN_STATUSES, TERMINAL_STATUSES, ExecutionStatus, sources_of
 from app.errors import IllegalTransition
 from app.storage.schema import activities
@@ -76,9 +77,13 @@ _LOCK_RUN = (
 _LOCK_RUN_WITH_ACTIVITY = (
     f"SELECT {_RUN_COLUMNS}, "
     + ", ".join(f"a.{c}" for c in _ACTIVITY_COLUMNS)
-    + " FROM runs r JOIN executions e ON e.execution_id = r.execution_id"
+    + ", {history} FROM runs r JOIN executions e ON e.execution_id = r.execution_id"
     " LEFT JOIN activities a ON a.run_id = r.run_id AND a.seq = %s"
     " WHERE r.run_id = %s FOR UPDATE OF r"
+)
+_HISTORY_COLUMN = (
+    "(SELECT coalesce(json_agg(json_build_array(h.event_id, h.event_type, h.attributes)"
+    " ORDER BY h.event_id), '[]'::json) FROM events h WHERE h.run_id = r.run_id)"
 )
 
 
@@ -102,15 +107,32 @@ def lock_run(conn: Connection, run_id: uuid.UUID) -> LockedRun | None:
     return None if row is None else _locked(row)
 
 
+@dataclass(frozen=True)
+class LockedActivity:
+    run: LockedRun | None
+    activity: dict[str, Any] | None
+    # The run's history, when asked for and current; None means "read it yourself".
+    history: list[HistoryEvent] | None
+
+
 def lock_run_with_activity(
-    conn: Connection, run_id: uuid.UUID, seq: int
-) -> tuple[LockedRun | None, dict[str, Any] | None]:
-    """Lock the run and read one of its activities, in one round trip."""
-    row = conn.exec_driver_sql(_LOCK_RUN_WITH_ACTIVITY, (seq, run_id)).first()
+    conn: Connection, run_id: uuid.UUID, seq: int, *, with_history: bool = False
+) -> LockedActivity:
+    """Lock the run and read one of its activities (and its history), in one round trip."""
+    query = _LOCK_RUN_WITH_ACTIVITY.format(history=_HISTORY_COLUMN if with_history else "NULL")
+    row = conn.exec_driver_sql(query, (seq, run_id)).first()
     if row is None:
-        return None, None
-    activity = dict(zip(_ACTIVITY_COLUMNS, row[9:], strict=True))
-    return _locked(row), (activity if activity["seq"] is not None else None)
+        return LockedActivity(None, None, None)
+    run = _locked(row)
+    activity = dict(zip(_ACTIVITY_COLUMNS, row[9:-1], strict=True))
+    history = None
+    if row[-1] is not None:
+        history = [HistoryEvent(*event) for event in row[-1]]
+        # Read in the statement's snapshot, which predates waiting for the lock: if a
+        # writer committed meanwhile, the history misses its events, so drop it.
+        if not history or history[-1].event_id != run.last_event_id:
+            history = None
+    return LockedActivity(run, activity if activity["seq"] is not None else None, history)
 
 
 @dataclass(frozen=True)
@@ -166,8 +188,12 @@ def write_run(
     values: dict[str, Any] | None = None,
     also: Sequence[Sql] = (),
     reason: str | None = None,
+    history: list[HistoryEvent] | None = None,
 ) -> LockedRun:
     """Append events, run the `also` statements, and update the run row: one statement.
+
+    The appended events are added to `history`, when given, so the caller can replay
+    without reading them back.
 
     A status change is a guarded update (allowed only from the statuses the table
     lists); a non-terminal change records WORKFLOW_STATUS_CHANGED, a terminal one
@@ -227,6 +253,11 @@ def write_run(
     ).first()
     if changed is None:
         raise IllegalTransition(f"run {run.run_id} cannot go from {run.status} to {status}")
+    if history is not None:
+        history.extend(
+            HistoryEvent(run.last_event_id + 1 + offset, event.event_type, event.attributes)
+            for offset, event in enumerate(appended)
+        )
     if status in TERMINAL_STATUSES:
         # Delivered at commit: wakes API requests waiting for this execution's result.
         conn.exec_driver_sql("SELECT pg_notify(%s, %s)", (CLOSED_CHANNEL, run.execution_id))
