@@ -28,6 +28,7 @@ import psycopg
 import redis
 
 BENCH_WORKFLOWS = "workers.workflows.bench"
+CLOSED_CHANNEL = "chainline_execution_closed"
 
 
 @dataclass(frozen=True)
@@ -206,6 +207,8 @@ class Probe:
             else None
         )
         self.pg = psycopg.connect(servers.database_url, autocommit=True)
+        self.listener = psycopg.connect(servers.database_url, autocommit=True)
+        self.listener.execute(f"LISTEN {CLOSED_CHANNEL}")
 
     def snapshot(self) -> dict[str, float]:
         row = self.pg.execute("SELECT pg_snapshot_xmax(pg_current_snapshot())::text").fetchone()
@@ -232,24 +235,35 @@ class Probe:
 
 
 def _wait_all_closed(probe: Probe, execution_ids: list[str], timeout: float) -> None:
+    """Wait on the closing NOTIFY of each execution, then check they all completed."""
+    pending = set(execution_ids)
     deadline = time.monotonic() + timeout
-    while True:
-        row = probe.pg.execute(
-            "SELECT count(*) FILTER (WHERE r.end_time IS NOT NULL),"
-            " count(*) FILTER (WHERE r.status <> 'COMPLETED' AND r.end_time IS NOT NULL)"
-            " FROM executions e JOIN runs r ON r.run_id = e.current_run_id"
-            " WHERE e.execution_id = ANY(%s)",
-            (execution_ids,),
-        ).fetchone()
-        assert row is not None
-        closed, failed = row
-        if failed:
-            raise RuntimeError(f"{failed} bench executions did not complete")
-        if closed == len(execution_ids):
-            return
+    while pending:
         if time.monotonic() > deadline:
-            raise RuntimeError(f"only {closed}/{len(execution_ids)} executions closed in time")
-        time.sleep(0.005)
+            raise RuntimeError(f"{len(pending)}/{len(execution_ids)} executions still open")
+        for notification in probe.listener.notifies(timeout=0.5):
+            pending.discard(notification.payload)
+            if not pending:
+                break
+        else:
+            pending &= _still_open(probe, pending)
+    row = probe.pg.execute(
+        "SELECT count(*) FROM executions e JOIN runs r ON r.run_id = e.current_run_id"
+        " WHERE e.execution_id = ANY(%s) AND r.status = 'COMPLETED'",
+        (execution_ids,),
+    ).fetchone()
+    assert row is not None
+    if row[0] != len(execution_ids):
+        raise RuntimeError(f"{len(execution_ids) - row[0]} bench executions did not complete")
+
+
+def _still_open(probe: Probe, candidates: set[str]) -> set[str]:
+    rows = probe.pg.execute(
+        "SELECT e.execution_id FROM executions e JOIN runs r ON r.run_id = e.current_run_id"
+        " WHERE e.execution_id = ANY(%s) AND r.end_time IS NULL",
+        (list(candidates),),
+    )
+    return {row[0] for row in rows}
 
 
 def _measure(probe: Probe, run: Callable[[], None]) -> dict[str, float]:
