@@ -27,8 +27,9 @@ import psutil
 import psycopg
 import redis
 
+from app.storage.history import CLOSED_CHANNEL
+
 BENCH_WORKFLOWS = "workers.workflows.bench"
-CLOSED_CHANNEL = "chainline_execution_closed"
 
 
 @dataclass(frozen=True)

@@ -329,15 +329,3 @@ def has_retrying_activity(conn: Connection, run_id: uuid.UUID, *, besides: int =
         )
     )
     return bool(conn.execute(query).scalar())
-
-
-def transition(
-    conn: Connection,
-    run: LockedRun,
-    new_status: ExecutionStatus,
-    *,
-    reason: str | None = None,
-) -> LockedRun:
-    """Move the run to a non-terminal status (guarded), recording the change."""
-    assert new_status not in TERMINAL_STATUSES, "close_run records terminal statuses"
-    return write_run(conn, run, status=new_status, reason=reason)

@@ -13,7 +13,7 @@ from sqlalchemy.exc import IntegrityError
 
 from app.engine.statuses import OPEN_STATUSES, ExecutionStatus, can_transition
 from app.errors import IllegalTransition
-from app.storage.history import lock_run, transition
+from app.storage.history import lock_run, write_run
 from app.storage.schema import executions, metadata, runs
 
 
@@ -95,7 +95,7 @@ def test_a_guarded_update_that_lost_the_race_raises(engine: Engine) -> None:
             update(runs).where(runs.c.run_id == run_id).values(status="FAILED", end_time=now)
         )
         with pytest.raises(IllegalTransition):
-            transition(conn, stale, ExecutionStatus.RETRYING_AFTER_ERROR)
+            write_run(conn, stale, status=ExecutionStatus.RETRYING_AFTER_ERROR)
         conn.rollback()
 
 
