@@ -244,3 +244,23 @@ class WorkerDies:
     async def run(self, folder: str) -> dict[str, int]:
         result: dict[str, int] = await outlives_its_worker(folder)
         return result
+
+
+@workflows.workflow.define(name="fire-and-forget")
+class FireAndForget:
+    @workflows.workflow.entrypoint
+    async def run(self) -> str:
+        add(1, 2)  # started, never awaited: the workflow ends first
+        return "done"
+
+
+class Unbuildable:
+    def __init__(self) -> None:
+        raise RuntimeError("cannot build the workflow")
+
+
+@workflows.workflow.define(name="unbuildable")
+class UnbuildableWorkflow(Unbuildable):
+    @workflows.workflow.entrypoint
+    async def run(self) -> None:
+        return None

@@ -17,7 +17,9 @@ from workers.celery_app import WORKFLOW_TASK, activity_task_name, app
 
 log = logging.getLogger(__name__)
 
-# Seconds past start_to_close before Celery's hard limit kills the attempt.
+# Celery's limits cover recording the outcome too, so the soft one leaves it a moment;
+# the hard one (the kill) lands well before the lease expires (LEASE_GRACE).
+SOFT_LIMIT_MARGIN = 1.0
 HARD_LIMIT_MARGIN = 5.0
 
 
@@ -27,7 +29,7 @@ def activity_signature(activity: ActivityDispatch, *, keep_result: bool) -> Sign
         activity_task_name(activity.activity_name),
         args=[str(activity.run_id), activity.seq],
         immutable=True,
-        soft_time_limit=activity.start_to_close_seconds,
+        soft_time_limit=activity.start_to_close_seconds + SOFT_LIMIT_MARGIN,
         time_limit=activity.start_to_close_seconds + HARD_LIMIT_MARGIN,
         ignore_result=not keep_result,
     )

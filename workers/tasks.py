@@ -50,7 +50,7 @@ def workflow_task(run_id: str) -> None:
     dispatcher.send(run_workflow_task(get_engine(), registry, uuid.UUID(run_id)))
 
 
-@app.task(name=SWEEP_TASK, ignore_result=True)
+@app.task(name=SWEEP_TASK, ignore_result=True, **RETRY_TRANSIENT)
 def sweep_task() -> int:
     report = sweep(get_engine(), stalled_after=timedelta(seconds=settings.stalled_after_seconds))
     dispatcher.send(report.dispatches)

@@ -33,6 +33,7 @@ from app.storage.history import (
     NOW,
     LockedRun,
     NewEvent,
+    NowPlus,
     has_retrying_activity,
     lock_run_with_activity,
     update_activity,
@@ -175,11 +176,13 @@ def _claim_slowly(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: in
         if state in ("COMPLETED", "FAILED", "ABANDONED"):
             return Done(f"already {state.lower()}")
         now = datetime.now(UTC)
-        if state == "BACKING_OFF" and row["next_attempt_at"] > now + timedelta(seconds=0.05):
-            return RetryLater((row["next_attempt_at"] - now).total_seconds())
+        if state == "BACKING_OFF" and row["next_attempt_in_seconds"] > 0.05:
+            return RetryLater(row["next_attempt_in_seconds"])
         if state == "STARTED":
             alive = _lease_owner_alive(row["lease_owner"])
-            if alive or (alive is None and row["lease_expires_at"] > now):
+            # An expired lease is lost even if its process lives: that process may be
+            # serving other work, or be a new one that got the same pid.
+            if not row["lease_expired"] and alive is not False:
                 return Done("attempt in progress elsewhere")
             error_type = "WorkerLost" if alive is False else "StartToCloseTimeout"
             message = f"attempt {row['attempt']} was lost: its worker stopped before reporting"
@@ -211,9 +214,9 @@ def _claim_slowly(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: in
                     seq,
                     state="STARTED",
                     lease_owner=worker_identity(),
-                    lease_expires_at=now
-                    + timedelta(seconds=row["start_to_close_seconds"])
-                    + LEASE_GRACE,
+                    lease_expires_at=NowPlus(
+                        row["start_to_close_seconds"] + LEASE_GRACE.total_seconds()
+                    ),
                     next_attempt_at=None,
                 )
             ],
@@ -396,7 +399,7 @@ def _record_failure(
                 attempt=attempt + 1,
                 lease_owner=None,
                 lease_expires_at=None,
-                next_attempt_at=now + timedelta(seconds=delay),
+                next_attempt_at=NowPlus(delay),
             )
         ],
         status=ExecutionStatus.RETRYING_AFTER_ERROR if start_retrying else None,

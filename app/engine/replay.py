@@ -232,11 +232,13 @@ class Replayer:
             kwargs = bind_input(self.definition.entrypoint, started.attributes["input"]["value"])
         except Exception as exc:
             return FailWorkflow(type(exc).__name__, str(exc))
-        instance = self.definition.cls()
-        entrypoint = getattr(instance, self.definition.entrypoint_name)
         token = current_runtime.set(self)
         try:
+            instance = self.definition.cls()
+            entrypoint = getattr(instance, self.definition.entrypoint_name)
             return self.loop.create_task(entrypoint(**kwargs))
+        except Exception as exc:  # a constructor that raises fails the workflow
+            return FailWorkflow(type(exc).__name__, str(exc))
         finally:
             current_runtime.reset(token)
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
-from sqlalchemy import Engine, case, or_, select, update
+from sqlalchemy import Engine, case, func, or_, select, tuple_, update
 
 from app.engine.dispatch import ActivityDispatch, Dispatch
 from app.engine.statuses import OPEN_STATUSES
@@ -39,15 +39,23 @@ def sweep(engine: Engine, *, stalled_after: timedelta) -> SweepReport:
     open_runs = select(runs.c.run_id).where(runs.c.status.in_([s.value for s in OPEN_STATUSES]))
     with engine.begin() as conn:
         # Re-arming the timestamps keeps one stall from being redispatched every sweep.
+        # SKIP LOCKED: rows a writer holds are busy, not stalled, and waiting for them
+        # could deadlock with a writer that holds the run.
+        stale_run_ids = (
+            select(runs.c.run_id)
+            .where(runs.c.workflow_task_due_at < stale, runs.c.run_id.in_(open_runs))
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        )
         stale_runs = conn.execute(
             update(runs)
-            .where(runs.c.workflow_task_due_at < stale, runs.c.run_id.in_(open_runs))
+            .where(runs.c.run_id.in_(stale_run_ids))
             .values(workflow_task_due_at=now)
             .returning(runs.c.run_id)
         ).scalars()
         dispatches = [Dispatch(run_id=run_id) for run_id in stale_runs]
-        requeued = conn.execute(
-            update(activities)
+        stalled_activities = (
+            select(activities.c.run_id, activities.c.seq)
             .where(
                 activities.c.run_id.in_(open_runs),
                 or_(
@@ -55,6 +63,12 @@ def sweep(engine: Engine, *, stalled_after: timedelta) -> SweepReport:
                     (activities.c.state == "BACKING_OFF") & (activities.c.next_attempt_at < stale),
                 ),
             )
+            .limit(BATCH)
+            .with_for_update(skip_locked=True)
+        )
+        requeued = conn.execute(
+            update(activities)
+            .where(tuple_(activities.c.run_id, activities.c.seq).in_(stalled_activities))
             .values(
                 scheduled_at=case(
                     (activities.c.state == "SCHEDULED", now), else_=activities.c.scheduled_at
@@ -66,11 +80,13 @@ def sweep(engine: Engine, *, stalled_after: timedelta) -> SweepReport:
             .returning(*_DISPATCH_COLUMNS)
         ).all()
         lost = conn.execute(
-            select(*_DISPATCH_COLUMNS).where(
+            select(*_DISPATCH_COLUMNS)
+            .where(
                 activities.c.run_id.in_(open_runs),
                 activities.c.state == "STARTED",
-                activities.c.lease_expires_at < now,
+                activities.c.lease_expires_at < func.now(),
             )
+            .limit(BATCH)
         ).all()
     dispatches.extend(
         Dispatch(

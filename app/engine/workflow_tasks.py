@@ -121,6 +121,7 @@ def advance(
         )
         for activity in scheduled
     ]
+    closing = next((c for c in commands if not isinstance(c, ScheduleActivity)), None)
     also = []
     if scheduled:
         also.append(
@@ -131,7 +132,8 @@ def advance(
                         "seq": c.seq,
                         "activity_name": c.activity_name,
                         "input": c.input,
-                        "state": "SCHEDULED",
+                        # Started but not awaited by a workflow that is ending: never run.
+                        "state": "ABANDONED" if closing else "SCHEDULED",
                         "retry_policy": c.retry_policy.to_json(),
                         "start_to_close_seconds": c.start_to_close_seconds,
                         "scheduled_at": now,
@@ -141,7 +143,6 @@ def advance(
             )
         )
     progress = {"processed_event_id": outcome.processed_event_id, "workflow_task_due_at": None}
-    closing = next((c for c in commands if not isinstance(c, ScheduleActivity)), None)
     if isinstance(closing, CompleteWorkflow):
         close_run(
             conn,

@@ -74,12 +74,16 @@ _LOCK_RUN = (
     f"SELECT {_RUN_COLUMNS} FROM runs r JOIN executions e ON e.execution_id = r.execution_id"
     " WHERE r.run_id = %s FOR UPDATE OF r"
 )
+# Both rows locked: after waiting for the lock, Postgres re-reads the locked rows, so
+# the activity is as fresh as the run. Lease and backoff times compare with the
+# database's clock, the one that set them.
 _LOCK_RUN_WITH_ACTIVITY = (
     f"SELECT {_RUN_COLUMNS}, "
     + ", ".join(f"a.{c}" for c in _ACTIVITY_COLUMNS)
-    + ", {history} FROM runs r JOIN executions e ON e.execution_id = r.execution_id"
-    " LEFT JOIN activities a ON a.run_id = r.run_id AND a.seq = %s"
-    " WHERE r.run_id = %s FOR UPDATE OF r"
+    + ", a.lease_expires_at < now(), extract(epoch FROM a.next_attempt_at - now())::float8"
+    ", {history} FROM runs r JOIN executions e ON e.execution_id = r.execution_id"
+    " JOIN activities a ON a.run_id = r.run_id AND a.seq = %s"
+    " WHERE r.run_id = %s FOR UPDATE OF r, a"
 )
 _HISTORY_COLUMN = (
     "(SELECT coalesce(json_agg(json_build_array(h.event_id, h.event_type, h.attributes)"
@@ -122,9 +126,10 @@ def lock_run_with_activity(
     query = _LOCK_RUN_WITH_ACTIVITY.format(history=_HISTORY_COLUMN if with_history else "NULL")
     row = conn.exec_driver_sql(query, (seq, run_id)).first()
     if row is None:
-        return LockedActivity(None, None, None)
+        return LockedActivity(lock_run(conn, run_id), None, None)
     run = _locked(row)
-    activity = dict(zip(_ACTIVITY_COLUMNS, row[9:-1], strict=True))
+    columns = (*_ACTIVITY_COLUMNS, "lease_expired", "next_attempt_in_seconds")
+    activity = dict(zip(columns, row[9:-1], strict=True))
     history = None
     if row[-1] is not None:
         history = [HistoryEvent(*event) for event in row[-1]]
@@ -132,7 +137,7 @@ def lock_run_with_activity(
         # writer committed meanwhile, the history misses its events, so drop it.
         if not history or history[-1].event_id != run.last_event_id:
             history = None
-    return LockedActivity(run, activity if activity["seq"] is not None else None, history)
+    return LockedActivity(run, activity, history)
 
 
 @dataclass(frozen=True)
@@ -145,6 +150,13 @@ class Sql:
 
 class _Now:
     """As a column value: the database's now()."""
+
+
+@dataclass(frozen=True)
+class NowPlus:
+    """As a column value: the database's now() plus some seconds."""
+
+    seconds: float
 
 
 NOW = _Now()
@@ -163,6 +175,9 @@ def _assignments(values: dict[str, Any]) -> tuple[str, list[Any]]:
     for column, value in values.items():
         if isinstance(value, _Now):
             parts.append(f"{column} = now()")
+        elif isinstance(value, NowPlus):
+            parts.append(f"{column} = now() + make_interval(secs => %s::float8)")
+            params.append(value.seconds)
         else:
             parts.append(f"{column} = %s")
             params.append(_param(column, value))

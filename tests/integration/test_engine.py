@@ -5,7 +5,7 @@ from __future__ import annotations
 import socket
 import subprocess
 import uuid
-from datetime import timedelta
+from datetime import UTC, datetime, timedelta
 
 import pytest
 from sqlalchemy import Engine, cast, select, update
@@ -214,3 +214,45 @@ def test_an_outcome_recorded_with_the_registry_advances_in_the_same_transaction(
     record = get_execution(engine, _execution_of(engine, run_id))
     assert record.status is ExecutionStatus.COMPLETED and record.result == {"total": 5}
     assert run_workflow_task(engine, registry, run_id) == []
+
+
+def test_an_expired_lease_is_lost_even_if_its_process_lives(
+    engine: Engine, registry: Registry
+) -> None:
+    claim = _claim_first(engine, registry, [1])
+    with engine.begin() as conn:
+        conn.execute(
+            update(activities)
+            .where(activities.c.run_id == claim.run_id)
+            .values(lease_expires_at=datetime(2000, 1, 1, tzinfo=UTC))  # the owner is us, alive
+        )
+    outcome = claim_attempt(engine, registry, claim.run_id, 1)
+    assert isinstance(outcome, RetryLater)
+    (retrying,) = [
+        e for e in get_history(engine, claim.run_id) if e.event_type == ev.ACTIVITY_TASK_RETRYING
+    ]
+    assert retrying.attributes["failure"]["type"] == "StartToCloseTimeout"
+    succeeded, value = execute_attempt(claim)
+    assert record_outcome(engine, claim, succeeded, value).reason.startswith("outcome discarded")
+
+
+def test_activities_started_by_a_closing_workflow_are_abandoned(
+    engine: Engine, registry: Registry
+) -> None:
+    run_id = _start(engine, registry, "fire-and-forget", None)
+    assert run_workflow_task(engine, registry, run_id) == []
+    record = get_execution(engine, _execution_of(engine, run_id))
+    assert record.status is ExecutionStatus.COMPLETED and record.result == "done"
+    with engine.connect() as conn:
+        states = conn.execute(select(activities.c.state).where(activities.c.run_id == run_id))
+        assert list(states.scalars()) == ["ABANDONED"]
+    report = sweep(engine, stalled_after=timedelta(0))
+    assert run_id not in {d.run_id for d in report.dispatches}
+
+
+def test_a_workflow_whose_constructor_raises_fails(engine: Engine, registry: Registry) -> None:
+    run_id = _start(engine, registry, "unbuildable", None)
+    run_workflow_task(engine, registry, run_id)
+    record = get_execution(engine, _execution_of(engine, run_id))
+    assert record.status is ExecutionStatus.FAILED
+    assert record.error == {"type": "RuntimeError", "message": "cannot build the workflow"}
