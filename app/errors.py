@@ -36,13 +36,6 @@ class AlreadyStarted(ChainlineError):
     http_status = 409
 
 
-class NotRunning(ChainlineError):
-    """The execution is not running."""
-
-    code = "WF_1102"
-    http_status = 409
-
-
 class IllegalTransition(ChainlineError):
     """The status change is not allowed from the current status."""
 
@@ -55,13 +48,6 @@ class PayloadTooLarge(ChainlineError):
 
     code = "WF_1002"
     http_status = 413
-
-
-class WaitTimedOut(ChainlineError):
-    """The execution did not finish within the requested time."""
-
-    code = "WF_1104"
-    http_status = 408
 
 
 class InvalidDefinition(ChainlineError):

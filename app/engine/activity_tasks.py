@@ -175,7 +175,6 @@ def _claim_slowly(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: in
         state = row["state"]
         if state in ("COMPLETED", "FAILED", "ABANDONED"):
             return Done(f"already {state.lower()}")
-        now = datetime.now(UTC)
         if state == "BACKING_OFF" and row["next_attempt_in_seconds"] > 0.05:
             return RetryLater(row["next_attempt_in_seconds"])
         if state == "STARTED":
@@ -186,7 +185,7 @@ def _claim_slowly(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: in
                 return Done("attempt in progress elsewhere")
             error_type = "WorkerLost" if alive is False else "StartToCloseTimeout"
             message = f"attempt {row['attempt']} was lost: its worker stopped before reporting"
-            delay, _ = _record_failure(conn, run, row, error_type, message, now)
+            delay, _ = _record_failure(conn, run, row, error_type, message)
             return Done("lost attempt failed for good") if delay is None else RetryLater(delay)
         definition = registry.activities.get(row["activity_name"])
         if definition is None:
@@ -297,7 +296,7 @@ def _record_outcome(
             error_type = error.type if isinstance(error, WorkflowError) else type(error).__name__
             retry = not (isinstance(error, WorkflowError) and error.non_retryable)
             delay, run = _record_failure(
-                conn, run, row, error_type, str(error), now, retry=retry, history=history
+                conn, run, row, error_type, str(error), retry=retry, history=history
             )
             if delay is not None:
                 return RetryLater(delay)
@@ -351,7 +350,6 @@ def _record_failure(
     row: Any,
     error_type: str,
     message: str,
-    now: datetime,
     *,
     retry: bool = True,
     history: list[HistoryEvent] | None = None,

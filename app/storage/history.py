@@ -288,9 +288,8 @@ def write_run(
 def abandon_activities(run_id: uuid.UUID) -> Sql:
     """A closed run's in-flight activities: their later outcomes are not recorded."""
     return Sql(
-        "UPDATE activities SET state = 'ABANDONED' WHERE run_id = %s"
-        " AND state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')",
-        (run_id,),
+        "UPDATE activities SET state = 'ABANDONED' WHERE run_id = %s AND state = ANY(%s)",
+        (run_id, list(IN_FLIGHT_ACTIVITY_STATES)),
     )
 
 
