@@ -16,9 +16,9 @@ import httpx
 import pytest
 from celery import Celery
 
-from app.devstack import procfile_commands
+from app.devstack import free_port, procfile_commands
 from app.settings import Settings
-from tests.support import BROKER_URL, create_database, drop_database, free_port, wait_until
+from tests.support import BROKER_URL, create_database, drop_database, wait_until
 from workers.celery_app import create_celery_app
 
 REPO = Path(__file__).resolve().parents[2]

@@ -15,7 +15,8 @@ from pathlib import Path
 import httpx
 import psutil
 
-from tests.support import BROKER_URL, create_database, drop_database, free_port, wait_until
+from app.devstack import free_port
+from tests.support import BROKER_URL, create_database, drop_database, wait_until
 
 HELLO = ("run", "hello-world", "--input", '{"name": "World"}', "--wait")
 
