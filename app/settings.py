@@ -16,6 +16,9 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(env_prefix="CHAINLINE_", extra="ignore")
 
@@ -32,6 +35,11 @@ class Settings(BaseSettings):
     # How often beat runs the sweeper, and how long work may look stalled before it acts.
     sweep_interval_seconds: float = 5.0
     stalled_after_seconds: float = 30.0
+    # Where activity attempts are leased; unset means the broker's or result backend's
+    # Redis, and without any Redis the claim is a Postgres transaction.
+    lease_url: str | None = None
+    # A leased attempt still running after this long is written to history as started.
+    record_started_after_seconds: float = 1.0
     beat_schedule_file: str = "/tmp/chainline-beat-schedule"
     # Worker pool size; unset means Celery's default (one process per core).
     worker_concurrency: int | None = None
@@ -55,10 +63,17 @@ class Settings(BaseSettings):
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
 
     @property
+    def lease_store_url(self) -> str | None:
+        for url in (self.lease_url, self.broker_url, self.result_backend):
+            if url and url.startswith(REDIS_SCHEMES):
+                return url
+        return None
+
+    @property
     def celery_result_backend(self) -> str:
         if self.result_backend:
             return self.result_backend
-        if self.broker_url.startswith(("redis://", "rediss://", "unix://")):
+        if self.broker_url.startswith(REDIS_SCHEMES):
             return self.broker_url
         return "db+" + self.database_url
 

@@ -8,6 +8,10 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
+from psycopg import InterfaceError as DriverInterfaceError
+from psycopg import OperationalError as DriverOperationalError
+from redis.exceptions import ConnectionError as RedisConnectionError
+from redis.exceptions import TimeoutError as RedisTimeoutError
 from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.engine.activity_tasks import (
@@ -18,6 +22,8 @@ from app.engine.activity_tasks import (
     execute_attempt,
     record_outcome,
 )
+from app.engine.leases import get_lease_store
+from app.engine.start_recorder import StartRecorder
 from app.engine.sweeper import sweep
 from app.engine.workflow_tasks import run_workflow_task
 from app.storage.db import get_engine
@@ -35,8 +41,16 @@ from workers.dispatch import dispatcher
 MAX_COUNTDOWN_SECONDS = 600.0
 
 
-# A database or broker outage is transient: try again rather than drop the message.
-TRANSIENT_ERRORS = (OperationalError, InterfaceError)
+# A database, broker or lease store outage is transient: try again rather than drop
+# the message.
+TRANSIENT_ERRORS = (
+    OperationalError,
+    InterfaceError,
+    DriverOperationalError,  # from statements sent on the driver's cursor (history.py)
+    DriverInterfaceError,
+    RedisConnectionError,
+    RedisTimeoutError,
+)
 RETRY_TRANSIENT: dict[str, Any] = {
     "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": True,
@@ -57,6 +71,9 @@ def sweep_task() -> int:
     return report.timed_out
 
 
+start_recorder = StartRecorder(settings.record_started_after_seconds)
+
+
 def _retry_later(task: Task[Any, Any], outcome: RetryLater) -> None:
     if outcome.countdown > MAX_COUNTDOWN_SECONDS:
         raise Ignore()
@@ -64,15 +81,16 @@ def _retry_later(task: Task[Any, Any], outcome: RetryLater) -> None:
 
 
 def run_activity_message(task: Task[Any, Any], run_id: str, seq: int) -> str:
-    engine = get_engine()
-    claim = claim_attempt(engine, registry, uuid.UUID(run_id), seq)
+    engine, leases = get_engine(), get_lease_store()
+    claim = claim_attempt(engine, registry, uuid.UUID(run_id), seq, leases)
     if isinstance(claim, RetryLater):
         _retry_later(task, claim)
     if not isinstance(claim, Attempt):
         assert isinstance(claim, Done)
         return claim.reason
-    succeeded, value = execute_attempt(claim)
-    outcome = record_outcome(engine, claim, succeeded, value, registry)
+    with start_recorder.watching(engine, claim):
+        succeeded, value = execute_attempt(claim)
+    outcome = record_outcome(engine, claim, succeeded, value, registry, leases)
     if isinstance(outcome, RetryLater):
         _retry_later(task, outcome)
     assert isinstance(outcome, Done)

@@ -1,9 +1,11 @@
 """One activity attempt, in three steps: claim it, run it, record its outcome.
 
-Claiming and recording are short transactions; the user's function runs between them
-with no transaction open. The attempt is leased to the claiming process, so a
-redelivered message can tell a live attempt (leave it) from a lost one (count it as
-failed and retry by the policy).
+The user's function runs with no transaction open. The attempt is leased to the
+claiming process, so a redelivered message can tell a live attempt (leave it) from a
+lost one (count it as failed and retry by the policy). With a Redis lease store the
+claim costs Postgres nothing: ACTIVITY_TASK_STARTED is written with the outcome, or
+once the attempt has run for `record_started_after_seconds` (start_recorder.py).
+Without one, the claim is a Postgres transaction that records the start.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from sqlalchemy import Connection, Engine
 from app.engine import events as ev
 from app.engine.binding import bind_input, to_json
 from app.engine.dispatch import Dispatch
+from app.engine.leases import Lease, LeaseStore
 from app.engine.payloads import check_payload_size
 from app.engine.replay import HistoryEvent
 from app.engine.retry import RetryPolicy
@@ -35,7 +38,9 @@ from app.storage.history import (
     NewEvent,
     NowPlus,
     has_retrying_activity,
+    load_history,
     lock_run_with_activity,
+    read_run_with_activity,
     update_activity,
     write_run,
 )
@@ -59,6 +64,8 @@ class Attempt:
     attempt: int
     definition: ActivityDefinition
     input: Any
+    # Set when the claim is a Redis lease, not (yet) a Postgres row in state STARTED.
+    lease: Lease | None = None
 
 
 @dataclass(frozen=True)
@@ -142,7 +149,16 @@ RETURNING claimed.activity_name, claimed.input, claimed.attempt, run.execution_i
 """
 
 
-def claim_attempt(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: int) -> ClaimOutcome:
+def claim_attempt(
+    engine: Engine,
+    registry: Registry,
+    run_id: uuid.UUID,
+    seq: int,
+    leases: LeaseStore | None = None,
+) -> ClaimOutcome:
+    """Decide what this message should do: run an attempt, wait, or nothing."""
+    if leases is not None:
+        return _claim_with_lease(engine, registry, leases, run_id, seq)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         row = conn.exec_driver_sql(
             _FAST_CLAIM,
@@ -162,6 +178,78 @@ def claim_attempt(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: in
     return _claim_slowly(engine, registry, run_id, seq)
 
 
+def _claim_with_lease(
+    engine: Engine, registry: Registry, leases: LeaseStore, run_id: uuid.UUID, seq: int
+) -> ClaimOutcome:
+    # A snapshot read, no lock: a stale answer only costs a duplicate Redis claim,
+    # and every write that follows is guarded again under the run's lock.
+    with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
+        snapshot = read_run_with_activity(conn, run_id, seq)
+    run, row = snapshot.run, snapshot.activity
+    if run is None or row is None or row["state"] == "STARTED":
+        # Unknown, or started in Postgres (a long attempt): the locked path decides.
+        return _claim_slowly(engine, registry, run_id, seq)
+    if not run.is_open:
+        return Done("run closed")
+    state = row["state"]
+    if state in CLOSED_ACTIVITY_STATES:
+        return Done(f"already {state.lower()}")
+    if state == "BACKING_OFF" and row["next_attempt_in_seconds"] > 0.05:
+        return RetryLater(row["next_attempt_in_seconds"])
+    definition = registry.activities.get(row["activity_name"])
+    if definition is None:
+        return RetryLater(5.0)
+    attempt = int(row["attempt"])
+    claim = leases.acquire(
+        run_id,
+        seq,
+        attempt,
+        owner=worker_identity(),
+        lease_seconds=row["start_to_close_seconds"] + LEASE_GRACE.total_seconds(),
+    )
+    if isinstance(claim, Lease):
+        return Attempt(run_id, run.execution_id, seq, attempt, definition, row["input"], claim)
+    holder = claim.holder
+    if not holder.expired and _lease_owner_alive(holder.owner) is not False:
+        return Done("attempt in progress elsewhere")
+    outcome = _record_lost_lease(engine, run_id, seq, holder)
+    leases.finish(run_id, seq, holder.attempt)
+    return outcome
+
+
+def _record_lost_lease(
+    engine: Engine, run_id: uuid.UUID, seq: int, holder: Lease
+) -> RetryLater | Done:
+    """Record an attempt whose holder stopped before reporting: it started, then failed."""
+    with engine.begin() as conn:
+        locked = lock_run_with_activity(conn, run_id, seq)
+        run, row = locked.run, locked.activity
+        if run is None or row is None or not run.is_open:
+            return Done("run closed")
+        if row["state"] in CLOSED_ACTIVITY_STATES:
+            return Done(f"already {row['state'].lower()}")
+        if row["attempt"] != holder.attempt:
+            # The holder recorded its outcome, then stopped before its lease was
+            # finished; the next attempt has its own message.
+            return Done("attempt superseded")
+        if row["state"] == "STARTED":
+            return _settle_started_attempt(conn, run, row)
+        alive = _lease_owner_alive(holder.owner)
+        error_type = "WorkerLost" if alive is False else "StartToCloseTimeout"
+        delay, _ = _record_failure(
+            conn,
+            run,
+            row,
+            error_type,
+            f"attempt {holder.attempt} was lost: its worker stopped before reporting",
+            started=_started_event(run.run_id, row, holder),
+        )
+    return Done("lost attempt failed for good") if delay is None else RetryLater(delay)
+
+
+CLOSED_ACTIVITY_STATES = ("COMPLETED", "FAILED", "ABANDONED")
+
+
 def _claim_slowly(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: int) -> ClaimOutcome:
     with engine.begin() as conn:
         locked = lock_run_with_activity(conn, run_id, seq)
@@ -173,20 +261,12 @@ def _claim_slowly(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: in
         if not run.is_open:
             return Done("run closed")
         state = row["state"]
-        if state in ("COMPLETED", "FAILED", "ABANDONED"):
+        if state in CLOSED_ACTIVITY_STATES:
             return Done(f"already {state.lower()}")
         if state == "BACKING_OFF" and row["next_attempt_in_seconds"] > 0.05:
             return RetryLater(row["next_attempt_in_seconds"])
         if state == "STARTED":
-            alive = _lease_owner_alive(row["lease_owner"])
-            # An expired lease is lost even if its process lives: that process may be
-            # serving other work, or be a new one that got the same pid.
-            if not row["lease_expired"] and alive is not False:
-                return Done("attempt in progress elsewhere")
-            error_type = "WorkerLost" if alive is False else "StartToCloseTimeout"
-            message = f"attempt {row['attempt']} was lost: its worker stopped before reporting"
-            delay, _ = _record_failure(conn, run, row, error_type, message)
-            return Done("lost attempt failed for good") if delay is None else RetryLater(delay)
+            return _settle_started_attempt(conn, run, row)
         definition = registry.activities.get(row["activity_name"])
         if definition is None:
             return RetryLater(5.0)
@@ -194,19 +274,7 @@ def _claim_slowly(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: in
         write_run(
             conn,
             run,
-            new_events=[
-                NewEvent(
-                    ev.ACTIVITY_TASK_STARTED,
-                    {
-                        "task_id": ev.activity_task_id(run_id, seq),
-                        "activity_name": row["activity_name"],
-                        "input": ev.payload(row["input"]),
-                        "seq": seq,
-                        "attempt": attempt,
-                    },
-                    dedup_key=f"activity:{seq}:attempt:{attempt}:started",
-                )
-            ],
+            new_events=[_started_event(run_id, row)],
             also=[
                 update_activity(
                     run_id,
@@ -221,6 +289,71 @@ def _claim_slowly(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: in
             ],
         )
         return Attempt(run_id, run.execution_id, seq, attempt, definition, row["input"])
+
+
+def _settle_started_attempt(conn: Connection, run: LockedRun, row: Any) -> RetryLater | Done:
+    """An attempt started in Postgres: leave it if it is live, else record it lost."""
+    alive = _lease_owner_alive(row["lease_owner"])
+    # An expired lease is lost even if its process lives: that process may be serving
+    # other work, or be a new one that got the same pid.
+    if not row["lease_expired"] and alive is not False:
+        return Done("attempt in progress elsewhere")
+    error_type = "WorkerLost" if alive is False else "StartToCloseTimeout"
+    message = f"attempt {row['attempt']} was lost: its worker stopped before reporting"
+    delay, _ = _record_failure(conn, run, row, error_type, message)
+    return Done("lost attempt failed for good") if delay is None else RetryLater(delay)
+
+
+def _started_event(run_id: uuid.UUID, row: Any, lease: Lease | None = None) -> NewEvent:
+    """ACTIVITY_TASK_STARTED for the activity's current attempt; a lease gives its
+    real start time."""
+    seq, attempt = row["seq"], int(row["attempt"])
+    return NewEvent(
+        ev.ACTIVITY_TASK_STARTED,
+        {
+            "task_id": ev.activity_task_id(run_id, seq),
+            "activity_name": row["activity_name"],
+            "input": ev.payload(row["input"]),
+            "seq": seq,
+            "attempt": attempt,
+        },
+        dedup_key=f"activity:{seq}:attempt:{attempt}:started",
+        timestamp_ns=None if lease is None else lease.started_ns,
+    )
+
+
+def record_attempt_started(engine: Engine, attempt: Attempt) -> bool:
+    """Write a leased attempt's start to history while it runs; False if it is no
+    longer the current attempt (its outcome will be discarded too)."""
+    lease = attempt.lease
+    assert lease is not None, "only a leased attempt starts outside its claim"
+    with engine.begin() as conn:
+        locked = lock_run_with_activity(conn, attempt.run_id, attempt.seq)
+        run, row = locked.run, locked.activity
+        if (
+            run is None
+            or row is None
+            or not run.is_open
+            or row["state"] not in ("SCHEDULED", "BACKING_OFF")
+            or row["attempt"] != attempt.attempt
+        ):
+            return False
+        write_run(
+            conn,
+            run,
+            new_events=[_started_event(run.run_id, row, lease)],
+            also=[
+                update_activity(
+                    run.run_id,
+                    attempt.seq,
+                    state="STARTED",
+                    lease_owner=lease.owner,
+                    lease_expires_at=datetime.fromtimestamp(lease.expires_ns / 1e9, UTC),
+                    next_attempt_at=None,
+                )
+            ],
+        )
+        return True
 
 
 def execute_attempt(attempt: Attempt) -> tuple[bool, Any]:
@@ -251,6 +384,7 @@ def record_outcome(
     succeeded: bool,
     value: Any,
     registry: Registry | None = None,
+    leases: LeaseStore | None = None,
 ) -> RetryLater | Done:
     """Record the attempt's result or failure, unless the attempt is no longer ours.
 
@@ -259,12 +393,17 @@ def record_outcome(
     workflow task break, the transaction is tried again recording the outcome alone,
     and the chained workflow task advances the run instead.
     """
+    outcome: RetryLater | Done | None = None
     if registry is not None:
         try:
-            return _record_outcome(engine, attempt, succeeded, value, registry)
+            outcome = _record_outcome(engine, attempt, succeeded, value, registry)
         except Exception:
             log.exception("inline workflow task of run %s failed", attempt.run_id)
-    return _record_outcome(engine, attempt, succeeded, value, None)
+    if outcome is None:
+        outcome = _record_outcome(engine, attempt, succeeded, value, None)
+    if leases is not None and attempt.lease is not None:
+        leases.finish(attempt.run_id, attempt.seq, attempt.attempt)
+    return outcome
 
 
 def _record_outcome(
@@ -279,24 +418,36 @@ def _record_outcome(
             conn, attempt.run_id, attempt.seq, with_history=registry is not None
         )
         run, row, history = locked.run, locked.activity, locked.history
-        if (
-            run is None
-            or row is None
-            or not run.is_open
-            or row["state"] != "STARTED"
-            or row["attempt"] != attempt.attempt
-            or row["lease_owner"] != worker_identity()
-        ):
+        if run is None or row is None or not run.is_open or row["attempt"] != attempt.attempt:
+            return Done("outcome discarded: the attempt is no longer current")
+        started: NewEvent | None = None
+        if row["state"] == "STARTED" and row["lease_owner"] == worker_identity():
+            pass  # claimed in Postgres, or its start already written by the timer
+        elif row["state"] in ("SCHEDULED", "BACKING_OFF") and attempt.lease is not None:
+            started = _started_event(run.run_id, row, attempt.lease)
+        else:
             return Done("outcome discarded: the attempt is no longer current")
         now = datetime.now(UTC)
         if succeeded:
-            run = _record_success(conn, run, row, value, history)
+            if registry is not None and history is None:
+                history = load_history(conn, run.run_id)
+            # The workflow task that follows writes in the same statement.
+            run = _record_success(
+                conn, run, row, value, history, started, defer=registry is not None
+            )
         else:
             error: BaseException = value
             error_type = error.type if isinstance(error, WorkflowError) else type(error).__name__
             retry = not (isinstance(error, WorkflowError) and error.non_retryable)
             delay, run = _record_failure(
-                conn, run, row, error_type, str(error), retry=retry, history=history
+                conn,
+                run,
+                row,
+                error_type,
+                str(error),
+                retry=retry,
+                history=history,
+                started=started,
             )
             if delay is not None:
                 return RetryLater(delay)
@@ -315,6 +466,9 @@ def _record_success(
     row: Any,
     value: Any,
     history: list[HistoryEvent] | None,
+    started: NewEvent | None = None,
+    *,
+    defer: bool = False,
 ) -> LockedRun:
     seq = row["seq"]
     settled = run.status is ExecutionStatus.RETRYING_AFTER_ERROR and not has_retrying_activity(
@@ -325,6 +479,7 @@ def _record_success(
         run,
         history=history,
         new_events=[
+            *([started] if started else []),
             NewEvent(
                 ev.ACTIVITY_TASK_COMPLETED,
                 {
@@ -335,12 +490,14 @@ def _record_success(
                     "attempt": row["attempt"],
                 },
                 dedup_key=f"activity:{seq}:outcome",
-            )
+            ),
         ],
         also=[update_activity(run.run_id, seq, state="COMPLETED", lease_owner=None)],
         values={"workflow_task_due_at": run.workflow_task_due_at or NOW},
         status=ExecutionStatus.RUNNING if settled else None,
         reason="activity retry succeeded" if settled else None,
+        # Only a run that is plainly RUNNING: a retrying one reads activity rows next.
+        defer=defer and run.status is ExecutionStatus.RUNNING,
     )
 
 
@@ -353,9 +510,12 @@ def _record_failure(
     *,
     retry: bool = True,
     history: list[HistoryEvent] | None = None,
+    started: NewEvent | None = None,
 ) -> tuple[float | None, LockedRun]:
-    """Record a failed attempt; returns the backoff before the next one (None if it
-    was the last) and the run as written."""
+    """Record a failed attempt (after its start, when `started` says it was not
+    written yet); returns the backoff before the next one (None if it was the last)
+    and the run as written."""
+    before = [started] if started else []
     seq, attempt = row["seq"], row["attempt"]
     policy = RetryPolicy.from_json(row["retry_policy"])
     delay = policy.next_delay(attempt, error_type) if retry else None
@@ -372,7 +532,8 @@ def _record_failure(
             run,
             history=history,
             new_events=[
-                NewEvent(ev.ACTIVITY_TASK_FAILED, attributes, dedup_key=f"activity:{seq}:outcome")
+                *before,
+                NewEvent(ev.ACTIVITY_TASK_FAILED, attributes, dedup_key=f"activity:{seq}:outcome"),
             ],
             also=[update_activity(run.run_id, seq, state="FAILED", lease_owner=None)],
             values={"workflow_task_due_at": run.workflow_task_due_at or NOW},
@@ -383,11 +544,12 @@ def _record_failure(
         conn,
         run,
         new_events=[
+            *before,
             NewEvent(
                 ev.ACTIVITY_TASK_RETRYING,
                 {**attributes, "next_attempt_in_seconds": delay},
                 dedup_key=f"activity:{seq}:attempt:{attempt}:retrying",
-            )
+            ),
         ],
         also=[
             update_activity(

@@ -35,6 +35,7 @@ from app.storage.history import (
     close_run,
     has_retrying_activity,
     insert_activities,
+    load_history,
     lock_run,
     write_run,
 )
@@ -88,7 +89,7 @@ def advance(
         registry=registry,
         execution_id=run.execution_id,
         random_seed=run.random_seed,
-        history=history if history is not None else _load_history(conn, run.run_id),
+        history=history if history is not None else load_history(conn, run.run_id),
     )
     outcome = replayer.replay(now=now)
     if isinstance(outcome, NonDeterminism):
@@ -244,11 +245,3 @@ def _fail_workflow_task(conn: Connection, run: LockedRun, error_type: str, messa
         ],
         values={"workflow_task_due_at": None},
     )
-
-
-def _load_history(conn: Connection, run_id: uuid.UUID) -> list[HistoryEvent]:
-    rows = conn.exec_driver_sql(
-        "SELECT event_id, event_type, attributes FROM events WHERE run_id = %s ORDER BY event_id",
-        (run_id,),
-    )
-    return [HistoryEvent(*row) for row in rows]

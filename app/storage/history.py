@@ -16,6 +16,7 @@ from dataclasses import dataclass, replace
 from datetime import UTC, datetime
 from typing import Any
 
+import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import Connection, exists, select
 
@@ -35,6 +36,16 @@ class NewEvent:
     attributes: dict[str, Any]
     # Names the fact recorded, so a redelivered message cannot record it twice.
     dedup_key: str | None = None
+    # When the fact happened, if not now (an attempt's start, recorded with its outcome).
+    timestamp_ns: int | None = None
+
+
+@dataclass(frozen=True)
+class DeferredWrite:
+    first_event_id: int
+    events: tuple[NewEvent, ...]
+    also: tuple[Sql, ...]
+    values: dict[str, Any]
 
 
 @dataclass(frozen=True)
@@ -48,6 +59,8 @@ class LockedRun:
     last_event_id: int
     processed_event_id: int
     workflow_task_due_at: datetime | None
+    # A write held back to go out with the next one (write_run's `defer`).
+    deferred: DeferredWrite | None = None
 
     @property
     def is_open(self) -> bool:
@@ -77,14 +90,15 @@ _LOCK_RUN = (
 # Both rows locked: after waiting for the lock, Postgres re-reads the locked rows, so
 # the activity is as fresh as the run. Lease and backoff times compare with the
 # database's clock, the one that set them.
-_LOCK_RUN_WITH_ACTIVITY = (
+_READ_RUN_WITH_ACTIVITY = (
     f"SELECT {_RUN_COLUMNS}, "
     + ", ".join(f"a.{c}" for c in _ACTIVITY_COLUMNS)
     + ", a.lease_expires_at < now(), extract(epoch FROM a.next_attempt_at - now())::float8"
     ", {history} FROM runs r JOIN executions e ON e.execution_id = r.execution_id"
     " JOIN activities a ON a.run_id = r.run_id AND a.seq = %s"
-    " WHERE r.run_id = %s FOR UPDATE OF r, a"
+    " WHERE r.run_id = %s"
 )
+_LOCK_RUN_WITH_ACTIVITY = _READ_RUN_WITH_ACTIVITY + " FOR UPDATE OF r, a"
 _HISTORY_COLUMN = (
     "(SELECT coalesce(json_agg(json_build_array(h.event_id, h.event_type, h.attributes)"
     " ORDER BY h.event_id), '[]'::json) FROM events h WHERE h.run_id = r.run_id)"
@@ -105,9 +119,29 @@ def _locked(row: Sequence[Any]) -> LockedRun:
     )
 
 
+def fetch_one(conn: Connection, statement: str, params: Sequence[Any]) -> tuple[Any, ...] | None:
+    """Run a hand-written statement on the driver's cursor, inside `conn`'s transaction.
+
+    The hot path's statements go this way: SQLAlchemy would build result metadata
+    for every text statement, which costs more than the statement itself. Driver
+    errors come out unwrapped (psycopg's own classes).
+    """
+    with _driver_cursor(conn) as cursor:
+        cursor.execute(statement, params)
+        row: tuple[Any, ...] | None = cursor.fetchone() if cursor.description else None
+        return row
+
+
+def _driver_cursor(conn: Connection) -> psycopg.Cursor[Any]:
+    driver_connection = conn.connection.driver_connection
+    assert driver_connection is not None, "the connection is open"
+    cursor: psycopg.Cursor[Any] = driver_connection.cursor()
+    return cursor
+
+
 def lock_run(conn: Connection, run_id: uuid.UUID) -> LockedRun | None:
     """Lock the run row: the per-execution lock every writer takes first."""
-    row = conn.exec_driver_sql(_LOCK_RUN, (run_id,)).first()
+    row = fetch_one(conn, _LOCK_RUN, (run_id,))
     return None if row is None else _locked(row)
 
 
@@ -119,14 +153,39 @@ class LockedActivity:
     history: list[HistoryEvent] | None
 
 
+def read_run_with_activity(conn: Connection, run_id: uuid.UUID, seq: int) -> LockedActivity:
+    """Read the run and one of its activities without locking them: a snapshot to
+    decide on, never to write from."""
+    query = _READ_RUN_WITH_ACTIVITY.format(history="NULL")
+    row = fetch_one(conn, query, (seq, run_id))
+    if row is None:
+        return LockedActivity(None, None, None)
+    return _with_activity(row)
+
+
 def lock_run_with_activity(
     conn: Connection, run_id: uuid.UUID, seq: int, *, with_history: bool = False
 ) -> LockedActivity:
     """Lock the run and read one of its activities (and its history), in one round trip."""
     query = _LOCK_RUN_WITH_ACTIVITY.format(history=_HISTORY_COLUMN if with_history else "NULL")
-    row = conn.exec_driver_sql(query, (seq, run_id)).first()
+    row = fetch_one(conn, query, (seq, run_id))
     if row is None:
         return LockedActivity(lock_run(conn, run_id), None, None)
+    return _with_activity(row)
+
+
+def load_history(conn: Connection, run_id: uuid.UUID) -> list[HistoryEvent]:
+    cursor = _driver_cursor(conn)
+    with cursor:
+        cursor.execute(
+            "SELECT event_id, event_type, attributes FROM events"
+            " WHERE run_id = %s ORDER BY event_id",
+            (run_id,),
+        )
+        return [HistoryEvent(*row) for row in cursor.fetchall()]
+
+
+def _with_activity(row: Sequence[Any]) -> LockedActivity:
     run = _locked(row)
     columns = (*_ACTIVITY_COLUMNS, "lease_expired", "next_attempt_in_seconds")
     activity = dict(zip(columns, row[9:-1], strict=True))
@@ -204,11 +263,14 @@ def write_run(
     also: Sequence[Sql] = (),
     reason: str | None = None,
     history: list[HistoryEvent] | None = None,
+    defer: bool = False,
 ) -> LockedRun:
     """Append events, run the `also` statements, and update the run row: one statement.
 
     The appended events are added to `history`, when given, so the caller can replay
-    without reading them back.
+    without reading them back. With `defer`, nothing is sent yet: the write goes out
+    with the next `write_run` on the returned run, which the caller must make in the
+    same transaction (an activity's outcome, then the workflow task it wakes).
 
     A status change is a guarded update (allowed only from the statuses the table
     lists); a non-terminal change records WORKFLOW_STATUS_CHANGED, a terminal one
@@ -217,6 +279,31 @@ def write_run(
     """
     appended = list(new_events)
     run_values: dict[str, Any] = dict(values or {})
+    if defer:
+        assert status is None and run.deferred is None, "only a plain write waits for the next"
+        # Whoever replays before the next write must see these events: through `history`.
+        assert history is not None, "a deferred write needs the run's history"
+        first_event_id = run.last_event_id + 1
+        if history is not None:
+            history.extend(
+                HistoryEvent(first_event_id + offset, event.event_type, event.attributes)
+                for offset, event in enumerate(appended)
+            )
+        due = run_values.get("workflow_task_due_at", run.workflow_task_due_at)
+        return replace(
+            run,
+            last_event_id=run.last_event_id + len(appended),
+            workflow_task_due_at=datetime.now(UTC) if isinstance(due, _Now) else due,
+            deferred=DeferredWrite(first_event_id, tuple(appended), tuple(also), run_values),
+        )
+    base_event_id = run.last_event_id
+    earlier = run.deferred
+    if earlier is not None:
+        # The held-back write goes first: its events, its statements, then our values
+        # over its values.
+        base_event_id = earlier.first_event_id - 1
+        also = [*earlier.also, *also]
+        run_values = {**earlier.values, **run_values}
     guard = ""
     guard_params: list[Any] = []
     if status is not None:
@@ -234,7 +321,8 @@ def write_run(
                 )
             )
     ctes: list[Sql] = []
-    if appended:
+    to_insert = [*(earlier.events if earlier else ()), *appended]
+    if to_insert:
         now_ns = time.time_ns()
         ctes.append(
             _insert(
@@ -242,14 +330,14 @@ def write_run(
                 [
                     {
                         "run_id": run.run_id,
-                        "event_id": run.last_event_id + 1 + offset,
+                        "event_id": base_event_id + 1 + offset,
                         "execution_id": run.execution_id,
                         "event_type": event.event_type,
                         "attributes": event.attributes,
-                        "event_timestamp": now_ns + offset,
+                        "event_timestamp": event.timestamp_ns or now_ns + offset,
                         "dedup_key": event.dedup_key,
                     }
-                    for offset, event in enumerate(appended)
+                    for offset, event in enumerate(to_insert)
                 ],
             )
         )
@@ -263,9 +351,7 @@ def write_run(
         prefix = "WITH " + ", ".join(f"w{i} AS ({cte.text})" for i, cte in enumerate(ctes)) + " "
         prefix_params = [p for cte in ctes for p in cte.params]
     statement = f"{prefix}UPDATE runs SET {assignments} WHERE run_id = %s{guard} RETURNING run_id"
-    changed = conn.exec_driver_sql(
-        statement, (*prefix_params, *params, run.run_id, *guard_params)
-    ).first()
+    changed = fetch_one(conn, statement, (*prefix_params, *params, run.run_id, *guard_params))
     if changed is None:
         raise IllegalTransition(f"run {run.run_id} cannot go from {run.status} to {status}")
     if history is not None:
@@ -275,13 +361,14 @@ def write_run(
         )
     if status in TERMINAL_STATUSES:
         # Delivered at commit: wakes API requests waiting for this execution's result.
-        conn.exec_driver_sql("SELECT pg_notify(%s, %s)", (CLOSED_CHANNEL, run.execution_id))
+        fetch_one(conn, "SELECT pg_notify(%s, %s)", (CLOSED_CHANNEL, run.execution_id))
     due = run_values.get("workflow_task_due_at", run.workflow_task_due_at)
     return replace(
         run,
         last_event_id=last_event_id,
         status=status or run.status,
         workflow_task_due_at=datetime.now(UTC) if isinstance(due, _Now) else due,
+        deferred=None,
     )
 
 

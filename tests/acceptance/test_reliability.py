@@ -73,6 +73,28 @@ def test_the_same_activity_message_delivered_twice_records_one_outcome(
     celery.close()
 
 
+def test_a_long_activity_shows_as_started_while_it_runs(
+    stack: Stack, http: httpx.Client, tmp_path: Path
+) -> None:
+    started = http.post(
+        "/v1/workflows/held/execute",
+        json={"execution_id": execution_id(), "input": {"folder": str(tmp_path)}},
+    ).json()
+    wait_until(lambda: (tmp_path / "started").exists(), what="the activity to start")
+
+    def started_in_history() -> bool:
+        return "ACTIVITY_TASK_STARTED" in _types(history(http, started["execution_id"]))
+
+    # Written by the worker's start recorder (CHAINLINE_RECORD_STARTED_AFTER_SECONDS).
+    wait_until(started_in_history, timeout=15, what="ACTIVITY_TASK_STARTED while running")
+    assert not (tmp_path / "finished").exists()
+    (tmp_path / "release").write_text("go")
+    assert wait_for_end(http, started["execution_id"])["status"] == "COMPLETED"
+    types = _types(history(http, started["execution_id"]))
+    assert types.count("ACTIVITY_TASK_STARTED") == 1
+    assert types.index("ACTIVITY_TASK_STARTED") < types.index("ACTIVITY_TASK_COMPLETED")
+
+
 def test_an_execution_whose_first_messages_were_never_published_still_runs(
     stack: Stack, http: httpx.Client
 ) -> None:

@@ -6,6 +6,7 @@ import socket
 import subprocess
 import uuid
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import pytest
 from sqlalchemy import Engine, cast, select, update
@@ -24,6 +25,7 @@ from app.engine.executions import get_execution, get_history, start_execution
 from app.engine.statuses import ExecutionStatus
 from app.engine.sweeper import sweep
 from app.engine.workflow_tasks import run_workflow_task
+from app.storage.history import LockedActivity, lock_run_with_activity
 from app.storage.schema import activities, events, runs
 from app.workflows.registry import Registry
 
@@ -256,3 +258,27 @@ def test_a_workflow_whose_constructor_raises_fails(engine: Engine, registry: Reg
     record = get_execution(engine, _execution_of(engine, run_id))
     assert record.status is ExecutionStatus.FAILED
     assert record.error == {"type": "RuntimeError", "message": "cannot build the workflow"}
+
+
+def test_a_parallel_run_completes_when_each_outcome_reads_history_itself(
+    engine: Engine, registry: Registry, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # With outcomes committing concurrently, the history read along with the lock is
+    # often stale and dropped; the workflow task must still see the outcome it follows.
+    run_id = _start(engine, registry, "fan-out-squares", {"values": [2, 3, 4]})
+    (dispatch,) = run_workflow_task(engine, registry, run_id)
+    claims = [claim_attempt(engine, registry, run_id, a.seq) for a in dispatch.activities]
+
+    def lock_without_history(*args: Any, **kwargs: Any) -> LockedActivity:
+        locked: LockedActivity = lock_run_with_activity(*args, **kwargs)
+        return LockedActivity(locked.run, locked.activity, None)
+
+    monkeypatch.setattr("app.engine.activity_tasks.lock_run_with_activity", lock_without_history)
+    for claim in claims:
+        assert isinstance(claim, Attempt)
+        succeeded, value = execute_attempt(claim)
+        outcome = record_outcome(engine, claim, succeeded, value, registry)
+        assert isinstance(outcome, Done) and outcome.advanced
+    record = get_execution(engine, _execution_of(engine, run_id))
+    assert record.status is ExecutionStatus.COMPLETED
+    assert record.result == {"squares": [4, 9, 16], "sum": 29}

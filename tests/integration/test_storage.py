@@ -8,13 +8,14 @@ from datetime import UTC, datetime, timedelta
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Engine, insert, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
+from app.engine.replay import HistoryEvent
 from app.engine.statuses import OPEN_STATUSES, ExecutionStatus, can_transition
 from app.errors import IllegalTransition
-from app.storage.history import lock_run, write_run
-from app.storage.schema import executions, metadata, runs
+from app.storage.history import NOW, NewEvent, lock_run, write_run
+from app.storage.schema import events, executions, metadata, runs
 
 
 def test_upgrade_from_empty_matches_the_models(engine: Engine) -> None:
@@ -118,3 +119,47 @@ def test_only_one_open_run_per_execution(engine: Engine) -> None:
                     )
                 )
         conn.rollback()
+
+
+def test_a_deferred_write_goes_out_with_the_next_one(engine: Engine) -> None:
+    with engine.begin() as conn:
+        run_id = _insert_run(conn, ExecutionStatus.RUNNING)
+    with engine.begin() as conn:
+        run = lock_run(conn, run_id)
+        assert run is not None
+        history: list[HistoryEvent] = []
+        held = write_run(
+            conn,
+            run,
+            new_events=[NewEvent("FIRST", {"n": 1})],
+            values={"processed_event_id": 1, "workflow_task_due_at": NOW},
+            history=history,
+            defer=True,
+        )
+        assert held.last_event_id == 1 and [e.event_id for e in history] == [1]
+        assert _stored_events(conn, run_id) == []  # nothing sent yet
+        write_run(
+            conn,
+            held,
+            new_events=[NewEvent("SECOND", {"n": 2}), NewEvent("THIRD", {"n": 3})],
+            values={"workflow_task_due_at": None},
+            history=history,
+        )
+        assert _stored_events(conn, run_id) == [(1, "FIRST"), (2, "SECOND"), (3, "THIRD")]
+        assert [e.event_id for e in history] == [1, 2, 3]
+        stored = conn.execute(
+            select(
+                runs.c.last_event_id, runs.c.processed_event_id, runs.c.workflow_task_due_at
+            ).where(runs.c.run_id == run_id)
+        ).one()
+    # Both writes' values, the later one winning where they overlap.
+    assert tuple(stored) == (3, 1, None)
+
+
+def _stored_events(conn: Connection, run_id: uuid.UUID) -> list[tuple[int, str]]:
+    rows = conn.execute(
+        select(events.c.event_id, events.c.event_type)
+        .where(events.c.run_id == run_id)
+        .order_by(events.c.event_id)
+    )
+    return [(row.event_id, row.event_type) for row in rows]

@@ -1,0 +1,117 @@
+"""Attempt leases in Redis: claiming an activity attempt without a Postgres transaction.
+
+An attempt is claimed before it runs, so that a second delivery of its message can tell
+a live attempt (leave it alone) from a lost one (record it as failed, retry by the
+policy). Most attempts finish within milliseconds, so the claim is a Redis `SET NX`
+and Postgres hears of the attempt once, in the transaction that records its outcome,
+together with its real start time. An attempt still running after
+`record_started_after_seconds` is written to Postgres as started by the worker running
+it, so history shows long attempts while they run (see activity_tasks.py).
+
+Keys are per attempt and outlive their lease, so a lost attempt stays recognisable
+until a redelivered message or the sweeper finds it.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+import uuid
+from dataclasses import asdict, dataclass
+from functools import lru_cache
+
+import redis
+
+from app.settings import get_settings
+
+# How long a lease key stays after its lease ends: room for the sweeper to find a
+# lost attempt. A finished attempt keeps its key briefly, so that a duplicate message
+# read the activity before the outcome committed still sees the attempt as taken.
+KEY_RETENTION_SECONDS = 3600
+FINISHED_KEY_SECONDS = 60
+
+
+@dataclass(frozen=True)
+class Lease:
+    attempt: int
+    owner: str  # host:pid of the worker process running the attempt
+    started_ns: int
+    expires_ns: int
+    token: str
+
+    @property
+    def expired(self) -> bool:
+        return time.time_ns() >= self.expires_ns
+
+
+@dataclass(frozen=True)
+class Taken:
+    """The attempt is leased already; `holder` is whoever took it."""
+
+    holder: Lease
+
+
+class LeaseStore:
+    def __init__(self, client: redis.Redis, prefix: str = "") -> None:
+        self.client = client
+        self.prefix = prefix
+        # Keys of finished attempts, shortened with this process's next acquire: that
+        # saves each attempt a round trip of its own.
+        self._finished: list[str] = []
+
+    @classmethod
+    def from_url(cls, url: str, prefix: str = "") -> LeaseStore:
+        return cls(redis.Redis.from_url(url), prefix)
+
+    def key(self, run_id: uuid.UUID, seq: int, attempt: int) -> str:
+        return f"{self.prefix}chainline:lease:{run_id}:{seq}:{attempt}"
+
+    def acquire(
+        self, run_id: uuid.UUID, seq: int, attempt: int, *, owner: str, lease_seconds: float
+    ) -> Lease | Taken:
+        """Take the attempt for `owner`, or say who holds it: one round trip."""
+        now_ns = time.time_ns()
+        lease = Lease(
+            attempt=attempt,
+            owner=owner,
+            started_ns=now_ns,
+            expires_ns=now_ns + int(lease_seconds * 1e9),
+            token=uuid.uuid4().hex,
+        )
+        key = self.key(run_id, seq, attempt)
+        retention_ms = int((lease_seconds + KEY_RETENTION_SECONDS) * 1000)
+        for _ in range(3):
+            pipeline = self._pipeline_finishing()
+            pipeline.set(key, json.dumps(asdict(lease)), nx=True, px=retention_ms)
+            pipeline.get(key)
+            *_, acquired, current = pipeline.execute()
+            if acquired:
+                return lease
+            if current is not None:
+                return Taken(Lease(**json.loads(current)))
+            # The key expired between the two commands: try again.
+        raise RuntimeError(f"could not read the lease of {key}")
+
+    def finish(self, run_id: uuid.UUID, seq: int, attempt: int) -> None:
+        """The attempt's fate is in Postgres: its key only has to outlast stale reads.
+        Applied with this process's next acquire, or by `flush`."""
+        self._finished.append(self.key(run_id, seq, attempt))
+
+    def flush(self) -> None:
+        """Shorten the keys of finished attempts now."""
+        self._pipeline_finishing().execute()
+
+    def _pipeline_finishing(self) -> redis.client.Pipeline:
+        finished, self._finished = self._finished, []
+        pipeline = self.client.pipeline(transaction=False)
+        for key in finished:
+            pipeline.pexpire(key, FINISHED_KEY_SECONDS * 1000)
+        return pipeline
+
+
+@lru_cache(maxsize=1)
+def get_lease_store() -> LeaseStore | None:
+    """The process's lease store; None when no Redis is configured (claims go to Postgres)."""
+    settings = get_settings()
+    url = settings.lease_store_url
+    return None if url is None else LeaseStore.from_url(url, settings.broker_key_prefix)

@@ -1,0 +1,269 @@
+"""Attempts claimed with a Redis lease, against a real Postgres and a real Redis."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+import redis
+from sqlalchemy import Engine, select
+
+from app.engine import events as ev
+from app.engine.activity_tasks import (
+    Attempt,
+    Done,
+    RetryLater,
+    claim_attempt,
+    execute_attempt,
+    record_attempt_started,
+    record_outcome,
+)
+from app.engine.executions import get_history, start_execution
+from app.engine.leases import Lease, LeaseStore
+from app.engine.replay import HistoryEvent
+from app.engine.start_recorder import StartRecorder
+from app.engine.workflow_tasks import run_workflow_task
+from app.storage.schema import activities
+from app.workflows.registry import Registry
+from tests.support import BROKER_URL, wait_until
+
+
+@pytest.fixture
+def leases() -> Iterator[LeaseStore]:
+    client = redis.Redis.from_url(BROKER_URL)
+    store = LeaseStore(client, prefix=f"test-leases-{uuid.uuid4().hex[:8]}:")
+    yield store
+    for key in client.scan_iter(f"{store.prefix}*"):
+        client.delete(key)
+    client.close()
+
+
+def _scheduled(engine: Engine, registry: Registry, name: str, value: object) -> uuid.UUID:
+    """Start a run and run its first workflow task, which schedules activity 1."""
+    record, _ = start_execution(
+        engine,
+        registry.workflow(name),
+        execution_id=f"leases-{uuid.uuid4().hex}",
+        input_value=value,
+    )
+    (dispatch,) = run_workflow_task(engine, registry, record.run_id)
+    assert [a.seq for a in dispatch.activities] == [1]
+    return record.run_id
+
+
+def _leased(engine: Engine, registry: Registry, leases: LeaseStore, run_id: uuid.UUID) -> Attempt:
+    claim = claim_attempt(engine, registry, run_id, 1, leases)
+    assert isinstance(claim, Attempt) and claim.lease is not None
+    return claim
+
+
+def _claim_when_due(
+    engine: Engine, registry: Registry, leases: LeaseStore, run_id: uuid.UUID
+) -> Attempt:
+    """Claim activity 1 once its backoff is over."""
+
+    def due() -> Attempt | None:
+        claim = claim_attempt(engine, registry, run_id, 1, leases)
+        return claim if isinstance(claim, Attempt) else None
+
+    return wait_until(due, timeout=10, what="the next attempt to be due")
+
+
+def _history(engine: Engine, run_id: uuid.UUID) -> list[HistoryEvent]:
+    return list(get_history(engine, run_id))
+
+
+def _of_type(history: list[HistoryEvent], event_type: str) -> list[HistoryEvent]:
+    return [e for e in history if e.event_type == event_type]
+
+
+def _activity_state(engine: Engine, run_id: uuid.UUID) -> tuple[str, int]:
+    with engine.connect() as conn:
+        row = conn.execute(
+            select(activities.c.state, activities.c.attempt).where(
+                activities.c.run_id == run_id, activities.c.seq == 1
+            )
+        ).one()
+    return row.state, row.attempt
+
+
+def _event_timestamps(engine: Engine, run_id: uuid.UUID) -> dict[str, int]:
+    with engine.connect() as conn:
+        rows = conn.exec_driver_sql(
+            "SELECT event_type, event_timestamp FROM events WHERE run_id = %s", (run_id,)
+        )
+        return {row.event_type: row.event_timestamp for row in rows}
+
+
+def test_a_leased_claim_writes_nothing_until_the_outcome_records_the_start_with_it(
+    engine: Engine, registry: Registry, leases: LeaseStore
+) -> None:
+    run_id = _scheduled(engine, registry, "sequential-sum", {"values": [3]})
+    before = _history(engine, run_id)
+    claim = _leased(engine, registry, leases, run_id)
+    assert _history(engine, run_id) == before
+    assert _activity_state(engine, run_id) == ("SCHEDULED", 1)
+
+    succeeded, value = execute_attempt(claim)
+    assert record_outcome(engine, claim, succeeded, value, None, leases) == Done("completed")
+    history = _history(engine, run_id)
+    assert [e.event_type for e in history[len(before) :]] == [
+        ev.ACTIVITY_TASK_STARTED,
+        ev.ACTIVITY_TASK_COMPLETED,
+    ]
+    (started,) = _of_type(history, ev.ACTIVITY_TASK_STARTED)
+    assert started.attributes["attempt"] == 1
+    assert started.attributes["input"] == {"type": "json", "value": {"total": 0, "value": 3}}
+    assert claim.lease is not None
+    timestamps = _event_timestamps(engine, run_id)
+    # The start is when the attempt began, not when it was written.
+    assert timestamps[ev.ACTIVITY_TASK_STARTED] == claim.lease.started_ns
+    assert timestamps[ev.ACTIVITY_TASK_STARTED] < timestamps[ev.ACTIVITY_TASK_COMPLETED]
+    assert _activity_state(engine, run_id) == ("COMPLETED", 1)
+    # Its key is shortened with the next claim this process makes.
+    key = leases.key(run_id, 1, 1)
+    assert leases.client.pttl(key) > 60_000
+    leases.acquire(uuid.uuid4(), 1, 1, owner="next", lease_seconds=5)
+    assert 0 < leases.client.pttl(key) <= 60_000
+
+
+def test_a_second_message_for_a_leased_attempt_leaves_it_alone(
+    engine: Engine, registry: Registry, leases: LeaseStore
+) -> None:
+    run_id = _scheduled(engine, registry, "sequential-sum", {"values": [7]})
+    claim = _leased(engine, registry, leases, run_id)
+    duplicate = claim_attempt(engine, registry, run_id, 1, leases)
+    assert duplicate == Done("attempt in progress elsewhere")
+
+    succeeded, value = execute_attempt(claim)
+    assert record_outcome(engine, claim, succeeded, value, None, leases) == Done("completed")
+    again = record_outcome(engine, claim, succeeded, value, None, leases)
+    assert again.reason.startswith("outcome discarded")
+    assert claim_attempt(engine, registry, run_id, 1, leases) == Done("already completed")
+    types = [e.event_type for e in _history(engine, run_id)]
+    assert types.count(ev.ACTIVITY_TASK_STARTED) == 1
+    assert types.count(ev.ACTIVITY_TASK_COMPLETED) == 1
+
+
+def _a_dead_pid() -> int:
+    process = subprocess.Popen(["true"])
+    process.wait()
+    return process.pid
+
+
+def _rewrite_lease(leases: LeaseStore, run_id: uuid.UUID, **changes: object) -> None:
+    key = leases.key(run_id, 1, 1)
+    raw = leases.client.get(key)
+    assert raw is not None
+    leases.client.set(key, json.dumps({**json.loads(raw), **changes}), keepttl=True)
+
+
+def test_a_lease_whose_worker_died_is_recorded_as_a_started_and_lost_attempt(
+    engine: Engine, registry: Registry, leases: LeaseStore
+) -> None:
+    run_id = _scheduled(engine, registry, "sequential-sum", {"values": [1]})
+    lost = _leased(engine, registry, leases, run_id)
+    _rewrite_lease(leases, run_id, owner=f"{socket.gethostname()}:{_a_dead_pid()}")
+
+    outcome = claim_attempt(engine, registry, run_id, 1, leases)
+    assert isinstance(outcome, RetryLater) and outcome.countdown == 1.0
+    history = _history(engine, run_id)
+    (started,) = _of_type(history, ev.ACTIVITY_TASK_STARTED)
+    (retrying,) = _of_type(history, ev.ACTIVITY_TASK_RETRYING)
+    assert started.event_id + 1 == retrying.event_id
+    assert retrying.attributes["attempt"] == 1
+    assert retrying.attributes["failure"]["type"] == "WorkerLost"
+    assert _activity_state(engine, run_id) == ("BACKING_OFF", 2)
+
+    # The lost attempt's late outcome is not recorded; the next attempt is leased anew.
+    succeeded, value = execute_attempt(lost)
+    late = record_outcome(engine, lost, succeeded, value, None, leases)
+    assert late.reason.startswith("outcome discarded")
+    assert _claim_when_due(engine, registry, leases, run_id).attempt == 2
+
+
+def test_an_expired_lease_is_a_timeout_even_if_its_worker_lives(
+    engine: Engine, registry: Registry, leases: LeaseStore
+) -> None:
+    run_id = _scheduled(engine, registry, "sequential-sum", {"values": [1]})
+    _leased(engine, registry, leases, run_id)
+    _rewrite_lease(leases, run_id, expires_ns=1)  # the owner is this process, alive
+    assert isinstance(claim_attempt(engine, registry, run_id, 1, leases), RetryLater)
+    (retrying,) = _of_type(_history(engine, run_id), ev.ACTIVITY_TASK_RETRYING)
+    assert retrying.attributes["failure"]["type"] == "StartToCloseTimeout"
+
+
+def test_a_long_attempt_shows_as_started_while_it_runs_and_is_started_once(
+    engine: Engine, registry: Registry, leases: LeaseStore
+) -> None:
+    run_id = _scheduled(engine, registry, "sequential-sum", {"values": [2]})
+    claim = _leased(engine, registry, leases, run_id)
+
+    def started_in_history() -> bool:
+        return bool(_of_type(_history(engine, run_id), ev.ACTIVITY_TASK_STARTED))
+
+    with StartRecorder(delay=0.0).watching(engine, claim):
+        # Stands in for a slow activity: it is still running when the timer fires.
+        wait_until(started_in_history, timeout=10, what="the start in history")
+        succeeded, value = execute_attempt(claim)
+    assert _activity_state(engine, run_id) == ("STARTED", 1)
+    assert claim_attempt(engine, registry, run_id, 1, leases) == Done(
+        "attempt in progress elsewhere"
+    )
+    assert record_outcome(engine, claim, succeeded, value, None, leases) == Done("completed")
+    types = [e.event_type for e in _history(engine, run_id)]
+    assert types.count(ev.ACTIVITY_TASK_STARTED) == 1
+    assert types.count(ev.ACTIVITY_TASK_COMPLETED) == 1
+    assert record_attempt_started(engine, claim) is False
+
+
+def test_a_short_attempt_cancels_its_start_timer(
+    engine: Engine, registry: Registry, leases: LeaseStore
+) -> None:
+    run_id = _scheduled(engine, registry, "sequential-sum", {"values": [2]})
+    claim = _leased(engine, registry, leases, run_id)
+    with StartRecorder(delay=30.0).watching(engine, claim):
+        succeeded, value = execute_attempt(claim)
+    assert not _of_type(_history(engine, run_id), ev.ACTIVITY_TASK_STARTED)
+    outcome = record_outcome(engine, claim, succeeded, value, registry, leases)
+    assert isinstance(outcome, Done) and outcome.advanced
+    assert len(_of_type(_history(engine, run_id), ev.ACTIVITY_TASK_STARTED)) == 1
+
+
+def test_a_failed_leased_attempt_records_its_start_then_the_retry(
+    engine: Engine, registry: Registry, leases: LeaseStore, tmp_path: Path
+) -> None:
+    run_id = _scheduled(engine, registry, "flaky", {"folder": str(tmp_path), "failures": 1})
+    claim = _leased(engine, registry, leases, run_id)
+    succeeded, value = execute_attempt(claim)
+    assert not succeeded
+    outcome = record_outcome(engine, claim, succeeded, value, registry, leases)
+    assert isinstance(outcome, RetryLater)
+    types = [e.event_type for e in _history(engine, run_id)]
+    assert types[-3:] == [
+        ev.ACTIVITY_TASK_STARTED,
+        ev.ACTIVITY_TASK_RETRYING,
+        ev.WORKFLOW_STATUS_CHANGED,
+    ]
+    assert _activity_state(engine, run_id) == ("BACKING_OFF", 2)
+    second = _claim_when_due(engine, registry, leases, run_id)
+    assert second.attempt == 2
+    succeeded, value = execute_attempt(second)
+    assert record_outcome(engine, second, succeeded, value, registry, leases).reason == "completed"
+    started = _of_type(_history(engine, run_id), ev.ACTIVITY_TASK_STARTED)
+    assert [e.attributes["attempt"] for e in started] == [1, 2]
+
+
+def test_a_lease_is_a_redis_key_per_attempt(leases: LeaseStore) -> None:
+    run_id = uuid.uuid4()
+    first = leases.acquire(run_id, 1, 1, owner="host:1", lease_seconds=5)
+    assert isinstance(first, Lease)
+    taken = leases.acquire(run_id, 1, 1, owner="host:2", lease_seconds=5)
+    assert not isinstance(taken, Lease) and taken.holder == first
+    assert isinstance(leases.acquire(run_id, 1, 2, owner="host:2", lease_seconds=5), Lease)
+    assert leases.client.pttl(leases.key(run_id, 1, 1)) > 3600_000
