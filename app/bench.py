@@ -1,12 +1,15 @@
 """`chainline bench`: Chainline against raw Celery, same machine, same broker, one run.
 
 Every contender runs on the same worker processes (same concurrency and pool, same
-Celery settings). Postgres write transactions are counted from the server's transaction
+Celery settings). With the `bench` extra installed, DBOS Transact runs the sequential
+workflow too, on as many worker processes, against the same Postgres server (see
+app.bench_peer). Postgres write transactions are counted from the server's transaction
 id counter, broker messages from Redis' LPUSH count, CPU from each process's own clock.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
 import statistics
@@ -16,11 +19,11 @@ import tempfile
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import httpx
 import psutil
@@ -28,6 +31,9 @@ import psycopg
 import redis
 
 from app.storage.history import CLOSED_CHANNEL
+
+if TYPE_CHECKING:
+    from app.bench_peer import DbosPeer
 
 BENCH_WORKFLOWS = "workers.workflows.bench"
 
@@ -39,12 +45,13 @@ class BenchConfig:
     latency_samples: int = 50  # M
     api_clients: int = 8  # K
     api_requests_per_client: int = 20
-    rounds: int = 3
+    rounds: int = 5
     warmup_rounds: int = 1
     concurrency: int = 2
     pool: str = "prefork"
     preload_events: int = 0
     timeout: float = 120.0
+    peer: bool = True  # run the DBOS Transact peer when the bench extra is installed
 
 
 @dataclass
@@ -86,13 +93,9 @@ def _servers(work_dir: Path) -> Iterator[Servers]:
         admin_url = os.environ.get("CHAINLINE_DATABASE_URL") or embedded_pg.start()
         broker_url = os.environ.get("CHAINLINE_BROKER_URL") or embedded_redis.start()
         admin_url = admin_url.replace("postgresql+psycopg://", "postgresql://")
-        name = f"chainline_bench_{uuid.uuid4().hex[:8]}"
-        with psycopg.connect(admin_url, autocommit=True) as conn:
-            conn.execute(f'CREATE DATABASE "{name}"')
-        database_url = _with_database(admin_url, name)
         postmaster = embedded_pg.server.get_pid() if embedded_pg.server else None
         redis_pid = embedded_redis.process.pid if embedded_redis.process else None
-        try:
+        with _scratch_database(admin_url, "chainline_bench") as database_url:
             yield Servers(
                 database_url=database_url,
                 broker_url=broker_url,
@@ -102,12 +105,22 @@ def _servers(work_dir: Path) -> Iterator[Servers]:
                 ),
                 redis_pids=lambda: [redis_pid] if redis_pid else _processes_named("redis-server"),
             )
-        finally:
-            with psycopg.connect(admin_url, autocommit=True) as conn:
-                conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
     finally:
         embedded_redis.stop()
         embedded_pg.stop()
+
+
+@contextmanager
+def _scratch_database(admin_url: str, prefix: str) -> Iterator[str]:
+    """A new database on the admin URL's server, dropped on the way out; yields its URL."""
+    name = f"{prefix}_{uuid.uuid4().hex[:8]}"
+    with psycopg.connect(admin_url, autocommit=True) as conn:
+        conn.execute(f'CREATE DATABASE "{name}"')
+    try:
+        yield _with_database(admin_url, name)
+    finally:
+        with psycopg.connect(admin_url, autocommit=True) as conn:
+            conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
 def _with_database(url: str, name: str) -> str:
@@ -198,9 +211,15 @@ def _stack(servers: Servers, config: BenchConfig, work_dir: Path) -> Iterator[St
 class Probe:
     """Counters read before and after each measurement."""
 
-    def __init__(self, servers: Servers, stack: Stack) -> None:
+    def __init__(
+        self,
+        servers: Servers,
+        stack: Stack,
+        other_processes: Mapping[str, Callable[[], list[int]]] | None = None,
+    ) -> None:
         self.servers = servers
         self.stack = stack
+        self.other_processes = dict(other_processes or {})
         # Messages are counted on a Redis broker only (kombu publishes with LPUSH).
         self.redis = (
             redis.Redis.from_url(servers.broker_url)
@@ -218,6 +237,8 @@ class Probe:
         cpu = {f"cpu_{k}": v for k, v in self.stack.cpu_seconds().items()}
         cpu["cpu_postgres"] = _pids_cpu(self.servers.postgres_pids())
         cpu["cpu_redis"] = _pids_cpu(self.servers.redis_pids())
+        for kind, pids in self.other_processes.items():
+            cpu[f"cpu_{kind}"] = _pids_cpu(pids())
         cpu["cpu_bench_client"] = sum(os.times()[:2])
         return {
             "xid": float(row[0]),
@@ -283,12 +304,16 @@ def run_benchmark(config: BenchConfig, log: Callable[[str], None]) -> dict[str, 
         stack = stack_scope.enter_context(_stack(servers, config, work_dir))
         os.environ["CHAINLINE_BROKER_URL"] = servers.broker_url
         os.environ["CHAINLINE_BROKER_KEY_PREFIX"] = stack.env["CHAINLINE_BROKER_KEY_PREFIX"]
-        return _run_contenders(config, servers, stack, log)
+        return _run_contenders(config, servers, stack, work_dir, log)
     raise AssertionError("unreachable")
 
 
 def _run_contenders(
-    config: BenchConfig, servers: Servers, stack: Stack, log: Callable[[str], None]
+    config: BenchConfig,
+    servers: Servers,
+    stack: Stack,
+    work_dir: Path,
+    log: Callable[[str], None],
 ) -> dict[str, Any]:
     from app.settings import get_settings
     from app.storage.db import get_engine
@@ -300,16 +325,71 @@ def _run_contenders(
     get_engine.cache_clear()
     engine = get_engine()
     _wait_ready(stack, celery_app, config.timeout)
-    probe = Probe(servers, stack)
-    if config.preload_events:
-        log(f"preloading {config.preload_events} history events ...")
-        _preload_events(probe, config.preload_events)
+    peer_skipped = _peer_skipped(config)
+    with ExitStack() as peer_scope:
+        peer: DbosPeer | None = None
+        if peer_skipped is None:
+            log(f"starting the DBOS peer: {config.concurrency} worker processes ...")
+            peer = peer_scope.enter_context(_dbos_peer(config, servers, work_dir))
+        else:
+            log(f"DBOS peer skipped: {peer_skipped}")
+        probe = Probe(servers, stack, {"dbos_worker": peer.pids} if peer else None)
+        if config.preload_events:
+            log(f"preloading {config.preload_events} history events ...")
+            _preload_events(probe, config.preload_events)
 
-    contenders: dict[str, Callable[[], None]] = {
-        "raw_celery": _raw_celery_round(config, probe, raw_noop, celery_app),
-        "sequential": _chainline_round(config, probe, engine, registry, "bench-sequential"),
-        "fan_out": _chainline_round(config, probe, engine, registry, "bench-fan-out"),
-    }
+        contenders: dict[str, Callable[[], None]] = {
+            "raw_celery": _raw_celery_round(config, probe, raw_noop, celery_app),
+            "sequential": _chainline_round(config, probe, engine, registry, "bench-sequential"),
+            "fan_out": _chainline_round(config, probe, engine, registry, "bench-fan-out"),
+        }
+        if peer is not None:
+            contenders["dbos"] = peer.run_round
+        rounds = _run_rounds(config, probe, contenders, log)
+
+    report = _throughput_report(config, rounds)
+    if peer_skipped is not None:
+        report["dbos"] = {"skipped": peer_skipped}
+    _wait_idle(probe, stack, config.timeout)
+    report["latency"] = _latency(stack, config)
+    report["api"] = _api_load(stack, probe, config)
+    return report
+
+
+def _peer_skipped(config: BenchConfig) -> str | None:
+    """Why the DBOS peer does not run, or None when it does."""
+    if not config.peer:
+        return "turned off with --no-peer"
+    if importlib.util.find_spec("dbos") is None:
+        return "install the bench extra: pip install -e '.[bench]'"
+    return None
+
+
+@contextmanager
+def _dbos_peer(config: BenchConfig, servers: Servers, work_dir: Path) -> Iterator[DbosPeer]:
+    from app.bench_peer import dbos_peer
+
+    with (
+        _scratch_database(servers.admin_url, "chainline_bench_dbos") as database_url,
+        dbos_peer(
+            database_url,
+            workers=config.concurrency,
+            executions=config.executions,
+            steps=config.steps,
+            timeout=config.timeout,
+            work_dir=work_dir,
+        ) as peer,
+    ):
+        yield peer
+
+
+def _run_rounds(
+    config: BenchConfig,
+    probe: Probe,
+    contenders: dict[str, Callable[[], None]],
+    log: Callable[[str], None],
+) -> dict[str, list[dict[str, float]]]:
+    """Each round runs every contender once, in turn; warm-up rounds are not kept."""
     rounds: dict[str, list[dict[str, float]]] = {name: [] for name in contenders}
     for index in range(config.warmup_rounds + config.rounds):
         label = "warm-up" if index < config.warmup_rounds else f"round {index}"
@@ -318,7 +398,12 @@ def _run_contenders(
             if index >= config.warmup_rounds:
                 rounds[name].append(measured)
             log(f"{label:>8} {name:<11} {measured['time']:.2f}s")
+    return rounds
 
+
+def _throughput_report(
+    config: BenchConfig, rounds: dict[str, list[dict[str, float]]]
+) -> dict[str, Any]:
     activities = config.executions * config.steps
     report: dict[str, Any] = {
         "config": config.__dict__,
@@ -326,17 +411,24 @@ def _run_contenders(
     }
     for name, samples in rounds.items():
         report[name] = _summarise(samples, config.executions, activities)
-    for name in ("sequential", "fan_out"):
-        ratios = [
-            (activities / m["time"]) / (activities / raw["time"])
-            for m, raw in zip(rounds[name], rounds["raw_celery"], strict=True)
-        ]
-        report[name]["ratio_to_raw_celery"] = statistics.median(ratios)
-        report[name]["ratio_to_raw_celery_min_max"] = [min(ratios), max(ratios)]
-    _wait_idle(probe, stack, config.timeout)
-    report["latency"] = _latency(stack, config)
-    report["api"] = _api_load(stack, probe, config)
+    for name in rounds:
+        if name != "raw_celery":
+            _add_ratio(report[name], "ratio_to_raw_celery", rounds[name], rounds["raw_celery"])
+    if "dbos" in rounds:
+        _add_ratio(report["sequential"], "ratio_to_dbos", rounds["sequential"], rounds["dbos"])
     return report
+
+
+def _add_ratio(
+    summary: dict[str, Any],
+    key: str,
+    measured: list[dict[str, float]],
+    baseline: list[dict[str, float]],
+) -> None:
+    """Throughput of `measured` over `baseline`, compared round by round (same work)."""
+    ratios = [base["time"] / m["time"] for m, base in zip(measured, baseline, strict=True)]
+    summary[key] = statistics.median(ratios)
+    summary[f"{key}_min_max"] = [min(ratios), max(ratios)]
 
 
 def _raw_celery_round(
@@ -531,18 +623,24 @@ def _preload_events(probe: Probe, count: int) -> None:
 
 TARGETS = {
     ("sequential", "ratio_to_raw_celery"): ">= 0.5",
+    ("sequential", "ratio_to_dbos"): "> 1",
     ("sequential", "pg_transactions_per_activity"): "<= 2",
     ("latency", "p50_ms"): "< 30",
     ("latency", "p99_ms"): "< 100",
 }
+CONTENDERS = ("raw_celery", "sequential", "fan_out", "dbos")
 
 
 def format_report(report: dict[str, Any]) -> str:
     lines = [
         "contender     exec/s (min-max)          activities/s   ratio   pg tx/act  msgs/act",
     ]
-    for name in ("raw_celery", "sequential", "fan_out"):
+    measured = [name for name in CONTENDERS if "skipped" not in report[name]]
+    for name in CONTENDERS:
         r = report[name]
+        if "skipped" in r:
+            lines.append(f"{name:<13} skipped: {r['skipped']}")
+            continue
         low, high = r["executions_per_s_min_max"]
         ratio = f"{r['ratio_to_raw_celery']:.2f}" if "ratio_to_raw_celery" in r else "1.00"
         lines.append(
@@ -553,7 +651,7 @@ def format_report(report: dict[str, Any]) -> str:
         )
     lines.append("")
     lines.append("CPU seconds per round (median):")
-    for name in ("raw_celery", "sequential", "fan_out"):
+    for name in measured:
         cpu = report[name]["cpu_seconds"]
         lines.append(f"  {name:<11} " + "  ".join(f"{k} {v:.2f}" for k, v in sorted(cpu.items())))
     lat, api = report["latency"], report["api"]
@@ -569,7 +667,9 @@ def format_report(report: dict[str, Any]) -> str:
     lines.append("")
     lines.append("targets:")
     for (section, key), target in TARGETS.items():
-        lines.append(f"  {section}.{key} = {report[section][key]:.2f} (target {target})")
+        value = report[section].get(key)
+        shown = "not measured" if value is None else f"{value:.2f}"
+        lines.append(f"  {section}.{key} = {shown} (target {target})")
     return "\n".join(lines)
 
 

@@ -5,6 +5,7 @@ from __future__ import annotations
 import itertools
 import json
 import os
+import signal
 import sys
 import time
 from pathlib import Path
@@ -294,11 +295,17 @@ def dev(data_dir: Path, host: str, port: int, flower_port: int) -> None:
 @click.option("-s", "--steps", default=5, show_default=True, help="S activities per execution.")
 @click.option("-m", "--latency-samples", default=50, show_default=True, help="M latency runs.")
 @click.option("-k", "--api-clients", default=8, show_default=True, help="K concurrent clients.")
-@click.option("--rounds", default=3, show_default=True)
+@click.option("--rounds", default=5, show_default=True)
 @click.option("--warmup-rounds", default=1, show_default=True)
 @click.option("--concurrency", default=2, show_default=True, help="Worker processes.")
 @click.option("--pool", default="prefork", show_default=True, help="Celery worker pool.")
 @click.option("--preload-events", default=0, help="Fill the history with this many events first.")
+@click.option(
+    "--peer/--no-peer",
+    default=True,
+    show_default=True,
+    help="Also run DBOS Transact's sequential workflow (needs the bench extra).",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 def bench(
     executions: int,
@@ -310,10 +317,15 @@ def bench(
     concurrency: int,
     pool: str,
     preload_events: int,
+    peer: bool,
     json_path: Path | None,
 ) -> None:
-    """Measure Chainline against raw Celery chains on this machine."""
+    """Measure Chainline against raw Celery chains (and DBOS Transact) on this machine."""
     from app.bench import BenchConfig, format_report, run_benchmark, write_json
+
+    # Stopped from outside (`timeout`, a CI job), still stop the processes and servers
+    # the bench started: SystemExit unwinds through their cleanup.
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
 
     config = BenchConfig(
         executions=executions,
@@ -326,6 +338,7 @@ def bench(
         concurrency=concurrency,
         pool=pool,
         preload_events=preload_events,
+        peer=peer,
     )
     report = run_benchmark(config, lambda line: click.echo(line, err=True))
     click.echo(format_report(report))

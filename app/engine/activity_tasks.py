@@ -422,7 +422,7 @@ def _record_outcome(
             return Done("outcome discarded: the attempt is no longer current")
         started: NewEvent | None = None
         if row["state"] == "STARTED" and row["lease_owner"] == worker_identity():
-            pass  # claimed in Postgres, or its start already written by the timer
+            pass  # claimed in Postgres, or its start already written by the start recorder
         elif row["state"] in ("SCHEDULED", "BACKING_OFF") and attempt.lease is not None:
             started = _started_event(run.run_id, row, attempt.lease)
         else:

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import importlib.util
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
-from tests.support import ADMIN_DATABASE_URL, BROKER_URL
+import psutil
+
+from tests.support import ADMIN_DATABASE_URL, BROKER_URL, wait_until
 
 REQUIRED = [
     ("raw_celery", "executions_per_s"),
@@ -17,6 +21,13 @@ REQUIRED = [
     ("fan_out", "executions_per_s"),
     ("latency", "p50_ms"),
     ("latency", "p99_ms"),
+]
+# The DBOS Transact peer runs when the bench extra is installed, as it is in CI.
+PEER_INSTALLED = importlib.util.find_spec("dbos") is not None
+PEER_REQUIRED = [
+    ("dbos", "executions_per_s"),
+    ("dbos", "ratio_to_raw_celery"),
+    ("sequential", "ratio_to_dbos"),
 ]
 
 
@@ -51,8 +62,45 @@ def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr[-3000:]
     assert "sequential.ratio_to_raw_celery" in done.stdout
     report = json.loads(report_path.read_text())
-    for section, key in REQUIRED:
+    for section, key in REQUIRED + (PEER_REQUIRED if PEER_INSTALLED else []):
         value = report[section][key]
         assert isinstance(value, float) and value > 0, (section, key, value)
     assert report["sequential"]["celery_messages_per_activity"] > 0
     assert set(report["sequential"]["cpu_seconds"]) >= {"worker", "api", "postgres", "redis"}
+    if PEER_INSTALLED:
+        assert "sequential.ratio_to_dbos" in done.stdout
+        assert report["dbos"]["cpu_seconds"]["dbos_worker"] > 0
+    else:
+        assert "bench extra" in report["dbos"]["skipped"]
+
+
+def test_bench_stopped_with_sigterm_leaves_no_process_behind() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAINLINE_")}
+    env.update(CHAINLINE_DATABASE_URL=ADMIN_DATABASE_URL, CHAINLINE_BROKER_URL=BROKER_URL)
+    bench = subprocess.Popen(
+        ["chainline", "bench", "-n", "200", "--rounds", "50", "--no-peer"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    started = psutil.Process(bench.pid)
+
+    def all_started() -> list[psutil.Process]:
+        processes = started.children(recursive=True)
+        celery = [p for p in processes if "celery" in " ".join(p.cmdline())]
+        # beat, the worker and its two pool processes
+        return processes if len(celery) >= 4 else []
+
+    family: list[psutil.Process] = []
+    try:
+        family = wait_until(all_started, timeout=60, what="the bench's processes")
+        bench.send_signal(signal.SIGTERM)
+        bench.wait(timeout=60)
+        assert bench.returncode == 128 + signal.SIGTERM
+        _, alive = psutil.wait_procs(family, timeout=30)
+        assert alive == [], [p.cmdline() for p in alive]
+    finally:
+        for process in [*family, started]:
+            if process.is_running():
+                process.kill()
+        bench.wait(timeout=10)
