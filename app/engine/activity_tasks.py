@@ -40,6 +40,7 @@ from app.storage.history import (
     has_retrying_activity,
     load_history,
     lock_run_with_activity,
+    pipelined_transaction,
     read_run_with_activity,
     update_activity,
     write_run,
@@ -413,7 +414,7 @@ def _record_outcome(
     value: Any,
     registry: Registry | None,
 ) -> RetryLater | Done:
-    with engine.begin() as conn:
+    with pipelined_transaction(engine) as conn:
         locked = lock_run_with_activity(
             conn, attempt.run_id, attempt.seq, with_history=registry is not None
         )

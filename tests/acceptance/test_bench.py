@@ -85,9 +85,15 @@ def test_bench_stopped_with_sigterm_leaves_no_process_behind() -> None:
     )
     started = psutil.Process(bench.pid)
 
+    def command_line(process: psutil.Process) -> str:
+        try:
+            return " ".join(process.cmdline())
+        except psutil.Error:  # gone meanwhile, like `chainline migrate`
+            return ""
+
     def all_started() -> list[psutil.Process]:
         processes = started.children(recursive=True)
-        celery = [p for p in processes if "celery" in " ".join(p.cmdline())]
+        celery = [p for p in processes if "celery" in command_line(p)]
         # beat, the worker and its two pool processes
         return processes if len(celery) >= 4 else []
 
@@ -100,6 +106,8 @@ def test_bench_stopped_with_sigterm_leaves_no_process_behind() -> None:
         _, alive = psutil.wait_procs(family, timeout=30)
         assert alive == [], [p.cmdline() for p in alive]
     finally:
+        if not family and started.is_running():
+            family = started.children(recursive=True)
         for process in [*family, started]:
             if process.is_running():
                 process.kill()

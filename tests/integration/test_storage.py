@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import uuid
+from dataclasses import replace
 from datetime import UTC, datetime, timedelta
 
+import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
@@ -14,7 +16,7 @@ from sqlalchemy.exc import IntegrityError
 from app.engine.replay import HistoryEvent
 from app.engine.statuses import OPEN_STATUSES, ExecutionStatus, can_transition
 from app.errors import IllegalTransition
-from app.storage.history import NOW, NewEvent, lock_run, write_run
+from app.storage.history import NOW, NewEvent, lock_run, pipelined_transaction, write_run
 from app.storage.schema import events, executions, metadata, runs
 
 
@@ -163,3 +165,61 @@ def _stored_events(conn: Connection, run_id: uuid.UUID) -> list[tuple[int, str]]
         .order_by(events.c.event_id)
     )
     return [(row.event_id, row.event_type) for row in rows]
+
+
+def test_a_pipelined_transaction_commits_its_queued_writes(engine: Engine) -> None:
+    with engine.begin() as conn:
+        run_id = _insert_run(conn, ExecutionStatus.RUNNING)
+    with pipelined_transaction(engine) as conn:
+        run = lock_run(conn, run_id)
+        assert run is not None
+        write_run(conn, run, new_events=[NewEvent("FIRST", {})], status=ExecutionStatus.COMPLETED)
+    with engine.connect() as conn:
+        assert _stored_events(conn, run_id)[0] == (1, "FIRST")
+        assert conn.execute(select(runs.c.status).where(runs.c.run_id == run_id)).scalar() == (
+            "COMPLETED"
+        )
+
+
+def test_a_pipelined_transaction_rolls_back_on_an_error_in_its_body(engine: Engine) -> None:
+    with engine.begin() as conn:
+        run_id = _insert_run(conn, ExecutionStatus.RUNNING)
+    with pytest.raises(RuntimeError), pipelined_transaction(engine) as conn:
+        run = lock_run(conn, run_id)
+        assert run is not None
+        write_run(conn, run, new_events=[NewEvent("QUEUED", {})])
+        raise RuntimeError("the workflow task broke after queueing a write")
+    with engine.connect() as conn:
+        assert _stored_events(conn, run_id) == []
+
+
+def test_a_guard_that_fails_in_a_pipelined_transaction_is_an_illegal_transition(
+    engine: Engine,
+) -> None:
+    with engine.begin() as conn:
+        run_id = _insert_run(conn, ExecutionStatus.RUNNING)
+    with pytest.raises(IllegalTransition), pipelined_transaction(engine) as conn:
+        run = lock_run(conn, run_id)
+        assert run is not None
+        # As if the lock had been lost: the run the caller holds is not the stored one.
+        stale = replace(run, status=ExecutionStatus.COMPLETED)
+        write_run(
+            conn, stale, new_events=[NewEvent("NOT_KEPT", {})], status=ExecutionStatus.RUNNING
+        )
+    with engine.connect() as conn:
+        assert _stored_events(conn, run_id) == []
+        assert conn.execute(select(runs.c.status).where(runs.c.run_id == run_id)).scalar() == (
+            "RUNNING"
+        )
+
+
+def test_a_queued_write_that_fails_rolls_back_the_whole_transaction(engine: Engine) -> None:
+    with engine.begin() as conn:
+        run_id = _insert_run(conn, ExecutionStatus.RUNNING)
+    with pytest.raises(psycopg.errors.UniqueViolation), pipelined_transaction(engine) as conn:
+        run = lock_run(conn, run_id)
+        assert run is not None
+        run = write_run(conn, run, new_events=[NewEvent("ONCE", {}, dedup_key="same")])
+        write_run(conn, run, new_events=[NewEvent("TWICE", {}, dedup_key="same")])
+    with engine.connect() as conn:
+        assert _stored_events(conn, run_id) == []
