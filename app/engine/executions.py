@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 from typing import Any
 
-from sqlalchemy import Engine, insert, select
-from sqlalchemy.dialects.postgresql import insert as pg_insert
+import psycopg
+from psycopg.types.json import Jsonb
+from sqlalchemy import Engine, select
 
 from app.engine import events as ev
 from app.engine.dispatch import Dispatch
@@ -17,9 +18,11 @@ from app.engine.replay import HistoryEvent
 from app.engine.statuses import ExecutionStatus
 from app.engine.workflow_tasks import advance
 from app.errors import AlreadyStarted, ExecutionNotFound
-from app.storage.history import LockedRun
+from app.storage.history import LockedRun, insert_rows, pipelined_transaction, send
 from app.storage.schema import events, executions, runs
 from app.workflows.registry import Registry, WorkflowDefinition
+
+EXECUTIONS_KEY = "executions_pkey"
 
 
 @dataclass(frozen=True)
@@ -63,70 +66,90 @@ def start_execution(
     run_id = uuid.uuid4()
     deadline = now + definition.execution_timeout
     seed = random.getrandbits(63)
-    with engine.begin() as conn:
-        inserted = conn.execute(
-            pg_insert(executions)
-            .values(
-                execution_id=execution_id,
-                workflow_name=definition.name,
-                input=input_value,
-                root_execution_id=execution_id,
-                current_run_id=run_id,
-                user_id=user_id,
+    started = HistoryEvent(
+        1,
+        ev.WORKFLOW_EXECUTION_STARTED,
+        {
+            "task_id": ev.workflow_task_id(run_id, 1),
+            "workflow_name": definition.name,
+            "display_name": definition.display_name or definition.name,
+            "input": ev.payload(input_value),
+            "attempt": 1,
+        },
+    )
+    try:
+        # One round trip: the inserts and the first workflow task's writes go out
+        # with COMMIT, and a duplicate id comes back as the executions key's violation.
+        with pipelined_transaction(engine) as conn:
+            send(
+                conn,
+                insert_rows(
+                    "executions",
+                    [
+                        {
+                            "execution_id": execution_id,
+                            "workflow_name": definition.name,
+                            "input": Jsonb(input_value),
+                            "root_execution_id": execution_id,
+                            "current_run_id": run_id,
+                            "user_id": user_id,
+                        }
+                    ],
+                ),
             )
-            .on_conflict_do_nothing(index_elements=["execution_id"])
-            .returning(executions.c.execution_id)
-        ).first()
-        if inserted is None:
-            raise AlreadyStarted(f"Execution {execution_id!r} already exists")
-        conn.execute(
-            insert(runs).values(
-                run_id=run_id,
-                execution_id=execution_id,
-                run_number=1,
-                status=ExecutionStatus.RUNNING.value,
-                start_time=now,
-                deadline=deadline,
-                random_seed=seed,
-                last_event_id=1,
-                workflow_task_due_at=now,
+            send(
+                conn,
+                insert_rows(
+                    "runs",
+                    [
+                        {
+                            "run_id": run_id,
+                            "execution_id": execution_id,
+                            "run_number": 1,
+                            "status": ExecutionStatus.RUNNING.value,
+                            "start_time": now,
+                            "deadline": deadline,
+                            "random_seed": seed,
+                            "last_event_id": 1,
+                            "workflow_task_due_at": now,
+                        }
+                    ],
+                ),
             )
-        )
-        started = HistoryEvent(
-            1,
-            ev.WORKFLOW_EXECUTION_STARTED,
-            {
-                "task_id": ev.workflow_task_id(run_id, 1),
-                "workflow_name": definition.name,
-                "display_name": definition.display_name or definition.name,
-                "input": ev.payload(input_value),
-                "attempt": 1,
-            },
-        )
-        conn.execute(
-            insert(events).values(
-                run_id=run_id,
-                event_id=1,
-                execution_id=execution_id,
-                event_type=started.event_type,
-                attributes=started.attributes,
-                event_timestamp=int(now.timestamp() * 1e9),
+            send(
+                conn,
+                insert_rows(
+                    "events",
+                    [
+                        {
+                            "run_id": run_id,
+                            "event_id": 1,
+                            "execution_id": execution_id,
+                            "event_type": started.event_type,
+                            "attributes": started.attributes,
+                            "event_timestamp": int(now.timestamp() * 1e9),
+                        }
+                    ],
+                ),
             )
-        )
-        dispatches = [Dispatch(run_id=run_id)]
-        if registry is not None:
-            run = LockedRun(
-                run_id=run_id,
-                execution_id=execution_id,
-                workflow_name=definition.name,
-                status=ExecutionStatus.RUNNING,
-                deadline=deadline,
-                random_seed=seed,
-                last_event_id=1,
-                processed_event_id=0,
-                workflow_task_due_at=now,
-            )
-            dispatches = advance(conn, registry, run, now, history=[started])
+            dispatches = [Dispatch(run_id=run_id)]
+            if registry is not None:
+                run = LockedRun(
+                    run_id=run_id,
+                    execution_id=execution_id,
+                    workflow_name=definition.name,
+                    status=ExecutionStatus.RUNNING,
+                    deadline=deadline,
+                    random_seed=seed,
+                    last_event_id=1,
+                    processed_event_id=0,
+                    workflow_task_due_at=now,
+                )
+                dispatches = advance(conn, registry, run, now, history=[started])
+    except psycopg.errors.UniqueViolation as exc:
+        if exc.diag.constraint_name != EXECUTIONS_KEY:
+            raise
+        raise AlreadyStarted(f"Execution {execution_id!r} already exists") from exc
     record = ExecutionRecord(
         execution_id=execution_id,
         workflow_name=definition.name,

@@ -133,11 +133,11 @@ def fetch_one(conn: Connection, statement: str, params: Sequence[Any]) -> tuple[
         return row
 
 
-def _send(conn: Connection, statement: str, params: Sequence[Any]) -> None:
+def send(conn: Connection, sql: Sql) -> None:
     """Run a statement whose result nobody reads. Inside a pipelined transaction it is
     only queued, and its errors come out at the next read or at COMMIT."""
     try:
-        _driver_cursor(conn).execute(statement, params)
+        _driver_cursor(conn).execute(sql.text, sql.params)
     except psycopg.Error as exc:
         raise _translated(exc) from exc
 
@@ -265,7 +265,8 @@ JSON_COLUMNS = frozenset({"attributes", "input", "result", "error", "retry_polic
 
 
 def _param(column: str, value: Any) -> Any:
-    if column in JSON_COLUMNS and value is not None:
+    # None in a JSON column is SQL NULL; Jsonb(None), JSON's null.
+    if column in JSON_COLUMNS and value is not None and not isinstance(value, Jsonb):
         return Jsonb(value)
     return value
 
@@ -285,7 +286,7 @@ def _assignments(values: dict[str, Any]) -> tuple[str, list[Any]]:
     return ", ".join(parts), params
 
 
-def _insert(table: str, rows: Sequence[dict[str, Any]]) -> Sql:
+def insert_rows(table: str, rows: Sequence[dict[str, Any]]) -> Sql:
     columns = list(rows[0])
     placeholders = "(" + ", ".join(["%s"] * len(columns)) + ")"
     params = [_param(column, row[column]) for row in rows for column in columns]
@@ -367,7 +368,7 @@ def write_run(
     if to_insert:
         now_ns = time.time_ns()
         ctes.append(
-            _insert(
+            insert_rows(
                 "events",
                 [
                     {
@@ -402,7 +403,7 @@ def write_run(
         + ", ".join(f"w{i} AS ({cte.text})" for i, cte in enumerate(ctes))
         + f" SELECT chainline_require(count(*) = 1, %s) FROM {changed}"
     )
-    _send(conn, statement, (*(p for cte in ctes for p in cte.params), failure))
+    send(conn, Sql(statement, (*(p for cte in ctes for p in cte.params), failure)))
     if history is not None:
         history.extend(
             HistoryEvent(run.last_event_id + 1 + offset, event.event_type, event.attributes)
@@ -410,7 +411,7 @@ def write_run(
         )
     if status in TERMINAL_STATUSES:
         # Delivered at commit: wakes API requests waiting for this execution's result.
-        _send(conn, "SELECT pg_notify(%s, %s)", (CLOSED_CHANNEL, run.execution_id))
+        send(conn, Sql("SELECT pg_notify(%s, %s)", (CLOSED_CHANNEL, run.execution_id)))
     due = run_values.get("workflow_task_due_at", run.workflow_task_due_at)
     return replace(
         run,
@@ -438,7 +439,7 @@ def update_activity(run_id: uuid.UUID, seq: int, **values: Any) -> Sql:
 
 
 def insert_activities(rows: Sequence[dict[str, Any]]) -> Sql:
-    return _insert("activities", rows)
+    return insert_rows("activities", rows)
 
 
 def close_run(
