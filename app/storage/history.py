@@ -125,9 +125,9 @@ def fetch_one(conn: Connection, statement: str, params: Sequence[Any]) -> tuple[
 
     The hot path's statements go this way: SQLAlchemy would build result metadata
     for every text statement, which costs more than the statement itself. Driver
-    errors come out unwrapped (psycopg's own classes).
+    errors come out as psycopg's own classes.
     """
-    with _driver_cursor(conn) as cursor:
+    with _driver_errors(conn), _driver_cursor(conn) as cursor:
         cursor.execute(statement, params)
         row: tuple[Any, ...] | None = cursor.fetchone()
         return row
@@ -136,10 +136,25 @@ def fetch_one(conn: Connection, statement: str, params: Sequence[Any]) -> tuple[
 def send(conn: Connection, sql: Sql) -> None:
     """Run a statement whose result nobody reads. Inside a pipelined transaction it is
     only queued, and its errors come out at the next read or at COMMIT."""
-    try:
+    with _driver_errors(conn):
         _driver_cursor(conn).execute(sql.text, sql.params)
+
+
+@contextmanager
+def _driver_errors(conn: Connection) -> Iterator[None]:
+    """Driver errors as SQLAlchemy would handle them for statements it ran itself: a
+    connection that broke leaves the pool instead of failing every later use."""
+    try:
+        yield
     except psycopg.Error as exc:
+        _forget_if_broken(conn, exc)
         raise _translated(exc) from exc
+
+
+def _forget_if_broken(conn: Connection, exc: psycopg.Error) -> None:
+    driver = conn.connection.driver_connection
+    if driver is None or driver.broken or driver.closed:
+        conn.invalidate(exc)
 
 
 def _translated(exc: psycopg.Error) -> Exception:
@@ -168,10 +183,14 @@ def pipelined_transaction(engine: Engine) -> Iterator[Connection]:
                 yield conn
                 driver.execute("COMMIT")
         except psycopg.Error as exc:
+            _forget_if_broken(conn, exc)
             raise _translated(exc) from exc
         finally:
-            if driver.info.transaction_status != psycopg.pq.TransactionStatus.IDLE:
+            if driver.info.transaction_status in OPEN_TRANSACTION:
                 driver.execute("ROLLBACK")
+
+
+OPEN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
 
 
 def _driver_cursor(conn: Connection) -> psycopg.Cursor[Any]:
@@ -217,8 +236,7 @@ def lock_run_with_activity(
 
 
 def load_history(conn: Connection, run_id: uuid.UUID) -> list[HistoryEvent]:
-    cursor = _driver_cursor(conn)
-    with cursor:
+    with _driver_errors(conn), _driver_cursor(conn) as cursor:
         cursor.execute(
             "SELECT event_id, event_type, attributes FROM events"
             " WHERE run_id = %s ORDER BY event_id",
