@@ -476,6 +476,11 @@ def close_run(
 
     A retrying run passes through RUNNING first, as the status table demands.
     """
+    if run.deferred is not None:
+        # The held-back write may complete an activity that abandoning would also
+        # update, and two updates of one row in one statement leave only one of them:
+        # the held-back write goes out on its own first.
+        run = write_run(conn, run)
     if run.status not in sources_of(new_status):
         run = write_run(conn, run, status=ExecutionStatus.RUNNING, reason="closing")
     return write_run(

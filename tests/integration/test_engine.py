@@ -216,6 +216,10 @@ def test_an_outcome_recorded_with_the_registry_advances_in_the_same_transaction(
     record = get_execution(engine, _execution_of(engine, run_id))
     assert record.status is ExecutionStatus.COMPLETED and record.result == {"total": 5}
     assert run_workflow_task(engine, registry, run_id) == []
+    # The activity that closed the run completed; it was not abandoned by the closing.
+    with engine.connect() as conn:
+        states = conn.execute(select(activities.c.state).where(activities.c.run_id == run_id))
+        assert list(states.scalars()) == ["COMPLETED"]
 
 
 def test_an_expired_lease_is_lost_even_if_its_process_lives(
