@@ -9,6 +9,10 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import psycopg
+from sqlalchemy import Engine, make_url
+
+from app.settings import normalize_database_url
+from app.storage.db import make_engine
 
 T = TypeVar("T")
 
@@ -30,6 +34,25 @@ def wait_until(
         if time.monotonic() > deadline:
             raise AssertionError(f"timed out after {timeout}s waiting for {what or probe}")
         time.sleep(interval)
+
+
+def engine_named(database_url: str, application_name: str) -> Engine:
+    """An engine of its own whose connections `terminate_backends` can find."""
+    url = make_url(normalize_database_url(database_url))
+    return make_engine(
+        url.update_query_dict({"application_name": application_name}).render_as_string(
+            hide_password=False
+        )
+    )
+
+
+def terminate_backends(application_name: str) -> None:
+    """What a Postgres restart does to the connections of one client."""
+    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as admin:
+        admin.execute(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE application_name = %s",
+            (application_name,),
+        )
 
 
 def create_database() -> str:

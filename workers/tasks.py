@@ -8,11 +8,6 @@ from typing import Any
 
 from celery import Task
 from celery.exceptions import Ignore
-from psycopg import InterfaceError as DriverInterfaceError
-from psycopg import OperationalError as DriverOperationalError
-from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import TimeoutError as RedisTimeoutError
-from sqlalchemy.exc import InterfaceError, OperationalError
 
 from app.engine.activity_tasks import (
     Attempt,
@@ -25,6 +20,7 @@ from app.engine.activity_tasks import (
 from app.engine.leases import get_lease_store
 from app.engine.start_recorder import StartRecorder
 from app.engine.sweeper import sweep
+from app.engine.transient import TRANSIENT_ERRORS
 from app.engine.workflow_tasks import run_workflow_task
 from app.storage.db import get_engine
 from workers.celery_app import (
@@ -43,14 +39,6 @@ MAX_COUNTDOWN_SECONDS = 600.0
 
 # A database, broker or lease store outage is transient: try again rather than drop
 # the message.
-TRANSIENT_ERRORS = (
-    OperationalError,
-    InterfaceError,
-    DriverOperationalError,  # from statements sent on the driver's cursor (history.py)
-    DriverInterfaceError,
-    RedisConnectionError,
-    RedisTimeoutError,
-)
 RETRY_TRANSIENT: dict[str, Any] = {
     "autoretry_for": TRANSIENT_ERRORS,
     "retry_backoff": True,

@@ -30,6 +30,7 @@ from app.engine.payloads import check_payload_size
 from app.engine.replay import HistoryEvent
 from app.engine.retry import RetryPolicy
 from app.engine.statuses import ExecutionStatus
+from app.engine.transient import TRANSIENT_ERRORS
 from app.engine.workflow_tasks import advance, time_out_run
 from app.errors import PayloadTooLarge
 from app.storage.history import (
@@ -96,10 +97,23 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-def _lease_owner_alive(owner: str | None) -> bool | None:
-    """True or False when the owner ran on this host; None when we cannot tell."""
+# Attempts this process has claimed and not yet settled: (run_id, seq, attempt). A
+# lease held by this very process for an attempt not in here was left behind (its
+# outcome could not be written), so it is lost now rather than when the lease expires.
+_in_hand: set[tuple[uuid.UUID, int, int]] = set()
+
+# Pauses between tries at writing an outcome before giving up to the message's own
+# retry: the result lives only in this process, so a short outage should not cost a rerun.
+OUTCOME_WRITE_BACKOFFS = (0.05, 0.2, 0.5, 1.0, 2.0)
+
+
+def _lease_owner_alive(owner: str | None, run_id: uuid.UUID, seq: int, attempt: int) -> bool | None:
+    """Whether the owner of the attempt's lease is still running it: True or False
+    when the owner ran on this host; None when we cannot tell."""
     if not owner:
         return False
+    if owner == worker_identity():
+        return (run_id, seq, attempt) in _in_hand
     host, _, pid_text = owner.rpartition(":")
     if host != socket.gethostname() or not pid_text.isdigit():
         return None
@@ -158,6 +172,19 @@ def claim_attempt(
     leases: LeaseStore | None = None,
 ) -> ClaimOutcome:
     """Decide what this message should do: run an attempt, wait, or nothing."""
+    claim = _claim(engine, registry, run_id, seq, leases)
+    if isinstance(claim, Attempt):
+        _in_hand.add((run_id, seq, claim.attempt))
+    return claim
+
+
+def _claim(
+    engine: Engine,
+    registry: Registry,
+    run_id: uuid.UUID,
+    seq: int,
+    leases: LeaseStore | None,
+) -> ClaimOutcome:
     if leases is not None:
         return _claim_with_lease(engine, registry, leases, run_id, seq)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -211,7 +238,8 @@ def _claim_with_lease(
     if isinstance(claim, Lease):
         return Attempt(run_id, run.execution_id, seq, attempt, definition, row["input"], claim)
     holder = claim.holder
-    if not holder.expired and _lease_owner_alive(holder.owner) is not False:
+    alive = _lease_owner_alive(holder.owner, run_id, seq, holder.attempt)
+    if not claim.expired and alive is not False:
         return Done("attempt in progress elsewhere")
     outcome = _record_lost_lease(engine, run_id, seq, holder)
     leases.finish(run_id, seq, holder.attempt)
@@ -235,14 +263,14 @@ def _record_lost_lease(
             return Done("attempt superseded")
         if row["state"] == "STARTED":
             return _settle_started_attempt(conn, run, row)
-        alive = _lease_owner_alive(holder.owner)
+        alive = _lease_owner_alive(holder.owner, run_id, seq, holder.attempt)
         error_type = "WorkerLost" if alive is False else "StartToCloseTimeout"
         delay, _ = _record_failure(
             conn,
             run,
             row,
             error_type,
-            f"attempt {holder.attempt} was lost: its worker stopped before reporting",
+            f"attempt {holder.attempt} was lost: its outcome was never recorded",
             started=_started_event(run.run_id, row, holder),
         )
     return Done("lost attempt failed for good") if delay is None else RetryLater(delay)
@@ -294,13 +322,13 @@ def _claim_slowly(engine: Engine, registry: Registry, run_id: uuid.UUID, seq: in
 
 def _settle_started_attempt(conn: Connection, run: LockedRun, row: Any) -> RetryLater | Done:
     """An attempt started in Postgres: leave it if it is live, else record it lost."""
-    alive = _lease_owner_alive(row["lease_owner"])
+    alive = _lease_owner_alive(row["lease_owner"], run.run_id, row["seq"], row["attempt"])
     # An expired lease is lost even if its process lives: that process may be serving
     # other work, or be a new one that got the same pid.
     if not row["lease_expired"] and alive is not False:
         return Done("attempt in progress elsewhere")
     error_type = "WorkerLost" if alive is False else "StartToCloseTimeout"
-    message = f"attempt {row['attempt']} was lost: its worker stopped before reporting"
+    message = f"attempt {row['attempt']} was lost: its outcome was never recorded"
     delay, _ = _record_failure(conn, run, row, error_type, message)
     return Done("lost attempt failed for good") if delay is None else RetryLater(delay)
 
@@ -349,7 +377,9 @@ def record_attempt_started(engine: Engine, attempt: Attempt) -> bool:
                     attempt.seq,
                     state="STARTED",
                     lease_owner=lease.owner,
-                    lease_expires_at=datetime.fromtimestamp(lease.expires_ns / 1e9, UTC),
+                    # From now, by Postgres's clock: a little later than the
+                    # Redis lease, never sooner.
+                    lease_expires_at=NowPlus(lease.lease_seconds),
                     next_attempt_at=None,
                 )
             ],
@@ -393,18 +423,42 @@ def record_outcome(
     transaction: the outcome and the commands it leads to commit together. Should that
     workflow task break, the transaction is tried again recording the outcome alone,
     and the chained workflow task advances the run instead.
+
+    Transient errors are retried here, OUTCOME_WRITE_BACKOFFS apart; the last one
+    propagates, and the attempt counts as lost when its message comes again.
     """
-    outcome: RetryLater | Done | None = None
-    if registry is not None:
-        try:
-            outcome = _record_outcome(engine, attempt, succeeded, value, registry)
-        except Exception:
-            log.exception("inline workflow task of run %s failed", attempt.run_id)
-    if outcome is None:
-        outcome = _record_outcome(engine, attempt, succeeded, value, None)
+    try:
+        for backoff in (*OUTCOME_WRITE_BACKOFFS, None):
+            try:
+                outcome = _record_outcome_with_fallback(engine, attempt, succeeded, value, registry)
+                break
+            except TRANSIENT_ERRORS:
+                if backoff is None:
+                    raise
+                log.warning("could not record an outcome of run %s; trying again", attempt.run_id)
+                time.sleep(backoff)
+    finally:
+        _in_hand.discard((attempt.run_id, attempt.seq, attempt.attempt))
     if leases is not None and attempt.lease is not None:
         leases.finish(attempt.run_id, attempt.seq, attempt.attempt)
     return outcome
+
+
+def _record_outcome_with_fallback(
+    engine: Engine,
+    attempt: Attempt,
+    succeeded: bool,
+    value: Any,
+    registry: Registry | None,
+) -> RetryLater | Done:
+    if registry is not None:
+        try:
+            return _record_outcome(engine, attempt, succeeded, value, registry)
+        except TRANSIENT_ERRORS:
+            raise
+        except Exception:
+            log.exception("inline workflow task of run %s failed", attempt.run_id)
+    return _record_outcome(engine, attempt, succeeded, value, None)
 
 
 def _record_outcome(

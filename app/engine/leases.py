@@ -9,7 +9,9 @@ together with its real start time. An attempt still running after
 it, so history shows long attempts while they run (see activity_tasks.py).
 
 Keys are per attempt and outlive their lease, so a lost attempt stays recognisable
-until a redelivered message or the sweeper finds it.
+until a redelivered message or the sweeper finds it. A key is set to expire
+KEY_RETENTION_SECONDS after its lease does, so whether the lease has run out is read
+off the key's remaining time: Redis's clock decides, not those of the workers.
 """
 
 from __future__ import annotations
@@ -35,13 +37,9 @@ FINISHED_KEY_SECONDS = 60
 class Lease:
     attempt: int
     owner: str  # host:pid of the worker process running the attempt
-    started_ns: int
-    expires_ns: int
+    started_ns: int  # by the owner's clock: when the attempt began, for its history
+    lease_seconds: float
     token: str
-
-    @property
-    def expired(self) -> bool:
-        return time.time_ns() >= self.expires_ns
 
 
 @dataclass(frozen=True)
@@ -49,6 +47,7 @@ class Taken:
     """The attempt is leased already; `holder` is whoever took it."""
 
     holder: Lease
+    expired: bool
 
 
 class LeaseStore:
@@ -70,12 +69,11 @@ class LeaseStore:
         self, run_id: uuid.UUID, seq: int, attempt: int, *, owner: str, lease_seconds: float
     ) -> Lease | Taken:
         """Take the attempt for `owner`, or say who holds it: one round trip."""
-        now_ns = time.time_ns()
         lease = Lease(
             attempt=attempt,
             owner=owner,
-            started_ns=now_ns,
-            expires_ns=now_ns + int(lease_seconds * 1e9),
+            started_ns=time.time_ns(),
+            lease_seconds=lease_seconds,
             token=uuid.uuid4().hex,
         )
         key = self.key(run_id, seq, attempt)
@@ -84,17 +82,21 @@ class LeaseStore:
             pipeline = self._pipeline_finishing()
             pipeline.set(key, json.dumps(asdict(lease)), nx=True, px=retention_ms)
             pipeline.get(key)
-            *_, acquired, current = pipeline.execute()
+            pipeline.pttl(key)
+            *_, acquired, current, remaining_ms = pipeline.execute()
             if acquired:
                 return lease
             if current is not None:
-                return Taken(Lease(**json.loads(current)))
-            # The key expired between the two commands: try again.
+                # A key without a time to live (-1) was not set here: never expired.
+                expired = 0 <= remaining_ms <= KEY_RETENTION_SECONDS * 1000
+                return Taken(Lease(**json.loads(current)), expired)
+            # The key expired between the commands: try again.
         raise RuntimeError(f"could not read the lease of {key}")
 
     def finish(self, run_id: uuid.UUID, seq: int, attempt: int) -> None:
-        """The attempt's fate is in Postgres: its key only has to outlast stale reads.
-        Applied with this process's next acquire, or by `flush`."""
+        """The attempt's fate is in Postgres: its key only has to outlast stale reads
+        (which find its lease run out, then the outcome in Postgres). Applied with
+        this process's next acquire, or by `flush`."""
         self._finished.append(self.key(run_id, seq, attempt))
 
     def flush(self) -> None:

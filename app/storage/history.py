@@ -155,6 +155,9 @@ def _forget_if_broken(conn: Connection, exc: psycopg.Error) -> None:
     driver = conn.connection.driver_connection
     if driver is None or driver.broken or driver.closed:
         conn.invalidate(exc)
+        # Most likely the server restarted, and every idle connection in the pool is
+        # as dead as this one (SQLAlchemy drops them too on a disconnect it sees).
+        conn.engine.dispose()
 
 
 def _translated(exc: psycopg.Error) -> Exception:

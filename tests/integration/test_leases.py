@@ -13,6 +13,7 @@ import pytest
 import redis
 from sqlalchemy import Engine, select
 
+from app.devstack import free_port
 from app.engine import events as ev
 from app.engine.activity_tasks import (
     Attempt,
@@ -24,13 +25,15 @@ from app.engine.activity_tasks import (
     record_outcome,
 )
 from app.engine.executions import get_history, start_execution
-from app.engine.leases import Lease, LeaseStore
+from app.engine.leases import KEY_RETENTION_SECONDS, Lease, LeaseStore, Taken
 from app.engine.replay import HistoryEvent
 from app.engine.start_recorder import StartRecorder
+from app.engine.transient import TRANSIENT_ERRORS
 from app.engine.workflow_tasks import run_workflow_task
+from app.storage.db import make_engine
 from app.storage.schema import activities
 from app.workflows.registry import Registry
-from tests.support import BROKER_URL, wait_until
+from tests.support import BROKER_URL, engine_named, terminate_backends, wait_until
 
 
 @pytest.fixture
@@ -163,6 +166,11 @@ def _rewrite_lease(leases: LeaseStore, run_id: uuid.UUID, **changes: object) -> 
     leases.client.set(key, json.dumps({**json.loads(raw), **changes}), keepttl=True)
 
 
+def _run_out(leases: LeaseStore, run_id: uuid.UUID) -> None:
+    """Leave the key of attempt 1 less time to live than a key outlives its lease."""
+    assert leases.client.pexpire(leases.key(run_id, 1, 1), KEY_RETENTION_SECONDS * 1000 - 1)
+
+
 def test_a_lease_whose_worker_died_is_recorded_as_a_started_and_lost_attempt(
     engine: Engine, registry: Registry, leases: LeaseStore
 ) -> None:
@@ -191,8 +199,8 @@ def test_an_expired_lease_is_a_timeout_even_if_its_worker_lives(
     engine: Engine, registry: Registry, leases: LeaseStore
 ) -> None:
     run_id = _scheduled(engine, registry, "sequential-sum", {"values": [1]})
-    _leased(engine, registry, leases, run_id)
-    _rewrite_lease(leases, run_id, expires_ns=1)  # the owner is this process, alive
+    _leased(engine, registry, leases, run_id)  # the owner is this process, alive
+    _run_out(leases, run_id)
     assert isinstance(claim_attempt(engine, registry, run_id, 1, leases), RetryLater)
     (retrying,) = _of_type(_history(engine, run_id), ev.ACTIVITY_TASK_RETRYING)
     assert retrying.attributes["failure"]["type"] == "StartToCloseTimeout"
@@ -259,11 +267,87 @@ def test_a_failed_leased_attempt_records_its_start_then_the_retry(
     assert [e.attributes["attempt"] for e in started] == [1, 2]
 
 
+@pytest.mark.parametrize("leased", [True, False], ids=["redis-lease", "postgres-claim"])
+def test_an_outcome_write_that_meets_a_broken_connection_is_made_again(
+    database_url: str, registry: Registry, leases: LeaseStore, leased: bool
+) -> None:
+    store = leases if leased else None
+    name = f"restarted-{uuid.uuid4().hex[:8]}"
+    engine = engine_named(database_url, name)
+    try:
+        run_id = _scheduled(engine, registry, "sequential-sum", {"values": [6]})
+        claim = claim_attempt(engine, registry, run_id, 1, store)
+        assert isinstance(claim, Attempt)
+        succeeded, value = execute_attempt(claim)
+        terminate_backends(name)  # every pooled connection, the write's among them
+        outcome = record_outcome(engine, claim, succeeded, value, None, store)
+        assert outcome == Done("completed")
+        assert _activity_state(engine, run_id) == ("COMPLETED", 1)
+        assert len(_of_type(_history(engine, run_id), ev.ACTIVITY_TASK_COMPLETED)) == 1
+    finally:
+        engine.dispose()
+
+
+@pytest.mark.parametrize("leased", [True, False], ids=["redis-lease", "postgres-claim"])
+def test_an_attempt_whose_outcome_could_not_be_written_is_lost_when_its_message_returns(
+    engine: Engine,
+    registry: Registry,
+    leases: LeaseStore,
+    leased: bool,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    # Not "in progress elsewhere" until its lease runs out: this process holds the
+    # lease and knows it has let the attempt go.
+    monkeypatch.setattr("app.engine.activity_tasks.OUTCOME_WRITE_BACKOFFS", (0.01, 0.01))
+    store = leases if leased else None
+    run_id = _scheduled(engine, registry, "sequential-sum", {"values": [6]})
+    claim = claim_attempt(engine, registry, run_id, 1, store)
+    assert isinstance(claim, Attempt)
+    succeeded, value = execute_attempt(claim)
+    down = make_engine(f"postgresql+psycopg://postgres@127.0.0.1:{free_port()}/down")
+    try:
+        with pytest.raises(TRANSIENT_ERRORS):
+            record_outcome(down, claim, succeeded, value, None, store)
+    finally:
+        down.dispose()
+
+    redelivered = claim_attempt(engine, registry, run_id, 1, store)
+    assert isinstance(redelivered, RetryLater)
+    (retrying,) = _of_type(_history(engine, run_id), ev.ACTIVITY_TASK_RETRYING)
+    assert retrying.attributes["failure"]["type"] == "WorkerLost"
+    second = wait_until(
+        lambda: _claimed(claim_attempt(engine, registry, run_id, 1, store)),
+        timeout=10,
+        what="the next attempt to be due",
+    )
+    assert second.attempt == 2
+    succeeded, value = execute_attempt(second)
+    assert record_outcome(engine, second, succeeded, value, None, store) == Done("completed")
+
+
+def _claimed(claim: object) -> Attempt | None:
+    return claim if isinstance(claim, Attempt) else None
+
+
 def test_a_lease_is_a_redis_key_per_attempt(leases: LeaseStore) -> None:
     run_id = uuid.uuid4()
     first = leases.acquire(run_id, 1, 1, owner="host:1", lease_seconds=5)
     assert isinstance(first, Lease)
     taken = leases.acquire(run_id, 1, 1, owner="host:2", lease_seconds=5)
-    assert not isinstance(taken, Lease) and taken.holder == first
+    assert taken == Taken(first, expired=False)
     assert isinstance(leases.acquire(run_id, 1, 2, owner="host:2", lease_seconds=5), Lease)
     assert leases.client.pttl(leases.key(run_id, 1, 1)) > 3600_000
+
+
+def test_a_lease_runs_out_by_the_redis_clock(leases: LeaseStore) -> None:
+    # The holder's own idea of the time is not asked: its clock may be wrong.
+    run_id = uuid.uuid4()
+    first = leases.acquire(run_id, 1, 1, owner="host:1", lease_seconds=0.2)
+    assert isinstance(first, Lease)
+
+    def ran_out() -> bool:
+        taken = leases.acquire(run_id, 1, 1, owner="host:2", lease_seconds=5)
+        assert isinstance(taken, Taken) and taken.holder == first
+        return taken.expired
+
+    wait_until(ran_out, timeout=10, what="the lease to run out")

@@ -12,17 +12,15 @@ import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, insert, make_url, select, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.engine.replay import HistoryEvent
 from app.engine.statuses import OPEN_STATUSES, ExecutionStatus, can_transition
 from app.errors import IllegalTransition
-from app.settings import normalize_database_url
-from app.storage.db import make_engine
 from app.storage.history import NOW, NewEvent, lock_run, pipelined_transaction, write_run
 from app.storage.schema import events, executions, metadata, runs
-from tests.support import ADMIN_DATABASE_URL
+from tests.support import engine_named, terminate_backends
 
 
 def test_upgrade_from_empty_matches_the_models(engine: Engine) -> None:
@@ -230,27 +228,17 @@ def test_a_queued_write_that_fails_rolls_back_the_whole_transaction(engine: Engi
         assert _stored_events(conn, run_id) == []
 
 
-def _terminate_backends(database_url: str) -> None:
-    """What a Postgres restart does to every connection a pool holds."""
-    name = make_url(database_url).database
-    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as admin:
-        admin.execute(
-            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity"
-            " WHERE datname = %s AND pid <> pg_backend_pid()",
-            (name,),
-        )
-
-
 @pytest.mark.parametrize("pipelined", [True, False])
 def test_a_connection_that_broke_leaves_the_pool(database_url: str, pipelined: bool) -> None:
     # Used one call at a time, the pool holds one connection: kept once broken, it
     # would fail every later call.
-    engine = make_engine(normalize_database_url(database_url))
+    name = f"broken-{uuid.uuid4().hex[:8]}"
+    engine = engine_named(database_url, name)
     try:
         with engine.begin() as conn:
             run_id = _insert_run(conn, ExecutionStatus.RUNNING)
         transaction = pipelined_transaction if pipelined else _begin
-        _terminate_backends(database_url)
+        terminate_backends(name)
         with pytest.raises(psycopg.OperationalError), transaction(engine) as conn:
             lock_run(conn, run_id)
         with transaction(engine) as conn:
