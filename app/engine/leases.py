@@ -31,6 +31,7 @@ from app.settings import get_settings
 # read the activity before the outcome committed still sees the attempt as taken.
 KEY_RETENTION_SECONDS = 3600
 FINISHED_KEY_SECONDS = 60
+SOCKET_TIMEOUT_SECONDS = 5.0
 
 
 @dataclass(frozen=True)
@@ -60,7 +61,14 @@ class LeaseStore:
 
     @classmethod
     def from_url(cls, url: str, prefix: str = "") -> LeaseStore:
-        return cls(redis.Redis.from_url(url), prefix)
+        # A Redis that stops answering fails the claim (a transient error, retried)
+        # instead of hanging the worker process.
+        client = redis.Redis.from_url(
+            url,
+            socket_timeout=SOCKET_TIMEOUT_SECONDS,
+            socket_connect_timeout=SOCKET_TIMEOUT_SECONDS,
+        )
+        return cls(client, prefix)
 
     def key(self, run_id: uuid.UUID, seq: int, attempt: int) -> str:
         return f"{self.prefix}chainline:lease:{run_id}:{seq}:{attempt}"

@@ -15,17 +15,16 @@ from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
-from typing import Any
+from typing import Any, NoReturn
 
 import psycopg
 from psycopg.types.json import Jsonb
-from sqlalchemy import Connection, Engine, exists, select
+from sqlalchemy import Connection, Engine
 
 from app.engine import events as ev
 from app.engine.replay import HistoryEvent
 from app.engine.statuses import OPEN_STATUSES, TERMINAL_STATUSES, ExecutionStatus, sources_of
 from app.errors import IllegalTransition
-from app.storage.schema import activities
 
 IN_FLIGHT_ACTIVITY_STATES = ("SCHEDULED", "STARTED", "BACKING_OFF")
 CLOSED_CHANNEL = "chainline_execution_closed"
@@ -148,10 +147,12 @@ def _driver_errors(conn: Connection) -> Iterator[None]:
         yield
     except psycopg.Error as exc:
         _forget_if_broken(conn, exc)
-        raise _translated(exc) from exc
+        _raise_translated(exc)
 
 
 def _forget_if_broken(conn: Connection, exc: psycopg.Error) -> None:
+    if conn.invalidated:
+        return  # a statement inside a pipelined transaction saw it first
     driver = conn.connection.driver_connection
     if driver is None or driver.broken or driver.closed:
         conn.invalidate(exc)
@@ -160,10 +161,11 @@ def _forget_if_broken(conn: Connection, exc: psycopg.Error) -> None:
         conn.engine.dispose()
 
 
-def _translated(exc: psycopg.Error) -> Exception:
+def _raise_translated(exc: psycopg.Error) -> NoReturn:
+    """Raise the domain error a driver error stands for, else the driver error."""
     if exc.sqlstate == REQUIRE_FAILED:
-        return IllegalTransition(exc.diag.message_primary or str(exc))
-    return exc
+        raise IllegalTransition(exc.diag.message_primary or str(exc)) from exc
+    raise exc
 
 
 REQUIRE_FAILED = "CL001"  # raised by chainline_require() (migration 0002)
@@ -187,7 +189,7 @@ def pipelined_transaction(engine: Engine) -> Iterator[Connection]:
                 driver.execute("COMMIT")
         except psycopg.Error as exc:
             _forget_if_broken(conn, exc)
-            raise _translated(exc) from exc
+            _raise_translated(exc)
         finally:
             if driver.info.transaction_status in OPEN_TRANSACTION:
                 driver.execute("ROLLBACK")
@@ -497,12 +499,12 @@ def close_run(
 
 
 def has_retrying_activity(conn: Connection, run_id: uuid.UUID, *, besides: int = 0) -> bool:
-    query = select(
-        exists().where(
-            activities.c.run_id == run_id,
-            activities.c.seq != besides,
-            activities.c.state.in_(IN_FLIGHT_ACTIVITY_STATES),
-            activities.c.attempt > 1,
-        )
+    # On the driver's cursor: it is read inside pipelined transactions.
+    row = fetch_one(
+        conn,
+        "SELECT EXISTS (SELECT 1 FROM activities WHERE run_id = %s AND seq <> %s"
+        " AND state = ANY(%s) AND attempt > 1)",
+        (run_id, besides, list(IN_FLIGHT_ACTIVITY_STATES)),
     )
-    return bool(conn.execute(query).scalar())
+    assert row is not None
+    return bool(row[0])

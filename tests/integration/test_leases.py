@@ -351,3 +351,13 @@ def test_a_lease_runs_out_by_the_redis_clock(leases: LeaseStore) -> None:
         return taken.expired
 
     wait_until(ran_out, timeout=10, what="the lease to run out")
+
+
+def test_a_redis_that_stops_answering_fails_the_claim_instead_of_hanging_it(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr("app.engine.leases.SOCKET_TIMEOUT_SECONDS", 0.2)
+    with socket.create_server(("127.0.0.1", 0)) as silent:  # accepts, never replies
+        store = LeaseStore.from_url(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
+        with pytest.raises(TRANSIENT_ERRORS):
+            store.acquire(uuid.uuid4(), 1, 1, owner="host:1", lease_seconds=5)
