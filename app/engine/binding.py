@@ -23,11 +23,17 @@ def to_json(value: Any) -> Any:
 
 
 @cache
+def _signature(fn: Callable[..., Any]) -> inspect.Signature:
+    # Every replay records every activity call again: built once per function.
+    return inspect.signature(fn)
+
+
+@cache
 def _parameters(fn: Callable[..., Any]) -> list[tuple[str, Any, inspect.Parameter]]:
     hints = get_type_hints(fn)
     params = [
         p
-        for p in inspect.signature(fn).parameters.values()
+        for p in _signature(fn).parameters.values()
         if p.name not in ("self", "cls")
         and p.kind not in (inspect.Parameter.VAR_POSITIONAL, inspect.Parameter.VAR_KEYWORD)
     ]
@@ -87,7 +93,7 @@ def bind_input(fn: Callable[..., Any], payload: Any) -> dict[str, Any]:
 
 def call_to_json(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
     """Record a call's arguments as the JSON input `bind_input` accepts back."""
-    bound = inspect.signature(fn).bind(*args, **kwargs)
+    bound = _signature(fn).bind(*args, **kwargs)
     arguments = {k: v for k, v in bound.arguments.items() if k not in ("self", "cls")}
     single = _single_model(fn)
     if single is not None:
