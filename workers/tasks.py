@@ -7,7 +7,8 @@ from datetime import timedelta
 from typing import Any
 
 from celery import Task
-from celery.exceptions import Ignore
+from celery.exceptions import Ignore, SoftTimeLimitExceeded
+from sqlalchemy import Engine
 
 from app.engine.activity_tasks import (
     Attempt,
@@ -68,6 +69,21 @@ def _retry_later(task: Task[Any, Any], outcome: RetryLater) -> None:
     raise task.retry(countdown=outcome.countdown, max_retries=None)
 
 
+def run_attempt(engine: Engine, claim: Attempt, recorder: StartRecorder) -> tuple[bool, Any]:
+    """Run the attempt under the start recorder's watch."""
+    result: tuple[bool, Any] | None = None
+    try:
+        with recorder.watching(engine, claim):
+            result = execute_attempt(claim)
+    except SoftTimeLimitExceeded as exc:
+        # Inside the activity it is caught as its failure; here it fell around it, most
+        # likely while the recorder finished writing the start. A result is kept: that
+        # write and the outcome's take the run's lock in turn, in either order.
+        if result is None:
+            result = (False, exc)
+    return result
+
+
 def run_activity_message(task: Task[Any, Any], run_id: str, seq: int) -> str:
     engine, leases = get_engine(), get_lease_store()
     claim = claim_attempt(engine, registry, uuid.UUID(run_id), seq, leases)
@@ -76,8 +92,7 @@ def run_activity_message(task: Task[Any, Any], run_id: str, seq: int) -> str:
     if not isinstance(claim, Attempt):
         assert isinstance(claim, Done)
         return claim.reason
-    with start_recorder.watching(engine, claim):
-        succeeded, value = execute_attempt(claim)
+    succeeded, value = run_attempt(engine, claim, start_recorder)
     outcome = record_outcome(engine, claim, succeeded, value, registry, leases)
     if isinstance(outcome, RetryLater):
         _retry_later(task, outcome)
