@@ -93,7 +93,12 @@ def run_activity_message(task: Task[Any, Any], run_id: str, seq: int) -> str:
         assert isinstance(claim, Done)
         return claim.reason
     succeeded, value = run_attempt(engine, claim, start_recorder)
-    outcome = record_outcome(engine, claim, succeeded, value, registry, leases)
+    try:
+        outcome = record_outcome(engine, claim, succeeded, value, registry, leases)
+    except SoftTimeLimitExceeded as exc:
+        # Out of time while writing the outcome: the attempt was let go, and the
+        # message's retry records it lost and schedules the next one.
+        raise task.retry(exc=exc, countdown=0, max_retries=None) from exc
     if isinstance(outcome, RetryLater):
         _retry_later(task, outcome)
     assert isinstance(outcome, Done)

@@ -97,10 +97,9 @@ def worker_identity() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
-# Attempts this process has claimed and not yet settled: (run_id, seq, attempt). A
-# lease held by this very process for an attempt not in here was left behind (its
-# outcome could not be written), so it is lost now rather than when the lease expires.
-_in_hand: set[tuple[uuid.UUID, int, int]] = set()
+# Attempts whose outcome this process gave up writing: (run_id, seq, attempt). Their
+# leases still name this live process, but they are lost now, not when they expire.
+_let_go: set[tuple[uuid.UUID, int, int]] = set()
 
 # Pauses between tries at writing an outcome before giving up to the message's own
 # retry: the result lives only in this process, so a short outage should not cost a rerun.
@@ -112,8 +111,8 @@ def _lease_owner_alive(owner: str | None, run_id: uuid.UUID, seq: int, attempt: 
     when the owner ran on this host; None when we cannot tell."""
     if not owner:
         return False
-    if owner == worker_identity():
-        return (run_id, seq, attempt) in _in_hand
+    if owner == worker_identity() and (run_id, seq, attempt) in _let_go:
+        return False
     host, _, pid_text = owner.rpartition(":")
     if host != socket.gethostname() or not pid_text.isdigit():
         return None
@@ -172,19 +171,6 @@ def claim_attempt(
     leases: LeaseStore | None = None,
 ) -> ClaimOutcome:
     """Decide what this message should do: run an attempt, wait, or nothing."""
-    claim = _claim(engine, registry, run_id, seq, leases)
-    if isinstance(claim, Attempt):
-        _in_hand.add((run_id, seq, claim.attempt))
-    return claim
-
-
-def _claim(
-    engine: Engine,
-    registry: Registry,
-    run_id: uuid.UUID,
-    seq: int,
-    leases: LeaseStore | None,
-) -> ClaimOutcome:
     if leases is not None:
         return _claim_with_lease(engine, registry, leases, run_id, seq)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -424,24 +410,38 @@ def record_outcome(
     workflow task break, the transaction is tried again recording the outcome alone,
     and the chained workflow task advances the run instead.
 
-    Transient errors are retried here, OUTCOME_WRITE_BACKOFFS apart; the last one
-    propagates, and the attempt counts as lost when its message comes again.
+    Transient errors are retried here, OUTCOME_WRITE_BACKOFFS apart. Should the write
+    still fail (or be interrupted), the attempt is let go: its lease is released, and
+    the next message for it records it lost at once instead of when the lease expires.
     """
     try:
-        for backoff in (*OUTCOME_WRITE_BACKOFFS, None):
+        for tries, backoff in enumerate((*OUTCOME_WRITE_BACKOFFS, None)):
             try:
-                outcome = _record_outcome_with_fallback(engine, attempt, succeeded, value, registry)
+                outcome = _record_outcome_with_fallback(
+                    engine, attempt, succeeded, value, registry, again=tries > 0
+                )
                 break
             except TRANSIENT_ERRORS:
                 if backoff is None:
                     raise
                 log.warning("could not record an outcome of run %s; trying again", attempt.run_id)
                 time.sleep(backoff)
-    finally:
-        _in_hand.discard((attempt.run_id, attempt.seq, attempt.attempt))
+    except BaseException:
+        _let_go.add((attempt.run_id, attempt.seq, attempt.attempt))
+        if leases is not None and attempt.lease is not None:
+            _release_quietly(leases, attempt, attempt.lease)
+        raise
     if leases is not None and attempt.lease is not None:
         leases.finish(attempt.run_id, attempt.seq, attempt.attempt)
     return outcome
+
+
+def _release_quietly(leases: LeaseStore, attempt: Attempt, lease: Lease) -> None:
+    """Tell every worker the attempt is let go; on failure, only this process knows."""
+    try:
+        leases.release(attempt.run_id, attempt.seq, lease)
+    except Exception:
+        log.warning("could not release the lease of run %s", attempt.run_id, exc_info=True)
 
 
 def _record_outcome_with_fallback(
@@ -450,15 +450,17 @@ def _record_outcome_with_fallback(
     succeeded: bool,
     value: Any,
     registry: Registry | None,
+    *,
+    again: bool,
 ) -> RetryLater | Done:
     if registry is not None:
         try:
-            return _record_outcome(engine, attempt, succeeded, value, registry)
+            return _record_outcome(engine, attempt, succeeded, value, registry, again=again)
         except TRANSIENT_ERRORS:
             raise
         except Exception:
             log.exception("inline workflow task of run %s failed", attempt.run_id)
-    return _record_outcome(engine, attempt, succeeded, value, None)
+    return _record_outcome(engine, attempt, succeeded, value, None, again=again)
 
 
 def _record_outcome(
@@ -467,13 +469,22 @@ def _record_outcome(
     succeeded: bool,
     value: Any,
     registry: Registry | None,
+    *,
+    again: bool = False,
 ) -> RetryLater | Done:
+    """`again`: an earlier try met a transient error, and may have committed."""
     with pipelined_transaction(engine) as conn:
         locked = lock_run_with_activity(
             conn, attempt.run_id, attempt.seq, with_history=registry is not None
         )
         run, row, history = locked.run, locked.activity, locked.history
-        if run is None or row is None or not run.is_open or row["attempt"] != attempt.attempt:
+        if run is None or row is None or not run.is_open:
+            return Done("outcome discarded: the attempt is no longer current")
+        if row["attempt"] != attempt.attempt:
+            if again and row["state"] == "BACKING_OFF" and row["attempt"] == attempt.attempt + 1:
+                # The earlier try committed the failure, and only its reply was lost:
+                # this message still has to run the next attempt.
+                return RetryLater(max(row["next_attempt_in_seconds"], 0.0))
             return Done("outcome discarded: the attempt is no longer current")
         started: NewEvent | None = None
         if row["state"] == "STARTED" and row["lease_owner"] == worker_identity():

@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
 
 import redis
@@ -96,10 +96,16 @@ class LeaseStore:
                 return lease
             if current is not None:
                 # A key without a time to live (-1) was not set here: never expired.
-                expired = 0 <= remaining_ms <= KEY_RETENTION_SECONDS * 1000
+                # One gone since the GET (-2) outlived its lease long ago.
+                expired = remaining_ms == -2 or 0 <= remaining_ms <= KEY_RETENTION_SECONDS * 1000
                 return Taken(Lease(**json.loads(current)), expired)
             # The key expired between the commands: try again.
         raise RuntimeError(f"could not read the lease of {key}")
+
+    def release(self, run_id: uuid.UUID, seq: int, lease: Lease) -> None:
+        """Give the attempt up: the lease names no owner, so it counts as lost."""
+        released = json.dumps(asdict(replace(lease, owner="")))
+        self.client.set(self.key(run_id, seq, lease.attempt), released, xx=True, keepttl=True)
 
     def finish(self, run_id: uuid.UUID, seq: int, attempt: int) -> None:
         """The attempt's fate is in Postgres: its key only has to outlast stale reads

@@ -19,6 +19,7 @@ from app.engine.activity_tasks import (
     Attempt,
     Done,
     RetryLater,
+    _record_outcome,
     claim_attempt,
     execute_attempt,
     record_attempt_started,
@@ -288,16 +289,21 @@ def test_an_outcome_write_that_meets_a_broken_connection_is_made_again(
         engine.dispose()
 
 
-@pytest.mark.parametrize("leased", [True, False], ids=["redis-lease", "postgres-claim"])
+@pytest.mark.parametrize(
+    ("leased", "elsewhere"),
+    [(True, False), (True, True), (False, False)],
+    ids=["redis-lease", "redis-lease-another-process", "postgres-claim"],
+)
 def test_an_attempt_whose_outcome_could_not_be_written_is_lost_when_its_message_returns(
     engine: Engine,
     registry: Registry,
     leases: LeaseStore,
     leased: bool,
+    elsewhere: bool,
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
-    # Not "in progress elsewhere" until its lease runs out: this process holds the
-    # lease and knows it has let the attempt go.
+    # Not "in progress elsewhere" until its lease runs out: the process holding the
+    # lease lets the attempt go, and says so in Redis for the others.
     monkeypatch.setattr("app.engine.activity_tasks.OUTCOME_WRITE_BACKOFFS", (0.01, 0.01))
     store = leases if leased else None
     run_id = _scheduled(engine, registry, "sequential-sum", {"values": [6]})
@@ -310,6 +316,9 @@ def test_an_attempt_whose_outcome_could_not_be_written_is_lost_when_its_message_
             record_outcome(down, claim, succeeded, value, None, store)
     finally:
         down.dispose()
+    if elsewhere:
+        # Another worker process knows nothing of what this one let go.
+        monkeypatch.setattr("app.engine.activity_tasks._let_go", set())
 
     redelivered = claim_attempt(engine, registry, run_id, 1, store)
     assert isinstance(redelivered, RetryLater)
@@ -329,6 +338,20 @@ def _claimed(claim: object) -> Attempt | None:
     return claim if isinstance(claim, Attempt) else None
 
 
+def test_a_failure_whose_commit_reply_was_lost_still_retries_its_message(
+    engine: Engine, registry: Registry, leases: LeaseStore, tmp_path: Path
+) -> None:
+    run_id = _scheduled(engine, registry, "flaky", {"folder": str(tmp_path), "failures": 1})
+    claim = _leased(engine, registry, leases, run_id)
+    succeeded, value = execute_attempt(claim)
+    first = record_outcome(engine, claim, succeeded, value, None, leases)
+    assert isinstance(first, RetryLater)
+    # What the try after a lost COMMIT reply sees: the failure is already recorded.
+    again = _record_outcome(engine, claim, succeeded, value, None, again=True)
+    assert isinstance(again, RetryLater) and again.countdown <= first.countdown
+    assert len(_of_type(_history(engine, run_id), ev.ACTIVITY_TASK_RETRYING)) == 1
+
+
 def test_a_lease_is_a_redis_key_per_attempt(leases: LeaseStore) -> None:
     run_id = uuid.uuid4()
     first = leases.acquire(run_id, 1, 1, owner="host:1", lease_seconds=5)
@@ -342,6 +365,15 @@ def test_a_lease_is_a_redis_key_per_attempt(leases: LeaseStore) -> None:
 def test_a_lease_runs_out_by_the_redis_clock(leases: LeaseStore) -> None:
     # The holder's own idea of the time is not asked: its clock may be wrong.
     run_id = uuid.uuid4()
+    skewed = leases.acquire(run_id, 2, 1, owner="host:1", lease_seconds=60)
+    assert isinstance(skewed, Lease)
+    key = leases.key(run_id, 2, 1)
+    an_hour_ago_ns = skewed.started_ns - 3600 * 10**9
+    value = json.dumps({**json.loads(leases.client.get(key) or "{}"), "started_ns": an_hour_ago_ns})
+    leases.client.set(key, value, keepttl=True)
+    taken = leases.acquire(run_id, 2, 1, owner="host:2", lease_seconds=60)
+    assert isinstance(taken, Taken) and not taken.expired
+
     first = leases.acquire(run_id, 1, 1, owner="host:1", lease_seconds=0.2)
     assert isinstance(first, Lease)
 

@@ -229,14 +229,16 @@ def test_a_queued_write_that_fails_rolls_back_the_whole_transaction(engine: Engi
 
 
 @pytest.mark.parametrize("pipelined", [True, False])
-def test_a_connection_that_broke_leaves_the_pool(database_url: str, pipelined: bool) -> None:
-    # Used one call at a time, the pool holds one connection: kept once broken, it
-    # would fail every later call.
+def test_a_broken_connection_empties_the_pool(database_url: str, pipelined: bool) -> None:
+    # After a server restart every pooled connection is dead: the first failure must
+    # drop them all, or each would fail a call of its own.
     name = f"broken-{uuid.uuid4().hex[:8]}"
     engine = engine_named(database_url, name)
     try:
-        with engine.begin() as conn:
+        with engine.begin() as conn, engine.connect() as second:
             run_id = _insert_run(conn, ExecutionStatus.RUNNING)
+            second.exec_driver_sql("SELECT 1")
+        assert engine.pool.checkedin() == 2
         transaction = pipelined_transaction if pipelined else _begin
         terminate_backends(name)
         with pytest.raises(psycopg.OperationalError), transaction(engine) as conn:
