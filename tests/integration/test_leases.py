@@ -67,7 +67,7 @@ def _leased(engine: Engine, registry: Registry, leases: LeaseStore, run_id: uuid
 
 
 def _claim_when_due(
-    engine: Engine, registry: Registry, leases: LeaseStore, run_id: uuid.UUID
+    engine: Engine, registry: Registry, leases: LeaseStore | None, run_id: uuid.UUID
 ) -> Attempt:
     """Claim activity 1 once its backoff is over."""
 
@@ -324,18 +324,10 @@ def test_an_attempt_whose_outcome_could_not_be_written_is_lost_when_its_message_
     assert isinstance(redelivered, RetryLater)
     (retrying,) = _of_type(_history(engine, run_id), ev.ACTIVITY_TASK_RETRYING)
     assert retrying.attributes["failure"]["type"] == "WorkerLost"
-    second = wait_until(
-        lambda: _claimed(claim_attempt(engine, registry, run_id, 1, store)),
-        timeout=10,
-        what="the next attempt to be due",
-    )
+    second = _claim_when_due(engine, registry, store, run_id)
     assert second.attempt == 2
     succeeded, value = execute_attempt(second)
     assert record_outcome(engine, second, succeeded, value, None, store) == Done("completed")
-
-
-def _claimed(claim: object) -> Attempt | None:
-    return claim if isinstance(claim, Attempt) else None
 
 
 def test_a_failure_whose_commit_reply_was_lost_still_retries_its_message(
