@@ -1,0 +1,123 @@
+"""What the dispatcher publishes, read back from a real Redis broker."""
+
+from __future__ import annotations
+
+import base64
+import json
+import os
+import uuid
+from collections.abc import Iterator
+from typing import Any
+
+import pytest
+import redis
+
+from app.engine.dispatch import ActivityDispatch, Dispatch
+from app.settings import Settings
+from tests.support import BROKER_URL, wait_until
+from workers.celery_app import WORKFLOW_TASK, create_celery_app
+from workers.dispatch import (
+    HARD_LIMIT_MARGIN,
+    SOFT_LIMIT_MARGIN,
+    CeleryDispatcher,
+    ClientKeepingTransport,
+    publishing_transport,
+)
+
+QUEUE = "dispatch-test"
+
+
+@pytest.fixture
+def prefix() -> Iterator[str]:
+    prefix = f"chainline-dispatch-test-{uuid.uuid4().hex[:8]}:"
+    yield prefix
+    client = redis.Redis.from_url(BROKER_URL)
+    for key in client.scan_iter(f"{prefix}*"):
+        client.delete(key)
+
+
+@pytest.fixture
+def dispatcher(prefix: str) -> CeleryDispatcher:
+    settings = Settings(broker_url=BROKER_URL, broker_key_prefix=prefix, queue=QUEUE)
+    return CeleryDispatcher(create_celery_app(settings))
+
+
+def published(prefix: str) -> list[dict[str, Any]]:
+    """The queue's messages, oldest first: headers, and the body decoded."""
+    client = redis.Redis.from_url(BROKER_URL)
+    messages = []
+    for raw in reversed(client.lrange(f"{prefix}{QUEUE}", 0, -1)):
+        message = json.loads(raw)
+        message["body"] = json.loads(base64.b64decode(message["body"]))
+        messages.append(message)
+    return messages
+
+
+def test_an_activity_goes_out_as_a_chain_ending_in_the_workflow_task(
+    dispatcher: CeleryDispatcher, prefix: str
+) -> None:
+    run_id = uuid.uuid4()
+    activity = ActivityDispatch(run_id, 3, "greet", start_to_close_seconds=30.0)
+    dispatcher.send([Dispatch(run_id, (activity,))])
+
+    (message,) = published(prefix)
+    headers, (args, kwargs, embed) = message["headers"], message["body"]
+    assert headers["task"] == "activity.greet"
+    assert args == [str(run_id), 3] and kwargs == {}
+    assert headers["argsrepr"] == repr([str(run_id), 3])
+    assert headers["timelimit"] == [30.0 + HARD_LIMIT_MARGIN, 30.0 + SOFT_LIMIT_MARGIN]
+    assert headers["ignore_result"] is True
+    (callback,) = embed["chain"]
+    assert callback["task"] == WORKFLOW_TASK
+    assert callback["args"] == [str(run_id)] and callback["immutable"] is True
+
+
+def test_a_workflow_task_alone_goes_out_as_one_message(
+    dispatcher: CeleryDispatcher, prefix: str
+) -> None:
+    run_id = uuid.uuid4()
+    dispatcher.send([Dispatch(run_id)])
+
+    (message,) = published(prefix)
+    assert message["headers"]["task"] == WORKFLOW_TASK
+    assert message["body"][0] == [str(run_id)]
+
+
+def test_publishing_keeps_one_redis_client(dispatcher: CeleryDispatcher, prefix: str) -> None:
+    run_id = uuid.uuid4()
+    clients = set()
+    for seq in range(1, 4):
+        dispatcher.send([Dispatch(run_id, (ActivityDispatch(run_id, seq, "greet", 30.0),))])
+        with dispatcher.publisher.producer() as producer:
+            clients.add(id(producer.channel._kept_client))
+    assert len(clients) == 1
+    assert [m["body"][0][1] for m in published(prefix)] == [1, 2, 3]
+
+
+def test_a_forked_process_publishes_on_connections_of_its_own(
+    dispatcher: CeleryDispatcher, prefix: str
+) -> None:
+    run_id = uuid.uuid4()
+    dispatcher.send([Dispatch(run_id)])  # the parent's pool exists before the fork
+    with dispatcher.publisher.producer() as producer:
+        parent_connection = producer.connection
+
+    child = os.fork()
+    if child == 0:  # pragma: no cover (runs in the child)
+        code = 1
+        try:
+            with dispatcher.publisher.producer() as producer:
+                fresh = producer.connection is not parent_connection
+            dispatcher.send([Dispatch(run_id)])
+            code = 0 if fresh else 2
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0
+    wait_until(lambda: len(published(prefix)) == 2, timeout=10, what="the child's message")
+
+
+def test_only_a_redis_broker_publishes_through_the_client_keeping_transport() -> None:
+    assert publishing_transport("redis://127.0.0.1:6379/0") is ClientKeepingTransport
+    assert publishing_transport("rediss://cache.example:6380/0") is ClientKeepingTransport
+    assert publishing_transport("amqp://guest:guest@127.0.0.1:5672//") is None
