@@ -76,7 +76,7 @@ class LeaseStore:
     def acquire(
         self, run_id: uuid.UUID, seq: int, attempt: int, *, owner: str, lease_seconds: float
     ) -> Lease | Taken:
-        """Take the attempt for `owner`, or say who holds it: one round trip."""
+        """Take the attempt for `owner` in one round trip, or say who holds it in two."""
         lease = Lease(
             attempt=attempt,
             owner=owner,
@@ -89,11 +89,14 @@ class LeaseStore:
         for _ in range(3):
             pipeline = self._pipeline_finishing()
             pipeline.set(key, json.dumps(asdict(lease)), nx=True, px=retention_ms)
-            pipeline.get(key)
-            pipeline.pttl(key)
-            *_, acquired, current, remaining_ms = pipeline.execute()
+            *_, acquired = pipeline.execute()
             if acquired:
                 return lease
+            # Taken: whose, and for how long (rare enough to pay a second round trip).
+            reading = self.client.pipeline(transaction=False)
+            reading.get(key)
+            reading.pttl(key)
+            current, remaining_ms = reading.execute()
             if current is not None:
                 # A key without a time to live (-1) was not set here: never expired.
                 # One gone since the GET (-2) outlived its lease long ago.
