@@ -30,7 +30,7 @@ from app.engine.payloads import check_payload_size
 from app.engine.replay import HistoryEvent
 from app.engine.retry import RetryPolicy
 from app.engine.statuses import ExecutionStatus
-from app.engine.transient import TRANSIENT_ERRORS
+from app.engine.transient import INTERRUPTIONS, TRANSIENT_ERRORS
 from app.engine.workflow_tasks import advance, time_out_run
 from app.errors import PayloadTooLarge
 from app.storage.history import (
@@ -456,7 +456,7 @@ def _record_outcome_with_fallback(
     if registry is not None:
         try:
             return _record_outcome(engine, attempt, succeeded, value, registry, again=again)
-        except TRANSIENT_ERRORS:
+        except (*TRANSIENT_ERRORS, *INTERRUPTIONS):
             raise
         except Exception:
             log.exception("inline workflow task of run %s failed", attempt.run_id)

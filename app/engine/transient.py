@@ -6,6 +6,7 @@ result lives only in memory) rather than dropped or recorded as failed.
 
 from __future__ import annotations
 
+from celery.exceptions import SoftTimeLimitExceeded
 from psycopg import InterfaceError as DriverInterfaceError
 from psycopg import OperationalError as DriverOperationalError
 from redis.exceptions import ConnectionError as RedisConnectionError
@@ -22,3 +23,7 @@ TRANSIENT_ERRORS: tuple[type[Exception], ...] = (
     RedisTimeoutError,
     RedisReadOnlyError,  # a replica promoted while we still talk to the old primary
 )
+
+# Raised into running code from outside it (Celery's soft time limit, by a signal): the
+# work was interrupted, not wrong. Whoever meets one stops and lets the work go.
+INTERRUPTIONS: tuple[type[BaseException], ...] = (SoftTimeLimitExceeded,)

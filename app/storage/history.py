@@ -9,6 +9,7 @@ not Postgres, are what a workflow step spends its time on.
 
 from __future__ import annotations
 
+import logging
 import time
 import uuid
 from collections.abc import Iterator, Sequence
@@ -25,6 +26,8 @@ from app.engine import events as ev
 from app.engine.replay import HistoryEvent
 from app.engine.statuses import OPEN_STATUSES, TERMINAL_STATUSES, ExecutionStatus, sources_of
 from app.errors import IllegalTransition
+
+log = logging.getLogger(__name__)
 
 IN_FLIGHT_ACTIVITY_STATES = ("SCHEDULED", "STARTED", "BACKING_OFF")
 CLOSED_CHANNEL = "chainline_execution_closed"
@@ -184,18 +187,70 @@ def pipelined_transaction(engine: Engine) -> Iterator[Connection]:
         assert driver is not None, "the connection is open"
         try:
             with driver.pipeline():
-                driver.execute("BEGIN")
-                yield conn
-                driver.execute("COMMIT")
+                try:
+                    driver.execute("BEGIN")
+                    yield conn
+                    driver.execute("COMMIT")
+                except BaseException as exc:
+                    if not isinstance(exc, psycopg.Error):
+                        # Before leaving the pipeline, which waits for every result.
+                        _cancel_in_flight(driver)
+                    raise
         except psycopg.Error as exc:
+            interruption = _interruption_behind(exc)
+            if interruption is not None and _in_pipeline(driver):
+                # Leaving the pipeline failed because an interruption left it busy.
+                _abandon(conn, driver)
+                raise interruption from None
             _forget_if_broken(conn, exc)
             _raise_translated(exc)
+        except BaseException:
+            _abandon(conn, driver)
+            raise
         finally:
-            if driver.info.transaction_status in OPEN_TRANSACTION:
+            if not conn.invalidated and driver.info.transaction_status in OPEN_TRANSACTION:
                 driver.execute("ROLLBACK")
 
 
 OPEN_TRANSACTION = (psycopg.pq.TransactionStatus.INTRANS, psycopg.pq.TransactionStatus.INERROR)
+CANCEL_TIMEOUT_SECONDS = 2.0
+
+
+def _interruption_behind(exc: BaseException) -> BaseException | None:
+    """The exception, not the driver's, that `exc` was raised while handling."""
+    cause = exc.__context__
+    while cause is not None and isinstance(cause, psycopg.Error):
+        cause = cause.__context__
+    return cause
+
+
+def _abandon(conn: Connection, driver: psycopg.Connection[Any]) -> None:
+    """Interrupted, perhaps while the pipeline waited for its results: what is still
+    in flight is cancelled, and a connection left mid-pipeline leaves the pool
+    (closing it rolls back whatever remains)."""
+    _cancel_in_flight(driver)
+    if _in_pipeline(driver):
+        conn.invalidate()
+
+
+def _in_pipeline(driver: psycopg.Connection[Any]) -> bool:
+    return driver.pgconn.pipeline_status != psycopg.pq.PipelineStatus.OFF
+
+
+def _cancel_in_flight(driver: psycopg.Connection[Any]) -> None:
+    """Stop the statements the server still runs for a transaction given up on.
+
+    Interrupted (a time limit's exception) with statements in flight, COMMIT among
+    them, the server would still commit what this process has let go of once, say, a
+    lock it waits for frees. Cancelled, the transaction rolls back instead, unless
+    its COMMIT is done already (which the caller cannot tell, as after a lost reply).
+    """
+    if driver.info.transaction_status != psycopg.pq.TransactionStatus.ACTIVE:
+        return
+    try:
+        driver.cancel_safe(timeout=CANCEL_TIMEOUT_SECONDS)
+    except psycopg.Error:
+        log.warning("could not cancel the statements of an interrupted transaction")
 
 
 def _driver_cursor(conn: Connection) -> psycopg.Cursor[Any]:

@@ -3,14 +3,20 @@
 from __future__ import annotations
 
 import json
+import os
+import signal
 import socket
 import subprocess
+import threading
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
+import psycopg
 import pytest
 import redis
+from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import Engine, select
 
 from app.devstack import free_port
@@ -34,7 +40,13 @@ from app.engine.workflow_tasks import run_workflow_task
 from app.storage.db import make_engine
 from app.storage.schema import activities
 from app.workflows.registry import Registry
-from tests.support import BROKER_URL, engine_named, terminate_backends, wait_until
+from tests.support import (
+    ADMIN_DATABASE_URL,
+    BROKER_URL,
+    engine_named,
+    terminate_backends,
+    wait_until,
+)
 
 
 @pytest.fixture
@@ -385,3 +397,115 @@ def test_a_redis_that_stops_answering_fails_the_claim_instead_of_hanging_it(
         store = LeaseStore.from_url(f"redis://127.0.0.1:{silent.getsockname()[1]}/0")
         with pytest.raises(TRANSIENT_ERRORS):
             store.acquire(uuid.uuid4(), 1, 1, owner="host:1", lease_seconds=5)
+
+
+class _SoftTimeLimit:
+    """Raise Celery's SoftTimeLimitExceeded in this thread as billiard does: a signal
+    (SIGUSR1) whose handler raises it wherever the code is, here while it waits."""
+
+    def __init__(self, after_seconds: float) -> None:
+        self.after_seconds = after_seconds
+
+    def __enter__(self) -> None:
+        def raise_limit(signum: int, frame: object) -> None:
+            raise SoftTimeLimitExceeded()
+
+        self.previous = signal.signal(signal.SIGUSR1, raise_limit)
+        self.timer = threading.Timer(self.after_seconds, os.kill, (os.getpid(), signal.SIGUSR1))
+        self.timer.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.timer.cancel()
+        signal.signal(signal.SIGUSR1, self.previous)
+
+
+@contextmanager
+def _held(database_url: str, *statements: str) -> Iterator[threading.Event]:
+    """A transaction of another client that holds what `statements` take until the
+    block ends (at the latest 15 s on, so that a write waiting for it ends too);
+    the event says whether it still held them when the block ended."""
+    blocker = psycopg.connect(database_url.replace("+psycopg", ""))
+    released = threading.Event()
+
+    def release() -> None:
+        if not released.is_set():
+            released.set()
+            blocker.cancel_safe()
+
+    for statement in statements:
+        blocker.execute(statement)
+    safety = threading.Timer(15.0, release)
+    safety.start()
+    try:
+        yield released
+    finally:
+        safety.cancel()
+        held_to_the_end = not released.is_set()
+        released.set()
+        blocker.rollback()
+        blocker.close()
+        if not held_to_the_end:
+            released.clear()
+
+
+def _open_transactions(application_name: str) -> list[str]:
+    with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as admin:
+        rows = admin.execute(
+            "SELECT state FROM pg_stat_activity WHERE application_name = %s AND state <> 'idle'",
+            (application_name,),
+        ).fetchall()
+    return [row[0] for row in rows]
+
+
+@pytest.mark.timeout(60)
+@pytest.mark.parametrize("waiting_for", ["the run's lock", "its write"])
+def test_a_time_limit_while_an_outcome_waits_lets_the_attempt_go_and_writes_nothing(
+    database_url: str, registry: Registry, leases: LeaseStore, waiting_for: str
+) -> None:
+    name = f"interrupted-{uuid.uuid4().hex[:8]}"
+    engine = engine_named(database_url, name)
+    gate = f"chainline_test_gate_{uuid.uuid4().hex[:8]}"
+    try:
+        run_id = _scheduled(engine, registry, "sequential-sum", {"values": [4, 5]})
+        claim = _leased(engine, registry, leases, run_id)
+        succeeded, value = execute_attempt(claim)
+        if waiting_for == "the run's lock":
+            taken = [f"SELECT 1 FROM runs WHERE run_id = '{run_id}' FOR UPDATE"]
+        else:
+            # Every event insert waits at a gate the other client holds closed.
+            with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as c:
+                c.execute(
+                    f"CREATE FUNCTION {gate}() RETURNS trigger LANGUAGE plpgsql AS"
+                    " $$ BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$"
+                )
+                c.execute(
+                    f"CREATE TRIGGER {gate} BEFORE INSERT ON events"
+                    f" FOR EACH ROW EXECUTE FUNCTION {gate}()"
+                )
+            taken = ["SELECT pg_advisory_xact_lock(4242)"]
+
+        with _held(database_url, *taken) as released, _SoftTimeLimit(0.3):
+            with pytest.raises(SoftTimeLimitExceeded):
+                record_outcome(engine, claim, succeeded, value, registry, leases)
+            # Out before the other client let go: nothing waited for it.
+            assert not released.is_set()
+
+        assert _open_transactions(name) == []
+        # Cancelled, not committed once the other client let go.
+        assert _activity_state(engine, run_id) == ("SCHEDULED", 1)
+        history = _history(engine, run_id)
+        assert _of_type(history, ev.ACTIVITY_TASK_COMPLETED) == []
+        assert _of_type(history, ev.ACTIVITY_TASK_STARTED) == []
+        # Let go: the message's retry records the attempt lost at once.
+        assert isinstance(claim_attempt(engine, registry, run_id, 1, leases), RetryLater)
+        (retrying,) = _of_type(_history(engine, run_id), ev.ACTIVITY_TASK_RETRYING)
+        assert retrying.attributes["failure"]["type"] == "WorkerLost"
+        second = _claim_when_due(engine, registry, leases, run_id)
+        succeeded, value = execute_attempt(second)
+        outcome = record_outcome(engine, second, succeeded, value, registry, leases)
+        assert isinstance(outcome, Done) and outcome.advanced
+    finally:
+        with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as c:
+            c.execute(f"DROP TRIGGER IF EXISTS {gate} ON events")
+            c.execute(f"DROP FUNCTION IF EXISTS {gate}()")
+        engine.dispose()
