@@ -121,3 +121,17 @@ def test_only_a_redis_broker_publishes_through_the_client_keeping_transport() ->
     assert publishing_transport("redis://127.0.0.1:6379/0") is ClientKeepingTransport
     assert publishing_transport("rediss://cache.example:6380/0") is ClientKeepingTransport
     assert publishing_transport("amqp://guest:guest@127.0.0.1:5672//") is None
+
+
+def test_publishing_goes_on_after_redis_drops_the_kept_client_s_connection(
+    dispatcher: CeleryDispatcher, prefix: str
+) -> None:
+    run_id = uuid.uuid4()
+    dispatcher.send([Dispatch(run_id)])
+    with dispatcher.publisher.producer() as producer:
+        connection_id = producer.channel._kept_client.client_id()
+    # What a Redis restart or a proxy's idle timeout does to it.
+    assert redis.Redis.from_url(BROKER_URL).client_kill_filter(_id=connection_id) == 1
+
+    dispatcher.send([Dispatch(run_id)])
+    assert len(published(prefix)) == 2
