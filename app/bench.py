@@ -206,6 +206,32 @@ def _stack(servers: Servers, config: BenchConfig, work_dir: Path) -> Iterator[St
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)
+        _delete_keys(servers.broker_url, env["CHAINLINE_BROKER_KEY_PREFIX"])
+
+
+def _delete_keys(broker_url: str, prefix: str) -> None:
+    """Leave a configured Redis as it was: the run's queues, leases and results go."""
+    if not broker_url.startswith(("redis://", "rediss://")):
+        return
+    client = redis.Redis.from_url(broker_url)
+    try:
+        for keys in _batches(client.scan_iter(f"{prefix}*", count=1000), 1000):
+            client.delete(*keys)
+    except redis.RedisError:
+        pass  # an embedded Redis already stopped, or one gone away: nothing to tidy
+    finally:
+        client.close()
+
+
+def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
+    batch: list[Any] = []
+    for item in items:
+        batch.append(item)
+        if len(batch) == size:
+            yield batch
+            batch = []
+    if batch:
+        yield batch
 
 
 class Probe:

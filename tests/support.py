@@ -9,6 +9,7 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import psycopg
+import redis
 from sqlalchemy import Engine, make_url
 
 from app.settings import normalize_database_url
@@ -67,3 +68,13 @@ def drop_database(url: str) -> None:
     name = url.rsplit("/", 1)[1]
     with psycopg.connect(ADMIN_DATABASE_URL, autocommit=True) as conn:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+
+
+def delete_broker_keys(prefix: str) -> None:
+    """Tidy what a test's processes left in the shared Redis under their key prefix."""
+    client = redis.Redis.from_url(BROKER_URL)
+    try:
+        for key in client.scan_iter(f"{prefix}*"):
+            client.delete(key)
+    finally:
+        client.close()

@@ -18,7 +18,13 @@ from celery import Celery
 
 from app.devstack import free_port, procfile_commands
 from app.settings import Settings
-from tests.support import BROKER_URL, create_database, drop_database, wait_until
+from tests.support import (
+    BROKER_URL,
+    create_database,
+    delete_broker_keys,
+    drop_database,
+    wait_until,
+)
 from workers.celery_app import create_celery_app
 
 REPO = Path(__file__).resolve().parents[2]
@@ -114,6 +120,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         for name in running.processes:
             sys.stdout.write(f"\n--- {name} log: {logs / (name + '.log')}\n")
         drop_database(database_url)
+        delete_broker_keys(env["CHAINLINE_BROKER_KEY_PREFIX"])
 
 
 def _api_up(base_url: str) -> bool:

@@ -10,6 +10,7 @@ import subprocess
 from pathlib import Path
 
 import psutil
+import redis
 
 from tests.support import ADMIN_DATABASE_URL, BROKER_URL, wait_until
 
@@ -31,7 +32,13 @@ PEER_REQUIRED = [
 ]
 
 
+def _bench_keys() -> set[bytes]:
+    """What bench runs left in the configured Redis (each uses a prefix of its own)."""
+    return set(redis.Redis.from_url(BROKER_URL).scan_iter("chainline-bench-*"))
+
+
 def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
+    keys_before = _bench_keys()
     report_path = tmp_path / "bench.json"
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAINLINE_")}
     env.update(CHAINLINE_DATABASE_URL=ADMIN_DATABASE_URL, CHAINLINE_BROKER_URL=BROKER_URL)
@@ -72,9 +79,11 @@ def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
         assert report["dbos"]["cpu_seconds"]["dbos_worker"] > 0
     else:
         assert "bench extra" in report["dbos"]["skipped"]
+    assert _bench_keys() - keys_before == set()  # queues, leases and results tidied
 
 
 def test_bench_stopped_with_sigterm_leaves_no_process_behind() -> None:
+    keys_before = _bench_keys()
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAINLINE_")}
     env.update(CHAINLINE_DATABASE_URL=ADMIN_DATABASE_URL, CHAINLINE_BROKER_URL=BROKER_URL)
     bench = subprocess.Popen(
@@ -105,6 +114,7 @@ def test_bench_stopped_with_sigterm_leaves_no_process_behind() -> None:
         assert bench.returncode == 128 + signal.SIGTERM
         _, alive = psutil.wait_procs(family, timeout=30)
         assert alive == [], [p.cmdline() for p in alive]
+        assert _bench_keys() - keys_before == set()
     finally:
         if not family and started.is_running():
             family = started.children(recursive=True)

@@ -16,7 +16,13 @@ import httpx
 import psutil
 
 from app.devstack import free_port
-from tests.support import BROKER_URL, create_database, drop_database, wait_until
+from tests.support import (
+    BROKER_URL,
+    create_database,
+    delete_broker_keys,
+    drop_database,
+    wait_until,
+)
 
 HELLO = ("run", "hello-world", "--input", '{"name": "World"}', "--wait")
 
@@ -166,10 +172,11 @@ def test_dev_on_embedded_servers_runs_hello_world_and_stops_clean(tmp_path: Path
 
 def test_dev_uses_the_servers_named_by_the_url_settings(tmp_path: Path) -> None:
     database_url = create_database()
+    prefix = f"chainline-dev-test-{uuid.uuid4().hex[:8]}:"
     env = _clean_env(
         CHAINLINE_DATABASE_URL=database_url,
         CHAINLINE_BROKER_URL=BROKER_URL,
-        CHAINLINE_BROKER_KEY_PREFIX=f"chainline-dev-test-{uuid.uuid4().hex[:8]}:",
+        CHAINLINE_BROKER_KEY_PREFIX=prefix,
     )
     try:
         with running_dev(tmp_path / "data", env) as dev:
@@ -184,6 +191,7 @@ def test_dev_uses_the_servers_named_by_the_url_settings(tmp_path: Path) -> None:
             wait_until(lambda: _all_gone(processes), timeout=15, what="every process to exit")
     finally:
         drop_database(database_url)
+        delete_broker_keys(prefix)
 
 
 def _status(url: str) -> int:
