@@ -30,6 +30,7 @@ import psutil
 import psycopg
 import redis
 
+from app.settings import REDIS_BROKER_SCHEMES
 from app.storage.history import CLOSED_CHANNEL
 
 if TYPE_CHECKING:
@@ -206,32 +207,23 @@ def _stack(servers: Servers, config: BenchConfig, work_dir: Path) -> Iterator[St
                 process.wait(timeout=15)
             except subprocess.TimeoutExpired:
                 os.killpg(process.pid, 9)
-        _delete_keys(servers.broker_url, env["CHAINLINE_BROKER_KEY_PREFIX"])
+        delete_keys(servers.broker_url, env["CHAINLINE_BROKER_KEY_PREFIX"])
 
 
-def _delete_keys(broker_url: str, prefix: str) -> None:
-    """Leave a configured Redis as it was: the run's queues, leases and results go."""
-    if not broker_url.startswith(("redis://", "rediss://")):
+def delete_keys(broker_url: str, prefix: str) -> None:
+    """Leave a Redis broker as it was: every key under `prefix` goes."""
+    if not broker_url.startswith(REDIS_BROKER_SCHEMES):
         return
     client = redis.Redis.from_url(broker_url)
     try:
-        for keys in _batches(client.scan_iter(f"{prefix}*", count=1000), 1000):
-            client.delete(*keys)
+        with client.pipeline(transaction=False) as deleting:
+            for key in client.scan_iter(f"{prefix}*", count=1000):
+                deleting.delete(key)
+            deleting.execute()
     except redis.RedisError:
         pass  # an embedded Redis already stopped, or one gone away: nothing to tidy
     finally:
         client.close()
-
-
-def _batches(items: Iterator[Any], size: int) -> Iterator[list[Any]]:
-    batch: list[Any] = []
-    for item in items:
-        batch.append(item)
-        if len(batch) == size:
-            yield batch
-            batch = []
-    if batch:
-        yield batch
 
 
 class Probe:
@@ -249,7 +241,7 @@ class Probe:
         # Messages are counted on a Redis broker only (kombu publishes with LPUSH).
         self.redis = (
             redis.Redis.from_url(servers.broker_url)
-            if servers.broker_url.startswith(("redis://", "rediss://"))
+            if servers.broker_url.startswith(REDIS_BROKER_SCHEMES)
             else None
         )
         self.pg = psycopg.connect(servers.database_url, autocommit=True)

@@ -16,7 +16,10 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
-REDIS_SCHEMES = ("redis://", "rediss://", "unix://")
+# URLs that kombu's Redis transport serves as a broker.
+REDIS_BROKER_SCHEMES = ("redis://", "rediss://")
+# URLs redis-py connects to (the lease store's may be a Unix socket).
+REDIS_SCHEMES = (*REDIS_BROKER_SCHEMES, "unix://")
 
 
 class Settings(BaseSettings):

@@ -9,9 +9,9 @@ from collections.abc import Callable
 from typing import TypeVar
 
 import psycopg
-import redis
 from sqlalchemy import Engine, make_url
 
+from app.bench import delete_keys
 from app.settings import normalize_database_url
 from app.storage.db import make_engine
 
@@ -71,10 +71,5 @@ def drop_database(url: str) -> None:
 
 
 def delete_broker_keys(prefix: str) -> None:
-    """Tidy what a test's processes left in the shared Redis under their key prefix."""
-    client = redis.Redis.from_url(BROKER_URL)
-    try:
-        for key in client.scan_iter(f"{prefix}*"):
-            client.delete(key)
-    finally:
-        client.close()
+    """Tidy what a test left in the shared Redis under its key prefix."""
+    delete_keys(BROKER_URL, prefix)

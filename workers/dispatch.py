@@ -24,6 +24,7 @@ from kombu import pools
 from kombu.transport import redis as kombu_redis
 
 from app.engine.dispatch import ActivityDispatch, Dispatch
+from app.settings import REDIS_BROKER_SCHEMES
 from workers.celery_app import WORKFLOW_TASK, activity_task_name, app
 
 log = logging.getLogger(__name__)
@@ -57,9 +58,6 @@ class ClientKeepingChannel(kombu_redis.Channel):
 
 class ClientKeepingTransport(kombu_redis.Transport):
     Channel = ClientKeepingChannel
-
-
-REDIS_BROKER_SCHEMES = ("redis://", "rediss://")
 
 
 def publishing_transport(broker_url: str) -> type[Any] | None:

@@ -14,7 +14,7 @@ import redis
 
 from app.engine.dispatch import ActivityDispatch, Dispatch
 from app.settings import Settings
-from tests.support import BROKER_URL, wait_until
+from tests.support import BROKER_URL, delete_broker_keys, wait_until
 from workers.celery_app import WORKFLOW_TASK, create_celery_app
 from workers.dispatch import (
     HARD_LIMIT_MARGIN,
@@ -31,9 +31,7 @@ QUEUE = "dispatch-test"
 def prefix() -> Iterator[str]:
     prefix = f"chainline-dispatch-test-{uuid.uuid4().hex[:8]}:"
     yield prefix
-    client = redis.Redis.from_url(BROKER_URL)
-    for key in client.scan_iter(f"{prefix}*"):
-        client.delete(key)
+    delete_broker_keys(prefix)
 
 
 @pytest.fixture

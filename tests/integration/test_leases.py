@@ -12,6 +12,7 @@ import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
 from pathlib import Path
+from typing import Any
 
 import psycopg
 import pytest
@@ -43,6 +44,7 @@ from app.workflows.registry import Registry
 from tests.support import (
     ADMIN_DATABASE_URL,
     BROKER_URL,
+    delete_broker_keys,
     engine_named,
     terminate_backends,
     wait_until,
@@ -54,8 +56,7 @@ def leases() -> Iterator[LeaseStore]:
     client = redis.Redis.from_url(BROKER_URL)
     store = LeaseStore(client, prefix=f"test-leases-{uuid.uuid4().hex[:8]}:")
     yield store
-    for key in client.scan_iter(f"{store.prefix}*"):
-        client.delete(key)
+    delete_broker_keys(store.prefix)
     client.close()
 
 
@@ -88,6 +89,29 @@ def _claim_when_due(
         return claim if isinstance(claim, Attempt) else None
 
     return wait_until(due, timeout=10, what="the next attempt to be due")
+
+
+def _lost_then_retried(
+    engine: Engine, registry: Registry, leases: LeaseStore | None, run_id: uuid.UUID
+) -> Attempt:
+    """Attempt 1's message returns: it records the attempt lost; attempt 2 is claimed."""
+    assert isinstance(claim_attempt(engine, registry, run_id, 1, leases), RetryLater)
+    (retrying,) = _of_type(_history(engine, run_id), ev.ACTIVITY_TASK_RETRYING)
+    assert retrying.attributes["failure"]["type"] == "WorkerLost"
+    second = _claim_when_due(engine, registry, leases, run_id)
+    assert second.attempt == 2
+    return second
+
+
+def _failed_first_attempt(
+    engine: Engine, registry: Registry, leases: LeaseStore, tmp_path: Path
+) -> tuple[uuid.UUID, Attempt, Any]:
+    """A run whose activity's first attempt has run and failed (not yet recorded)."""
+    run_id = _scheduled(engine, registry, "flaky", {"folder": str(tmp_path), "failures": 1})
+    claim = _leased(engine, registry, leases, run_id)
+    succeeded, error = execute_attempt(claim)
+    assert not succeeded
+    return run_id, claim, error
 
 
 def _history(engine: Engine, run_id: uuid.UUID) -> list[HistoryEvent]:
@@ -259,11 +283,8 @@ def test_a_short_attempt_cancels_its_start_timer(
 def test_a_failed_leased_attempt_records_its_start_then_the_retry(
     engine: Engine, registry: Registry, leases: LeaseStore, tmp_path: Path
 ) -> None:
-    run_id = _scheduled(engine, registry, "flaky", {"folder": str(tmp_path), "failures": 1})
-    claim = _leased(engine, registry, leases, run_id)
-    succeeded, value = execute_attempt(claim)
-    assert not succeeded
-    outcome = record_outcome(engine, claim, succeeded, value, registry, leases)
+    run_id, claim, error = _failed_first_attempt(engine, registry, leases, tmp_path)
+    outcome = record_outcome(engine, claim, False, error, registry, leases)
     assert isinstance(outcome, RetryLater)
     types = [e.event_type for e in _history(engine, run_id)]
     assert types[-3:] == [
@@ -332,12 +353,7 @@ def test_an_attempt_whose_outcome_could_not_be_written_is_lost_when_its_message_
         # Another worker process knows nothing of what this one let go.
         monkeypatch.setattr("app.engine.activity_tasks._let_go", set())
 
-    redelivered = claim_attempt(engine, registry, run_id, 1, store)
-    assert isinstance(redelivered, RetryLater)
-    (retrying,) = _of_type(_history(engine, run_id), ev.ACTIVITY_TASK_RETRYING)
-    assert retrying.attributes["failure"]["type"] == "WorkerLost"
-    second = _claim_when_due(engine, registry, store, run_id)
-    assert second.attempt == 2
+    second = _lost_then_retried(engine, registry, store, run_id)
     succeeded, value = execute_attempt(second)
     assert record_outcome(engine, second, succeeded, value, None, store) == Done("completed")
 
@@ -345,13 +361,11 @@ def test_an_attempt_whose_outcome_could_not_be_written_is_lost_when_its_message_
 def test_a_failure_whose_commit_reply_was_lost_still_retries_its_message(
     engine: Engine, registry: Registry, leases: LeaseStore, tmp_path: Path
 ) -> None:
-    run_id = _scheduled(engine, registry, "flaky", {"folder": str(tmp_path), "failures": 1})
-    claim = _leased(engine, registry, leases, run_id)
-    succeeded, value = execute_attempt(claim)
-    first = record_outcome(engine, claim, succeeded, value, None, leases)
+    run_id, claim, error = _failed_first_attempt(engine, registry, leases, tmp_path)
+    first = record_outcome(engine, claim, False, error, None, leases)
     assert isinstance(first, RetryLater)
     # What the try after a lost COMMIT reply sees: the failure is already recorded.
-    again = _record_outcome(engine, claim, succeeded, value, None, again=True)
+    again = _record_outcome(engine, claim, False, error, None, again=True)
     assert isinstance(again, RetryLater) and again.countdown <= first.countdown
     assert len(_of_type(_history(engine, run_id), ev.ACTIVITY_TASK_RETRYING)) == 1
 
@@ -420,17 +434,16 @@ class _SoftTimeLimit:
 
 
 @contextmanager
-def _held(database_url: str, *statements: str) -> Iterator[threading.Event]:
-    """A transaction of another client that holds what `statements` take until the
-    block ends (at the latest 15 s on, so that a write waiting for it ends too);
-    the event says whether it still held them when the block ended."""
-    blocker = psycopg.connect(database_url.replace("+psycopg", ""))
+def _held(plain_url: str, *statements: str) -> Iterator[threading.Event]:
+    """A transaction of another client holding what `statements` take until the block
+    ends, or 15 s on (so that a write waiting for it ends even if the code under
+    test waits too); the event is set once it let go."""
+    blocker = psycopg.connect(plain_url)
     released = threading.Event()
 
     def release() -> None:
-        if not released.is_set():
-            released.set()
-            blocker.cancel_safe()
+        released.set()
+        blocker.rollback()
 
     for statement in statements:
         blocker.execute(statement)
@@ -440,12 +453,8 @@ def _held(database_url: str, *statements: str) -> Iterator[threading.Event]:
         yield released
     finally:
         safety.cancel()
-        held_to_the_end = not released.is_set()
-        released.set()
         blocker.rollback()
         blocker.close()
-        if not held_to_the_end:
-            released.clear()
 
 
 def _open_transactions(application_name: str) -> list[str]:
@@ -464,6 +473,7 @@ def test_a_time_limit_while_an_outcome_waits_lets_the_attempt_go_and_writes_noth
 ) -> None:
     name = f"interrupted-{uuid.uuid4().hex[:8]}"
     engine = engine_named(database_url, name)
+    plain_url = database_url.replace("+psycopg", "")
     gate = f"chainline_test_gate_{uuid.uuid4().hex[:8]}"
     try:
         run_id = _scheduled(engine, registry, "sequential-sum", {"values": [4, 5]})
@@ -473,7 +483,7 @@ def test_a_time_limit_while_an_outcome_waits_lets_the_attempt_go_and_writes_noth
             taken = [f"SELECT 1 FROM runs WHERE run_id = '{run_id}' FOR UPDATE"]
         else:
             # Every event insert waits at a gate the other client holds closed.
-            with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as c:
+            with psycopg.connect(plain_url, autocommit=True) as c:
                 c.execute(
                     f"CREATE FUNCTION {gate}() RETURNS trigger LANGUAGE plpgsql AS"
                     " $$ BEGIN PERFORM pg_advisory_xact_lock_shared(4242); RETURN NEW; END $$"
@@ -484,7 +494,7 @@ def test_a_time_limit_while_an_outcome_waits_lets_the_attempt_go_and_writes_noth
                 )
             taken = ["SELECT pg_advisory_xact_lock(4242)"]
 
-        with _held(database_url, *taken) as released, _SoftTimeLimit(0.3):
+        with _held(plain_url, *taken) as released, _SoftTimeLimit(0.3):
             with pytest.raises(SoftTimeLimitExceeded):
                 record_outcome(engine, claim, succeeded, value, registry, leases)
             # Out before the other client let go: nothing waited for it.
@@ -497,15 +507,12 @@ def test_a_time_limit_while_an_outcome_waits_lets_the_attempt_go_and_writes_noth
         assert _of_type(history, ev.ACTIVITY_TASK_COMPLETED) == []
         assert _of_type(history, ev.ACTIVITY_TASK_STARTED) == []
         # Let go: the message's retry records the attempt lost at once.
-        assert isinstance(claim_attempt(engine, registry, run_id, 1, leases), RetryLater)
-        (retrying,) = _of_type(_history(engine, run_id), ev.ACTIVITY_TASK_RETRYING)
-        assert retrying.attributes["failure"]["type"] == "WorkerLost"
-        second = _claim_when_due(engine, registry, leases, run_id)
+        second = _lost_then_retried(engine, registry, leases, run_id)
         succeeded, value = execute_attempt(second)
         outcome = record_outcome(engine, second, succeeded, value, registry, leases)
         assert isinstance(outcome, Done) and outcome.advanced
     finally:
-        with psycopg.connect(database_url.replace("+psycopg", ""), autocommit=True) as c:
+        with psycopg.connect(plain_url, autocommit=True) as c:
             c.execute(f"DROP TRIGGER IF EXISTS {gate} ON events")
             c.execute(f"DROP FUNCTION IF EXISTS {gate}()")
         engine.dispose()
