@@ -30,6 +30,7 @@ import psutil
 import psycopg
 import redis
 
+from app.processes import with_scripts_on_path
 from app.settings import REDIS_BROKER_SCHEMES
 from app.storage.history import CLOSED_CHANNEL
 
@@ -169,7 +170,7 @@ def _stack(servers: Servers, config: BenchConfig, work_dir: Path) -> Iterator[St
 
     port = free_port()
     env = {
-        **os.environ,
+        **with_scripts_on_path(os.environ),
         "CHAINLINE_DATABASE_URL": servers.database_url,
         "CHAINLINE_BROKER_URL": servers.broker_url,
         "CHAINLINE_BROKER_KEY_PREFIX": f"chainline-bench-{uuid.uuid4().hex[:8]}:",

@@ -14,6 +14,8 @@ from typing import Any, NoReturn
 import click
 import httpx
 
+from app.processes import with_scripts_on_path
+
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 CELERY_APP = "workers.celery_app"
 
@@ -202,7 +204,8 @@ def history(ctx: click.Context, execution_id: str, as_json: bool) -> None:
 
 
 def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
-    os.execvpe(argv[0], argv, env if env is not None else dict(os.environ))
+    env = with_scripts_on_path(env if env is not None else os.environ)
+    os.execvpe(argv[0], argv, env)
 
 
 @main.command()

@@ -23,6 +23,7 @@ from typing import IO, Any
 
 import httpx
 
+from app.processes import with_scripts_on_path
 from app.settings import normalize_database_url
 
 REPO = Path(__file__).resolve().parents[1]
@@ -243,7 +244,7 @@ class DevStack:
         )
         env["PYTHONUNBUFFERED"] = "1"
         env["CHAINLINE_DATABASE_URL"] = normalize_database_url(env["CHAINLINE_DATABASE_URL"])
-        return env
+        return with_scripts_on_path(env)
 
     def _flower_credentials(self) -> str:
         path = self.data_dir / "flower-credentials"

@@ -6,21 +6,35 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from pathlib import Path
 from typing import TypeVar
 
 import psycopg
 from sqlalchemy import Engine, make_url
 
 from app.bench import delete_keys
+from app.processes import scripts_dir
 from app.settings import normalize_database_url
 from app.storage.db import make_engine
 
 T = TypeVar("T")
 
+# As the README runs it: by its path in the virtualenv, which need not be activated.
+CHAINLINE = str(Path(scripts_dir()) / "chainline")
+
 ADMIN_DATABASE_URL = os.environ.get(
     "CHAINLINE_TEST_ADMIN_DATABASE_URL", "postgresql://postgres@127.0.0.1:5432/postgres"
 )
 BROKER_URL = os.environ.get("CHAINLINE_TEST_BROKER_URL", "redis://127.0.0.1:6379/0")
+
+
+def newcomer_env() -> dict[str, str]:
+    """This environment as a newcomer's shell has it: no Chainline settings, and no
+    virtualenv on PATH."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAINLINE_")}
+    path = env.get("PATH", os.defpath).split(os.pathsep)
+    env["PATH"] = os.pathsep.join(p for p in path if p and Path(p) != Path(scripts_dir()))
+    return env
 
 
 def wait_until(

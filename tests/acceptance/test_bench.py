@@ -12,7 +12,7 @@ from pathlib import Path
 import psutil
 import redis
 
-from tests.support import ADMIN_DATABASE_URL, BROKER_URL, wait_until
+from tests.support import ADMIN_DATABASE_URL, BROKER_URL, CHAINLINE, newcomer_env, wait_until
 
 REQUIRED = [
     ("raw_celery", "executions_per_s"),
@@ -40,11 +40,11 @@ def _bench_keys() -> set[bytes]:
 def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
     keys_before = _bench_keys()
     report_path = tmp_path / "bench.json"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAINLINE_")}
+    env = newcomer_env()
     env.update(CHAINLINE_DATABASE_URL=ADMIN_DATABASE_URL, CHAINLINE_BROKER_URL=BROKER_URL)
     done = subprocess.run(
         [
-            "chainline",
+            CHAINLINE,
             "bench",
             "-n",
             "4",

@@ -18,9 +18,11 @@ import psutil
 from app.devstack import free_port
 from tests.support import (
     BROKER_URL,
+    CHAINLINE,
     create_database,
     delete_broker_keys,
     drop_database,
+    newcomer_env,
     wait_until,
 )
 
@@ -28,9 +30,7 @@ HELLO = ("run", "hello-world", "--input", '{"name": "World"}', "--wait")
 
 
 def _clean_env(**overrides: str) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith("CHAINLINE_")}
-    env.update(overrides)
-    return env
+    return {**newcomer_env(), **overrides}
 
 
 class DevProcess:
@@ -43,7 +43,7 @@ class DevProcess:
         with self.log_path.open("wb") as log:
             self.process = subprocess.Popen(
                 [
-                    "chainline",
+                    CHAINLINE,
                     "dev",
                     "--data-dir",
                     str(data_dir),
@@ -76,7 +76,7 @@ class DevProcess:
 
     def chainline(self, *args: str) -> subprocess.CompletedProcess[str]:
         return subprocess.run(
-            ["chainline", "--base-url", self.base_url, *args],
+            [CHAINLINE, "--base-url", self.base_url, *args],
             capture_output=True,
             text=True,
             timeout=60,
@@ -145,7 +145,7 @@ def test_dev_on_embedded_servers_runs_hello_world_and_stops_clean(tmp_path: Path
         assert workers, "flower shows no worker"
 
         second = subprocess.run(
-            ["chainline", "dev", "--data-dir", str(data_dir), "--port", str(free_port())],
+            [CHAINLINE, "dev", "--data-dir", str(data_dir), "--port", str(free_port())],
             capture_output=True,
             text=True,
             timeout=60,
