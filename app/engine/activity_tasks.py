@@ -3,7 +3,8 @@
 The user's function runs with no transaction open. The attempt is leased to the
 claiming process, so a redelivered message can tell a live attempt (leave it) from a
 lost one (count it as failed and retry by the policy). With a Redis lease store the
-claim costs Postgres nothing: ACTIVITY_TASK_STARTED is written with the outcome, or
+claim writes nothing to Postgres (and a new activity's first attempt, which has a
+claim ticket, does not read it either): ACTIVITY_TASK_STARTED is written with the outcome, or
 once the attempt has run for `record_started_after_seconds` (start_recorder.py).
 Without one, the claim is a Postgres transaction that records the start.
 """
@@ -11,6 +12,7 @@ Without one, the claim is a Postgres transaction that records the start.
 from __future__ import annotations
 
 import asyncio
+import json
 import logging
 import os
 import socket
@@ -25,7 +27,7 @@ from sqlalchemy import Connection, Engine
 from app.engine import events as ev
 from app.engine.binding import bind_input, to_json
 from app.engine.dispatch import Dispatch
-from app.engine.leases import Lease, LeaseStore
+from app.engine.leases import TICKET_MAX_INPUT_BYTES, Lease, LeaseStore, Ticket
 from app.engine.payloads import check_payload_size
 from app.engine.replay import HistoryEvent
 from app.engine.retry import RetryPolicy
@@ -192,9 +194,42 @@ def claim_attempt(
     return _claim_slowly(engine, registry, run_id, seq)
 
 
+def tickets_for(dispatches: list[Dispatch]) -> list[Ticket]:
+    """The claim tickets of the activities these dispatches start (small inputs only)."""
+    tickets = []
+    for dispatch in dispatches:
+        for activity in dispatch.activities:
+            scheduled = activity.ticket
+            if scheduled is None or _json_size(scheduled.input) > TICKET_MAX_INPUT_BYTES:
+                continue
+            lease_seconds = activity.start_to_close_seconds + LEASE_GRACE.total_seconds()
+            tickets.append(
+                Ticket(
+                    activity.run_id,
+                    activity.seq,
+                    scheduled.execution_id,
+                    activity.activity_name,
+                    scheduled.input,
+                    lease_seconds,
+                )
+            )
+    return tickets
+
+
+def _json_size(value: Any) -> int:
+    return len(json.dumps(value))
+
+
 def _claim_with_lease(
     engine: Engine, registry: Registry, leases: LeaseStore, run_id: uuid.UUID, seq: int
 ) -> ClaimOutcome:
+    by_ticket = leases.claim_by_ticket(run_id, seq, owner=worker_identity())
+    if by_ticket is not None:
+        lease, ticket = by_ticket
+        definition = registry.activities.get(ticket.activity_name)
+        if definition is not None:
+            return Attempt(run_id, ticket.execution_id, seq, 1, definition, ticket.input, lease)
+        leases.forget(run_id, seq, lease)
     # A snapshot read, no lock: a stale answer only costs a duplicate Redis claim,
     # and every write that follows is guarded again under the run's lock.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:

@@ -8,7 +8,16 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
+
+
+@dataclass(frozen=True)
+class ClaimTicket:
+    """What the claim of a new activity's first attempt would read from Postgres,
+    known to the workflow task that scheduled it (see leases.py)."""
+
+    execution_id: str
+    input: Any
 
 
 @dataclass(frozen=True)
@@ -17,6 +26,9 @@ class ActivityDispatch:
     seq: int
     activity_name: str
     start_to_close_seconds: float
+    # Set for an activity just scheduled; its first attempt can then be claimed
+    # without reading Postgres.
+    ticket: ClaimTicket | None = None
 
 
 @dataclass(frozen=True)

@@ -8,6 +8,14 @@ together with its real start time. An attempt still running after
 `record_started_after_seconds` is written to Postgres as started by the worker running
 it, so history shows long attempts while they run (see activity_tasks.py).
 
+A new activity's first attempt skips Postgres altogether: the dispatcher leaves a
+*claim ticket* (the run's execution id, the activity's name and input, its lease time)
+beside its message, and the claim takes the ticket and the lease in one round trip.
+Tickets last TICKET_SECONDS; a message taken later (behind a backlog, say) reads
+Postgres as any other. Within those seconds an activity can start though its run
+closed meanwhile, as a Temporal activity task already handed to a worker does; its
+outcome is then discarded.
+
 Keys are per attempt and outlive their lease, so a lost attempt stays recognisable
 until a redelivered message or the sweeper finds it. A key is set to expire
 KEY_RETENTION_SECONDS after its lease does, so whether the lease has run out is read
@@ -21,6 +29,7 @@ import time
 import uuid
 from dataclasses import asdict, dataclass, replace
 from functools import lru_cache
+from typing import Any
 
 import redis
 
@@ -32,6 +41,28 @@ from app.settings import get_settings
 KEY_RETENTION_SECONDS = 3600
 FINISHED_KEY_SECONDS = 60
 SOCKET_TIMEOUT_SECONDS = 5.0
+
+# A ticket is kept this long for its message to be taken; a later claim reads Postgres.
+# It bounds how long after its run closed an activity can still start (the outcome of
+# such an attempt is discarded).
+TICKET_SECONDS = 10
+# Inputs larger than this (as JSON) stay in Postgres only.
+TICKET_MAX_INPUT_BYTES = 4096
+
+# Take the ticket and, with it, the lease of the activity's first attempt; nothing
+# when there is no ticket or the attempt is leased already.
+# KEYS: ticket, lease. ARGV: owner (JSON), started_ns, token, retention seconds.
+_CLAIM_BY_TICKET = """
+local ticket = redis.call('GET', KEYS[1])
+if not ticket then return false end
+redis.call('DEL', KEYS[1])
+local lease_seconds = cjson.decode(ticket)['lease_seconds']
+local lease = '{"attempt": 1, "owner": ' .. ARGV[1] .. ', "started_ns": ' .. ARGV[2]
+    .. ', "lease_seconds": ' .. lease_seconds .. ', "token": "' .. ARGV[3] .. '"}'
+local retention_ms = math.floor((lease_seconds + tonumber(ARGV[4])) * 1000)
+if not redis.call('SET', KEYS[2], lease, 'NX', 'PX', retention_ms) then return false end
+return ticket
+"""
 
 
 @dataclass(frozen=True)
@@ -49,6 +80,18 @@ class Taken:
 
     holder: Lease
     expired: bool
+
+
+@dataclass(frozen=True)
+class Ticket:
+    """A just-scheduled activity's first attempt, as its claim needs it."""
+
+    run_id: uuid.UUID
+    seq: int
+    execution_id: str
+    activity_name: str
+    input: Any
+    lease_seconds: float
 
 
 class LeaseStore:
@@ -104,6 +147,63 @@ class LeaseStore:
                 return Taken(Lease(**json.loads(current)), expired)
             # The key expired between the commands: try again.
         raise RuntimeError(f"could not read the lease of {key}")
+
+    def ticket_key(self, run_id: uuid.UUID, seq: int) -> str:
+        return f"{self.prefix}chainline:ticket:{run_id}:{seq}"
+
+    def write_tickets(self, tickets: list[Ticket]) -> None:
+        """Store what the first attempts of just-scheduled activities need to start."""
+        pipeline = self._pipeline_finishing()
+        for ticket in tickets:
+            fields = {
+                "execution_id": ticket.execution_id,
+                "activity_name": ticket.activity_name,
+                "input": ticket.input,
+                "lease_seconds": ticket.lease_seconds,
+            }
+            pipeline.set(
+                self.ticket_key(ticket.run_id, ticket.seq),
+                json.dumps(fields),
+                px=TICKET_SECONDS * 1000,
+            )
+        pipeline.execute()
+
+    def claim_by_ticket(
+        self, run_id: uuid.UUID, seq: int, *, owner: str
+    ) -> tuple[Lease, Ticket] | None:
+        """Lease the first attempt of a just-scheduled activity, in one round trip and
+        without Postgres; None when its ticket is gone or the attempt is taken."""
+        started_ns, token = time.time_ns(), uuid.uuid4().hex
+        pipeline = self._pipeline_finishing()
+        pipeline.eval(
+            _CLAIM_BY_TICKET,
+            2,
+            self.ticket_key(run_id, seq),
+            self.key(run_id, seq, 1),
+            json.dumps(owner),
+            str(started_ns),
+            token,
+            str(KEY_RETENTION_SECONDS),
+        )
+        *_, stored = pipeline.execute()
+        if stored is None:
+            return None
+        fields = json.loads(stored)
+        lease_seconds = float(fields["lease_seconds"])
+        lease = Lease(1, owner, started_ns, lease_seconds, token)
+        ticket = Ticket(
+            run_id,
+            seq,
+            fields["execution_id"],
+            fields["activity_name"],
+            fields["input"],
+            lease_seconds,
+        )
+        return lease, ticket
+
+    def forget(self, run_id: uuid.UUID, seq: int, lease: Lease) -> None:
+        """Undo a claim nothing ran under: the attempt is as if never leased."""
+        self.client.delete(self.key(run_id, seq, lease.attempt))
 
     def release(self, run_id: uuid.UUID, seq: int, lease: Lease) -> None:
         """Give the attempt up: the lease names no owner, so it counts as lost."""

@@ -16,7 +16,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine, select
 
 from app.engine import events as ev
-from app.engine.dispatch import ActivityDispatch, Dispatch
+from app.engine.dispatch import ActivityDispatch, ClaimTicket, Dispatch
 from app.engine.payloads import check_payload_size
 from app.engine.replay import (
     Command,
@@ -192,7 +192,13 @@ def advance(
         Dispatch(
             run_id=run.run_id,
             activities=tuple(
-                ActivityDispatch(run.run_id, c.seq, c.activity_name, c.start_to_close_seconds)
+                ActivityDispatch(
+                    run.run_id,
+                    c.seq,
+                    c.activity_name,
+                    c.start_to_close_seconds,
+                    ClaimTicket(run.execution_id, c.input),
+                )
                 for c in scheduled
             ),
         )

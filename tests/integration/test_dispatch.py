@@ -12,7 +12,10 @@ from typing import Any
 import pytest
 import redis
 
-from app.engine.dispatch import ActivityDispatch, Dispatch
+from app.devstack import free_port
+from app.engine.activity_tasks import LEASE_GRACE
+from app.engine.dispatch import ActivityDispatch, ClaimTicket, Dispatch
+from app.engine.leases import LeaseStore, get_lease_store
 from app.settings import Settings
 from tests.support import BROKER_URL, delete_broker_keys, wait_until
 from workers.celery_app import WORKFLOW_TASK, create_celery_app
@@ -133,3 +136,46 @@ def test_publishing_goes_on_after_redis_drops_the_kept_client_s_connection(
 
     dispatcher.send([Dispatch(run_id)])
     assert len(published(prefix)) == 2
+
+
+def test_a_new_activity_leaves_a_claim_ticket_beside_its_message(prefix: str) -> None:
+    settings = Settings(broker_url=BROKER_URL, broker_key_prefix=prefix, queue=QUEUE)
+    leases = LeaseStore(redis.Redis.from_url(BROKER_URL), prefix)
+    dispatcher = CeleryDispatcher(create_celery_app(settings), leases)
+    run_id = uuid.uuid4()
+    new = ActivityDispatch(run_id, 1, "greet", 30.0, ClaimTicket("exec-1", {"name": "Ada"}))
+    resent = ActivityDispatch(run_id, 2, "greet", 30.0)  # as the sweeper sends one again
+
+    dispatcher.send([Dispatch(run_id, (new,)), Dispatch(run_id, (resent,))])
+
+    assert len(published(prefix)) == 2
+    claimed = leases.claim_by_ticket(run_id, 1, owner="worker")
+    assert claimed is not None
+    lease, ticket = claimed
+    assert (ticket.execution_id, ticket.activity_name, ticket.input) == (
+        "exec-1",
+        "greet",
+        {"name": "Ada"},
+    )
+    assert lease.attempt == 1
+    assert lease.lease_seconds == 30.0 + LEASE_GRACE.total_seconds()
+    assert leases.claim_by_ticket(run_id, 2, owner="worker") is None
+
+
+def test_publishing_goes_on_when_the_tickets_cannot_be_stored(prefix: str) -> None:
+    settings = Settings(broker_url=BROKER_URL, broker_key_prefix=prefix, queue=QUEUE)
+    unreachable = LeaseStore(redis.Redis(port=free_port(), socket_connect_timeout=1), prefix)
+    dispatcher = CeleryDispatcher(create_celery_app(settings), unreachable)
+    run_id = uuid.uuid4()
+    new = ActivityDispatch(run_id, 1, "greet", 30.0, ClaimTicket("exec-1", {"name": "Ada"}))
+
+    dispatcher.send([Dispatch(run_id, (new,))])
+
+    assert [m["headers"]["task"] for m in published(prefix)] == ["activity.greet"]
+
+
+def test_the_process_s_dispatcher_leaves_tickets_in_its_lease_store() -> None:
+    from workers.dispatch import dispatcher as process_dispatcher
+
+    assert process_dispatcher.leases is not None
+    assert process_dispatcher.leases is get_lease_store()
