@@ -21,6 +21,7 @@ from typing import Any
 from celery import Celery, chord
 from celery.canvas import Signature
 from kombu import pools
+from kombu.exceptions import BatchPublishError  # type: ignore[attr-defined]  # (kombu 5.7; the stubs are older)
 from kombu.transport import redis as kombu_redis
 
 from app.engine.activity_tasks import tickets_for
@@ -141,23 +142,36 @@ class CeleryDispatcher:
             log.warning("could not store claim tickets", exc_info=True)
 
     def _send_one(self, dispatch: Dispatch) -> None:
-        callback = self.app.signature(WORKFLOW_TASK, args=[str(dispatch.run_id)], immutable=True)
         with self.publisher.producer() as producer:
-            if not dispatch.activities:
-                callback.apply_async(producer=producer)
-            elif len(dispatch.activities) == 1:
-                self._send_chain(dispatch.activities[0], callback, producer)
-            else:
-                group = [
-                    self.app.signature(
-                        activity_task_name(a.activity_name),
-                        args=_activity_args(a),
-                        immutable=True,
-                        **activity_options(a, keep_result=True),
-                    )
-                    for a in dispatch.activities
-                ]
-                chord(group, callback).apply_async(producer=producer)
+            try:
+                # The messages and their task-sent events in one round trip.
+                with producer.batch():
+                    self._publish(dispatch, producer)
+            except BatchPublishError:
+                # kombu does not replay a batch whose reply was lost (a dropped
+                # connection, say): sent again one message at a time, with kombu's
+                # retries. Should the batch have landed after all, the duplicate's
+                # claim finds the attempt taken.
+                log.warning("batched publish for run %s failed; publishing again", dispatch.run_id)
+                self._publish(dispatch, producer)
+
+    def _publish(self, dispatch: Dispatch, producer: Any) -> None:
+        callback = self.app.signature(WORKFLOW_TASK, args=[str(dispatch.run_id)], immutable=True)
+        if not dispatch.activities:
+            callback.apply_async(producer=producer)
+        elif len(dispatch.activities) == 1:
+            self._send_chain(dispatch.activities[0], callback, producer)
+        else:
+            group = [
+                self.app.signature(
+                    activity_task_name(a.activity_name),
+                    args=_activity_args(a),
+                    immutable=True,
+                    **activity_options(a, keep_result=True),
+                )
+                for a in dispatch.activities
+            ]
+            chord(group, callback).apply_async(producer=producer)
 
     def _send_chain(self, activity: ActivityDispatch, callback: Signature, producer: Any) -> None:
         # What `chain(activity, callback).apply_async()` sends, without building and

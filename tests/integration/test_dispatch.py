@@ -11,6 +11,8 @@ from typing import Any
 
 import pytest
 import redis
+from kombu.exceptions import BatchPublishError
+from kombu.transport import redis as kombu_redis
 
 from app.devstack import free_port
 from app.engine.activity_tasks import LEASE_GRACE
@@ -179,3 +181,43 @@ def test_the_process_s_dispatcher_leaves_tickets_in_its_lease_store() -> None:
 
     assert process_dispatcher.leases is not None
     assert process_dispatcher.leases is get_lease_store()
+
+
+def test_a_batch_that_fails_is_published_again_one_message_at_a_time(
+    dispatcher: CeleryDispatcher, prefix: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # A fault kombu reports without retrying: the batch's reply was lost.
+    def lost_reply(batch: Any) -> None:
+        batch.discard()
+        raise BatchPublishError("Redis publish batch failed; delivery is uncertain")
+
+    monkeypatch.setattr(kombu_redis.PublishBatch, "flush", lost_reply)
+    run_id = uuid.uuid4()
+    activity = ActivityDispatch(run_id, 3, "greet", start_to_close_seconds=30.0)
+
+    dispatcher.send([Dispatch(run_id, (activity,))])
+
+    (message,) = published(prefix)
+    assert message["headers"]["task"] == "activity.greet"
+    assert message["body"][0] == [str(run_id), 3]
+
+
+def test_a_message_s_task_sent_event_goes_out_with_it(
+    dispatcher: CeleryDispatcher, prefix: str
+) -> None:
+    subscriber = redis.Redis.from_url(BROKER_URL).pubsub(ignore_subscribe_messages=True)
+    subscriber.psubscribe(f"{prefix}*celeryev/task.sent")
+    run_id = uuid.uuid4()
+    activity = ActivityDispatch(run_id, 3, "greet", start_to_close_seconds=30.0)
+
+    dispatcher.send([Dispatch(run_id, (activity,))])
+
+    (message,) = published(prefix)
+    event = wait_until(lambda: subscriber.get_message(timeout=0.1), what="the task-sent event")
+    sent = json.loads(base64.b64decode(json.loads(event["data"])["body"]))
+    assert (sent["type"], sent["uuid"], sent["name"]) == (
+        "task-sent",
+        message["headers"]["id"],
+        "activity.greet",
+    )
+    subscriber.close()
