@@ -24,7 +24,7 @@ from kombu import pools
 from kombu.exceptions import BatchPublishError  # type: ignore[attr-defined]  # (kombu 5.7; the stubs are older)
 from kombu.transport import redis as kombu_redis
 
-from app.engine.activity_tasks import tickets_for
+from app.engine.activity_tasks import leave_tickets
 from app.engine.dispatch import ActivityDispatch, Dispatch
 from app.engine.leases import LeaseStore, get_lease_store
 from app.settings import REDIS_BROKER_SCHEMES
@@ -121,25 +121,14 @@ class CeleryDispatcher:
         self.leases = leases
 
     def send(self, dispatches: list[Dispatch]) -> None:
-        self._leave_tickets(dispatches)
+        if self.leases is not None:
+            leave_tickets(self.leases, dispatches)
         for dispatch in dispatches:
             try:
                 self._send_one(dispatch)
             except Exception:
                 # The run stays marked in Postgres; the sweeper sends it again.
                 log.exception("could not publish work for run %s", dispatch.run_id)
-
-    def _leave_tickets(self, dispatches: list[Dispatch]) -> None:
-        if self.leases is None:
-            return
-        tickets = tickets_for(dispatches)
-        if not tickets:
-            return
-        try:
-            self.leases.write_tickets(tickets)
-        except Exception:
-            # Only a shortcut is lost: the claims read Postgres instead.
-            log.warning("could not store claim tickets", exc_info=True)
 
     def _send_one(self, dispatch: Dispatch) -> None:
         with self.publisher.producer() as producer:

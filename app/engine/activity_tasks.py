@@ -18,7 +18,8 @@ import os
 import socket
 import time
 import uuid
-from dataclasses import dataclass, field
+from collections.abc import Callable
+from dataclasses import dataclass, field, replace
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -214,6 +215,18 @@ def tickets_for(dispatches: list[Dispatch]) -> list[Ticket]:
                 )
             )
     return tickets
+
+
+def leave_tickets(leases: LeaseStore, dispatches: list[Dispatch]) -> None:
+    """Write the claim tickets of the activities these dispatches start. Should that
+    fail, only a shortcut is lost: their claims read Postgres instead."""
+    tickets = tickets_for(dispatches)
+    if not tickets:
+        return
+    try:
+        leases.write_tickets(tickets)
+    except Exception:
+        log.warning("could not store claim tickets", exc_info=True)
 
 
 def _json_size(value: Any) -> int:
@@ -453,7 +466,7 @@ def record_outcome(
         for tries, backoff in enumerate((*OUTCOME_WRITE_BACKOFFS, None)):
             try:
                 outcome = _record_outcome_with_fallback(
-                    engine, attempt, succeeded, value, registry, again=tries > 0
+                    engine, attempt, succeeded, value, registry, leases, again=tries > 0
                 )
                 break
             except TRANSIENT_ERRORS:
@@ -485,12 +498,13 @@ def _record_outcome_with_fallback(
     succeeded: bool,
     value: Any,
     registry: Registry | None,
+    leases: LeaseStore | None,
     *,
     again: bool,
 ) -> RetryLater | Done:
     if registry is not None:
         try:
-            return _record_outcome(engine, attempt, succeeded, value, registry, again=again)
+            return _record_outcome(engine, attempt, succeeded, value, registry, leases, again=again)
         except (*TRANSIENT_ERRORS, *INTERRUPTIONS):
             raise
         except Exception:
@@ -504,11 +518,16 @@ def _record_outcome(
     succeeded: bool,
     value: Any,
     registry: Registry | None,
+    leases: LeaseStore | None = None,
     *,
     again: bool = False,
 ) -> RetryLater | Done:
-    """`again`: an earlier try met a transient error, and may have committed."""
-    with pipelined_transaction(engine) as conn:
+    """`again`: an earlier try met a transient error, and may have committed.
+
+    With `leases`, the claim tickets of the activities the workflow task schedules
+    are written while the transaction commits (their messages go out after)."""
+    while_committing: list[Callable[[], None]] = []
+    with pipelined_transaction(engine, while_committing=while_committing) as conn:
         locked = lock_run_with_activity(
             conn, attempt.run_id, attempt.seq, with_history=registry is not None
         )
@@ -558,7 +577,23 @@ def _record_outcome(
             time_out_run(conn, run)
             return Done("run timed out")
         dispatches = advance(conn, registry, run, now, history=history)
+        if leases is not None:
+            dispatches = _ticketed_while_committing(leases, dispatches, while_committing)
         return Done("completed" if succeeded else "failed", dispatches=dispatches, advanced=True)
+
+
+def _ticketed_while_committing(
+    leases: LeaseStore, dispatches: list[Dispatch], while_committing: list[Callable[[], None]]
+) -> list[Dispatch]:
+    """Have the dispatches' tickets written while their transaction commits, which
+    hides that round trip; returns the dispatches with their tickets left already."""
+    if not any(a.ticket for d in dispatches for a in d.activities):
+        return dispatches
+    while_committing.append(lambda: leave_tickets(leases, dispatches))
+    return [
+        replace(d, activities=tuple(replace(a, ticket=None) for a in d.activities))
+        for d in dispatches
+    ]
 
 
 def _record_success(

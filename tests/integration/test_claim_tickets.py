@@ -161,3 +161,41 @@ def test_an_activity_with_a_large_input_gets_no_ticket(engine: Engine, registry:
 
     assert len(tickets_for(small)) == 1
     assert tickets_for(large) == []
+
+
+def test_an_outcome_leaves_the_ticket_of_the_activity_its_workflow_task_schedules(
+    engine: Engine, no_database: Engine, registry: Registry, leases: LeaseStore
+) -> None:
+    run_id = _ticketed(engine, registry, leases, "sequential-sum", {"values": [3, 4]})
+    first = claim_attempt(no_database, registry, run_id, 1, leases)
+    assert isinstance(first, Attempt)
+    succeeded, value = execute_attempt(first)
+
+    outcome = record_outcome(engine, first, succeeded, value, registry, leases)
+
+    assert isinstance(outcome, Done) and outcome.advanced
+    (dispatch,) = outcome.dispatches
+    (following,) = dispatch.activities
+    assert (following.seq, following.ticket) == (2, None)  # written with the commit
+    second = claim_attempt(no_database, registry, run_id, 2, leases)
+    assert isinstance(second, Attempt)
+    assert (second.attempt, second.input) == (1, {"total": 3, "value": 4})
+
+
+def test_an_outcome_is_recorded_when_the_tickets_cannot_be_written(
+    engine: Engine, registry: Registry, leases: LeaseStore
+) -> None:
+    run_id = _ticketed(engine, registry, leases, "sequential-sum", {"values": [3, 4]})
+    first = claim_attempt(engine, registry, run_id, 1, leases)
+    assert isinstance(first, Attempt)
+    succeeded, value = execute_attempt(first)
+    unreachable = LeaseStore(redis.Redis(port=free_port(), socket_connect_timeout=1))
+
+    outcome = record_outcome(engine, first, succeeded, value, registry, unreachable)
+
+    assert isinstance(outcome, Done) and outcome.advanced
+    types = [e.event_type for e in get_history(engine, run_id)]
+    assert types.count(ev.ACTIVITY_TASK_COMPLETED) == 1
+    assert types.count(ev.ACTIVITY_TASK_SCHEDULED) == 2
+    second = claim_attempt(engine, registry, run_id, 2, leases)  # through Postgres
+    assert isinstance(second, Attempt) and second.input == {"total": 3, "value": 4}
