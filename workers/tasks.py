@@ -86,7 +86,9 @@ def run_attempt(engine: Engine, claim: Attempt, recorder: StartRecorder) -> tupl
 
 def run_activity_message(task: Task[Any, Any], run_id: str, seq: int) -> str:
     engine, leases = get_engine(), get_lease_store()
-    claim = claim_attempt(engine, registry, uuid.UUID(run_id), seq, leases)
+    # A retried message's ticket was taken by its first delivery, or has expired.
+    first_delivery = not task.request.retries
+    claim = claim_attempt(engine, registry, uuid.UUID(run_id), seq, leases, ticketed=first_delivery)
     if isinstance(claim, RetryLater):
         _retry_later(task, claim)
     if not isinstance(claim, Attempt):

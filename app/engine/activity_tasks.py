@@ -172,10 +172,15 @@ def claim_attempt(
     run_id: uuid.UUID,
     seq: int,
     leases: LeaseStore | None = None,
+    *,
+    ticketed: bool = True,
 ) -> ClaimOutcome:
-    """Decide what this message should do: run an attempt, wait, or nothing."""
+    """Decide what this message should do: run an attempt, wait, or nothing.
+
+    `ticketed`: look for a claim ticket first. Retried messages skip it: their first
+    delivery almost always took the ticket, and Postgres answers them either way."""
     if leases is not None:
-        return _claim_with_lease(engine, registry, leases, run_id, seq)
+        return _claim_with_lease(engine, registry, leases, run_id, seq, ticketed=ticketed)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         row = conn.exec_driver_sql(
             _FAST_CLAIM,
@@ -234,9 +239,15 @@ def _json_size(value: Any) -> int:
 
 
 def _claim_with_lease(
-    engine: Engine, registry: Registry, leases: LeaseStore, run_id: uuid.UUID, seq: int
+    engine: Engine,
+    registry: Registry,
+    leases: LeaseStore,
+    run_id: uuid.UUID,
+    seq: int,
+    *,
+    ticketed: bool,
 ) -> ClaimOutcome:
-    by_ticket = leases.claim_by_ticket(run_id, seq, owner=worker_identity())
+    by_ticket = leases.claim_by_ticket(run_id, seq, owner=worker_identity()) if ticketed else None
     if by_ticket is not None:
         lease, ticket = by_ticket
         definition = registry.activities.get(ticket.activity_name)

@@ -199,3 +199,17 @@ def test_an_outcome_is_recorded_when_the_tickets_cannot_be_written(
     assert types.count(ev.ACTIVITY_TASK_SCHEDULED) == 2
     second = claim_attempt(engine, registry, run_id, 2, leases)  # through Postgres
     assert isinstance(second, Attempt) and second.input == {"total": 3, "value": 4}
+
+
+def test_a_claim_told_to_skip_tickets_reads_postgres_and_leaves_the_ticket(
+    engine: Engine, registry: Registry, leases: LeaseStore
+) -> None:
+    run_id = _ticketed(engine, registry, leases, "sequential-sum", {"values": [3]})
+
+    claim = claim_attempt(engine, registry, run_id, 1, leases, ticketed=False)
+
+    assert isinstance(claim, Attempt) and claim.lease is not None
+    assert claim.input == {"total": 0, "value": 3}
+    assert leases.client.exists(leases.ticket_key(run_id, 1)) == 1
+    # The attempt is leased all the same: the ticket cannot start it a second time.
+    assert leases.claim_by_ticket(run_id, 1, owner="someone else") is None
