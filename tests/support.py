@@ -13,9 +13,13 @@ import psycopg
 from sqlalchemy import Engine, make_url
 
 from app.bench import delete_keys
+from app.engine.dispatch import Dispatch
+from app.engine.executions import start_execution
+from app.engine.workflow_tasks import run_workflow_task
 from app.processes import scripts_dir
 from app.settings import normalize_database_url
 from app.storage.db import make_engine
+from app.workflows.registry import Registry
 
 T = TypeVar("T")
 
@@ -87,3 +91,19 @@ def drop_database(url: str) -> None:
 def delete_broker_keys(prefix: str) -> None:
     """Tidy what a test left in the shared Redis under its key prefix."""
     delete_keys(BROKER_URL, prefix)
+
+
+def first_activity_scheduled(
+    engine: Engine, registry: Registry, name: str, value: object
+) -> tuple[uuid.UUID, list[Dispatch]]:
+    """Start a run and run its first workflow task, which schedules activity 1: the
+    run's id, and what the workflow task dispatched."""
+    record, _ = start_execution(
+        engine,
+        registry.workflow(name),
+        execution_id=f"scheduled-{uuid.uuid4().hex}",
+        input_value=value,
+    )
+    dispatches = run_workflow_task(engine, registry, record.run_id)
+    assert [a.seq for d in dispatches for a in d.activities] == [1]
+    return record.run_id, dispatches

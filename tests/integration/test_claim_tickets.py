@@ -23,23 +23,13 @@ from app.engine.activity_tasks import (
     record_outcome,
     tickets_for,
 )
-from app.engine.dispatch import Dispatch
-from app.engine.executions import get_history, start_execution
+from app.engine.executions import get_history
 from app.engine.leases import TICKET_MAX_INPUT_BYTES, TICKET_SECONDS, LeaseStore
-from app.engine.workflow_tasks import run_workflow_task, time_out_run
+from app.engine.workflow_tasks import time_out_run
 from app.storage.db import make_engine
 from app.storage.history import lock_run
 from app.workflows.registry import Registry
-from tests.support import BROKER_URL, delete_broker_keys
-
-
-@pytest.fixture
-def leases() -> Iterator[LeaseStore]:
-    client = redis.Redis.from_url(BROKER_URL)
-    store = LeaseStore(client, prefix=f"test-tickets-{uuid.uuid4().hex[:8]}:")
-    yield store
-    delete_broker_keys(store.prefix)
-    client.close()
+from tests.support import first_activity_scheduled
 
 
 @pytest.fixture(scope="module")
@@ -50,27 +40,20 @@ def no_database() -> Iterator[Engine]:
     engine.dispose()
 
 
-def _scheduled(
-    engine: Engine, registry: Registry, name: str, value: object
-) -> tuple[uuid.UUID, list[Dispatch]]:
-    """Start a run and run its first workflow task, which schedules activity 1."""
-    record, _ = start_execution(
-        engine,
-        registry.workflow(name),
-        execution_id=f"tickets-{uuid.uuid4().hex}",
-        input_value=value,
-    )
-    dispatches = run_workflow_task(engine, registry, record.run_id)
-    assert [a.seq for d in dispatches for a in d.activities] == [1]
-    return record.run_id, dispatches
-
-
 def _ticketed(
     engine: Engine, registry: Registry, leases: LeaseStore, name: str, value: object
 ) -> uuid.UUID:
-    run_id, dispatches = _scheduled(engine, registry, name, value)
+    run_id, dispatches = first_activity_scheduled(engine, registry, name, value)
     leases.write_tickets(tickets_for(dispatches))
     return run_id
+
+
+def _time_out(engine: Engine, run_id: uuid.UUID) -> None:
+    """Close the run, as its execution timeout does."""
+    with engine.begin() as conn:
+        run = lock_run(conn, run_id)
+        assert run is not None
+        time_out_run(conn, run)
 
 
 def test_a_ticketed_first_attempt_is_claimed_without_postgres_and_recorded_as_usual(
@@ -111,7 +94,9 @@ def test_a_second_message_for_a_ticketed_attempt_reads_postgres_and_leaves_it_al
 def test_a_ticket_for_an_attempt_leased_already_is_not_used(
     engine: Engine, registry: Registry, leases: LeaseStore
 ) -> None:
-    run_id, dispatches = _scheduled(engine, registry, "sequential-sum", {"values": [3]})
+    run_id, dispatches = first_activity_scheduled(
+        engine, registry, "sequential-sum", {"values": [3]}
+    )
     first = claim_attempt(engine, registry, run_id, 1, leases)  # through Postgres
     assert isinstance(first, Attempt)
     leases.write_tickets(tickets_for(dispatches))
@@ -126,10 +111,7 @@ def test_without_its_ticket_a_claim_reads_postgres_and_finds_a_closed_run(
     engine: Engine, registry: Registry, leases: LeaseStore
 ) -> None:
     run_id = _ticketed(engine, registry, leases, "sequential-sum", {"values": [3]})
-    with engine.begin() as conn:
-        run = lock_run(conn, run_id)
-        assert run is not None
-        time_out_run(conn, run)
+    _time_out(engine, run_id)
     leases.client.delete(leases.ticket_key(run_id, 1))  # as when it expires
 
     assert claim_attempt(engine, registry, run_id, 1, leases) == Done("run closed")
@@ -139,10 +121,7 @@ def test_an_attempt_started_by_ticket_after_its_run_closed_has_its_outcome_disca
     engine: Engine, registry: Registry, leases: LeaseStore
 ) -> None:
     run_id = _ticketed(engine, registry, leases, "sequential-sum", {"values": [3]})
-    with engine.begin() as conn:
-        run = lock_run(conn, run_id)
-        assert run is not None
-        time_out_run(conn, run)
+    _time_out(engine, run_id)
     claim = claim_attempt(engine, registry, run_id, 1, leases)
     assert isinstance(claim, Attempt)  # within the ticket's seconds, as Temporal's race
 
@@ -156,8 +135,10 @@ def test_an_attempt_started_by_ticket_after_its_run_closed_has_its_outcome_disca
 
 
 def test_an_activity_with_a_large_input_gets_no_ticket(engine: Engine, registry: Registry) -> None:
-    _, small = _scheduled(engine, registry, "held", {"folder": "/tmp/held"})
-    _, large = _scheduled(engine, registry, "held", {"folder": "x" * TICKET_MAX_INPUT_BYTES})
+    _, small = first_activity_scheduled(engine, registry, "held", {"folder": "/tmp/held"})
+    _, large = first_activity_scheduled(
+        engine, registry, "held", {"folder": "x" * TICKET_MAX_INPUT_BYTES}
+    )
 
     assert len(tickets_for(small)) == 1
     assert tickets_for(large) == []

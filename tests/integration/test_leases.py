@@ -16,7 +16,6 @@ from typing import Any
 
 import psycopg
 import pytest
-import redis
 from celery.exceptions import SoftTimeLimitExceeded
 from sqlalchemy import Engine, select
 
@@ -32,45 +31,26 @@ from app.engine.activity_tasks import (
     record_attempt_started,
     record_outcome,
 )
-from app.engine.executions import get_history, start_execution
+from app.engine.executions import get_history
 from app.engine.leases import KEY_RETENTION_SECONDS, Lease, LeaseStore, Taken
 from app.engine.replay import HistoryEvent
 from app.engine.start_recorder import StartRecorder
 from app.engine.transient import TRANSIENT_ERRORS
-from app.engine.workflow_tasks import run_workflow_task
 from app.storage.db import make_engine
 from app.storage.schema import activities
 from app.workflows.registry import Registry
 from tests.support import (
     ADMIN_DATABASE_URL,
-    BROKER_URL,
-    delete_broker_keys,
     engine_named,
+    first_activity_scheduled,
     terminate_backends,
     wait_until,
 )
 
 
-@pytest.fixture
-def leases() -> Iterator[LeaseStore]:
-    client = redis.Redis.from_url(BROKER_URL)
-    store = LeaseStore(client, prefix=f"test-leases-{uuid.uuid4().hex[:8]}:")
-    yield store
-    delete_broker_keys(store.prefix)
-    client.close()
-
-
 def _scheduled(engine: Engine, registry: Registry, name: str, value: object) -> uuid.UUID:
-    """Start a run and run its first workflow task, which schedules activity 1."""
-    record, _ = start_execution(
-        engine,
-        registry.workflow(name),
-        execution_id=f"leases-{uuid.uuid4().hex}",
-        input_value=value,
-    )
-    (dispatch,) = run_workflow_task(engine, registry, record.run_id)
-    assert [a.seq for a in dispatch.activities] == [1]
-    return record.run_id
+    run_id, _ = first_activity_scheduled(engine, registry, name, value)
+    return run_id
 
 
 def _leased(engine: Engine, registry: Registry, leases: LeaseStore, run_id: uuid.UUID) -> Attempt:
