@@ -206,7 +206,10 @@ def tickets_for(dispatches: list[Dispatch]) -> list[Ticket]:
     for dispatch in dispatches:
         for activity in dispatch.activities:
             scheduled = activity.ticket
-            if scheduled is None or _json_size(scheduled.input) > TICKET_MAX_INPUT_BYTES:
+            if scheduled is None:
+                continue
+            input_json = json.dumps(scheduled.input)
+            if len(input_json) > TICKET_MAX_INPUT_BYTES:
                 continue
             lease_seconds = activity.start_to_close_seconds + LEASE_GRACE.total_seconds()
             tickets.append(
@@ -215,7 +218,7 @@ def tickets_for(dispatches: list[Dispatch]) -> list[Ticket]:
                     activity.seq,
                     scheduled.execution_id,
                     activity.activity_name,
-                    scheduled.input,
+                    input_json,
                     lease_seconds,
                 )
             )
@@ -232,10 +235,6 @@ def leave_tickets(leases: LeaseStore, dispatches: list[Dispatch]) -> None:
         leases.write_tickets(tickets)
     except Exception:
         log.warning("could not store claim tickets", exc_info=True)
-
-
-def _json_size(value: Any) -> int:
-    return len(json.dumps(value))
 
 
 def _claim_with_lease(

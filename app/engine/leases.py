@@ -56,7 +56,8 @@ _CLAIM_BY_TICKET = """
 local ticket = redis.call('GET', KEYS[1])
 if not ticket then return false end
 redis.call('DEL', KEYS[1])
-local lease_seconds = cjson.decode(ticket)['lease_seconds']
+local about = string.sub(ticket, 1, string.find(ticket, '\\n', 1, true) - 1)
+local lease_seconds = cjson.decode(about)['lease_seconds']
 local lease = '{"attempt": 1, "owner": ' .. ARGV[1] .. ', "started_ns": ' .. ARGV[2]
     .. ', "lease_seconds": ' .. lease_seconds .. ', "token": "' .. ARGV[3] .. '"}'
 local retention_ms = math.floor((lease_seconds + tonumber(ARGV[4])) * 1000)
@@ -90,8 +91,13 @@ class Ticket:
     seq: int
     execution_id: str
     activity_name: str
-    input: Any
+    # As JSON: encoded once, where its size is checked, and stored as it is.
+    input_json: str
     lease_seconds: float
+
+    @property
+    def input(self) -> Any:
+        return json.loads(self.input_json)
 
 
 class LeaseStore:
@@ -155,15 +161,15 @@ class LeaseStore:
         """Store what the first attempts of just-scheduled activities need to start."""
         pipeline = self._pipeline_finishing()
         for ticket in tickets:
-            fields = {
+            # A line about the attempt (all the claim's script decodes), then the input.
+            about = {
                 "execution_id": ticket.execution_id,
                 "activity_name": ticket.activity_name,
-                "input": ticket.input,
                 "lease_seconds": ticket.lease_seconds,
             }
             pipeline.set(
                 self.ticket_key(ticket.run_id, ticket.seq),
-                json.dumps(fields),
+                f"{json.dumps(about)}\n{ticket.input_json}",
                 px=TICKET_SECONDS * 1000,
             )
         pipeline.execute()
@@ -188,15 +194,16 @@ class LeaseStore:
         *_, stored = pipeline.execute()
         if stored is None:
             return None
-        fields = json.loads(stored)
-        lease_seconds = float(fields["lease_seconds"])
+        about_json, _, input_json = stored.partition(b"\n")
+        about = json.loads(about_json)
+        lease_seconds = float(about["lease_seconds"])
         lease = Lease(1, owner, started_ns, lease_seconds, token)
         ticket = Ticket(
             run_id,
             seq,
-            fields["execution_id"],
-            fields["activity_name"],
-            fields["input"],
+            about["execution_id"],
+            about["activity_name"],
+            input_json.decode(),
             lease_seconds,
         )
         return lease, ticket
