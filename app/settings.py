@@ -44,6 +44,8 @@ class Settings(BaseSettings):
     # A leased attempt still running after this long is written to history as started.
     record_started_after_seconds: float = 1.0
     beat_schedule_file: str = "/tmp/chainline-beat-schedule"
+    # The longest a worker holds a task event (for Flower) to publish it with others.
+    event_flush_seconds: float = 0.1
     # Worker pool size; unset means Celery's default (one process per core).
     worker_concurrency: int | None = None
     api_host: str = "127.0.0.1"

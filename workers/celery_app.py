@@ -14,6 +14,7 @@ from celery.signals import worker_process_init
 from app.settings import Settings, get_settings
 from app.storage.db import get_engine
 from app.workflows.registry import load_workflow_modules
+from workers.broker import broker_transport
 
 SWEEP_TASK = "chainline.sweep"
 WORKFLOW_TASK = "chainline.workflow_task"
@@ -58,6 +59,8 @@ def create_celery_app(settings: Settings) -> Celery:
         worker_send_task_events=True,
         task_send_sent_event=True,
         worker_hijack_root_logger=False,
+        worker_consumer="workers.broker:EventBatchingConsumer",
+        chainline_event_flush_seconds=settings.event_flush_seconds,
         worker_concurrency=settings.worker_concurrency,
         beat_schedule_filename=settings.beat_schedule_file,
         beat_schedule={
@@ -69,6 +72,9 @@ def create_celery_app(settings: Settings) -> Celery:
             }
         },
     )
+    transport = broker_transport(settings.broker_url)
+    if transport is not None:
+        app.conf.broker_transport = transport
     return app
 
 

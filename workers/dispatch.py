@@ -22,12 +22,10 @@ from celery import Celery, chord
 from celery.canvas import Signature
 from kombu import pools
 from kombu.exceptions import BatchPublishError  # type: ignore[attr-defined]  # (kombu 5.7; the stubs are older)
-from kombu.transport import redis as kombu_redis
 
 from app.engine.activity_tasks import leave_tickets
 from app.engine.dispatch import ActivityDispatch, Dispatch
 from app.engine.leases import LeaseStore, get_lease_store
-from app.settings import REDIS_BROKER_SCHEMES
 from workers.celery_app import WORKFLOW_TASK, activity_task_name, app
 
 log = logging.getLogger(__name__)
@@ -36,36 +34,6 @@ log = logging.getLogger(__name__)
 # the hard one (the kill) lands well before the lease expires (LEASE_GRACE).
 SOFT_LIMIT_MARGIN = 1.0
 HARD_LIMIT_MARGIN = 5.0
-
-
-class ClientKeepingChannel(kombu_redis.Channel):
-    """A Redis channel that keeps one redis-py client for the commands it sends.
-
-    kombu builds a new client for each message it publishes (and another for the
-    message's task-sent event). Building one costs about 0.15 ms of CPU, a third of
-    what the publish costs. A client holds no connection of its own (it borrows from
-    the channel's pool per command), so one can serve every publish. Receiving keeps
-    kombu's own asynchronous client.
-    """
-
-    _kept_client: Any = None
-
-    def _create_client(self, asynchronous: bool = False) -> Any:
-        if asynchronous:
-            # kombu's stubs leave out this private method, the one to override.
-            return super()._create_client(asynchronous=True)  # type: ignore[misc]
-        if self._kept_client is None:
-            self._kept_client = super()._create_client()  # type: ignore[misc]
-        return self._kept_client
-
-
-class ClientKeepingTransport(kombu_redis.Transport):
-    Channel = ClientKeepingChannel
-
-
-def publishing_transport(broker_url: str) -> type[Any] | None:
-    """The kombu transport to publish with: ours on Redis, the URL's own otherwise."""
-    return ClientKeepingTransport if broker_url.startswith(REDIS_BROKER_SCHEMES) else None
 
 
 class Publisher:
@@ -94,8 +62,7 @@ class Publisher:
 
     def _new_pool(self) -> Any:
         conf = self.app.conf
-        transport = publishing_transport(str(conf.broker_write_url or conf.broker_url))
-        connections = self.app.connection_for_write(transport=transport)
+        connections = self.app.connection_for_write()
         limit = conf.broker_pool_limit
         return pools.ProducerPool(
             connections.Pool(limit=limit), limit=limit, Producer=self.app.amqp.Producer

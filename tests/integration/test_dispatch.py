@@ -20,14 +20,9 @@ from app.engine.dispatch import ActivityDispatch, ClaimTicket, Dispatch
 from app.engine.leases import LeaseStore, get_lease_store
 from app.settings import Settings
 from tests.support import BROKER_URL, delete_broker_keys, wait_until
+from workers.broker import ClientKeepingTransport, broker_transport
 from workers.celery_app import WORKFLOW_TASK, create_celery_app
-from workers.dispatch import (
-    HARD_LIMIT_MARGIN,
-    SOFT_LIMIT_MARGIN,
-    CeleryDispatcher,
-    ClientKeepingTransport,
-    publishing_transport,
-)
+from workers.dispatch import HARD_LIMIT_MARGIN, SOFT_LIMIT_MARGIN, CeleryDispatcher
 
 QUEUE = "dispatch-test"
 
@@ -120,10 +115,10 @@ def test_a_forked_process_publishes_on_connections_of_its_own(
     wait_until(lambda: len(published(prefix)) == 2, timeout=10, what="the child's message")
 
 
-def test_only_a_redis_broker_publishes_through_the_client_keeping_transport() -> None:
-    assert publishing_transport("redis://127.0.0.1:6379/0") is ClientKeepingTransport
-    assert publishing_transport("rediss://cache.example:6380/0") is ClientKeepingTransport
-    assert publishing_transport("amqp://guest:guest@127.0.0.1:5672//") is None
+def test_only_a_redis_broker_gets_the_client_keeping_transport() -> None:
+    assert broker_transport("redis://127.0.0.1:6379/0") is ClientKeepingTransport
+    assert broker_transport("rediss://cache.example:6380/0") is ClientKeepingTransport
+    assert broker_transport("amqp://guest:guest@127.0.0.1:5672//") is None
 
 
 def test_publishing_goes_on_after_redis_drops_the_kept_client_s_connection(

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from app.settings import Settings
+from workers.broker import ClientKeepingTransport
 from workers.celery_app import create_celery_app
 
 
@@ -17,6 +18,15 @@ def test_celery_follows_the_reliability_rules() -> None:
     assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
     assert conf.broker_transport_options["visibility_timeout"] >= 3600
     assert conf.beat_schedule["chainline-sweep"]["task"] == "chainline.sweep"
+
+
+def test_a_redis_broker_gets_the_client_keeping_transport_and_batched_events() -> None:
+    conf = create_celery_app(Settings(broker_url="redis://127.0.0.1:6379/0")).conf
+    assert conf.broker_transport is ClientKeepingTransport
+    assert conf.worker_consumer == "workers.broker:EventBatchingConsumer"
+    assert conf.chainline_event_flush_seconds == 0.1
+    amqp = create_celery_app(Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")).conf
+    assert amqp.broker_transport is None  # the URL's own
 
 
 def test_a_key_prefix_isolates_broker_and_results() -> None:
