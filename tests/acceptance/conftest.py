@@ -98,12 +98,16 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
         "CHAINLINE_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD_BYTES),
         "CHAINLINE_BEAT_SCHEDULE_FILE": str(logs / "beat-schedule"),
     }
-    release = subprocess.run(
-        ["bash", "-c", procfile()["release"]], cwd=REPO, env=env, capture_output=True, timeout=60
-    )
-    assert release.returncode == 0, release.stderr.decode()
     running = Stack(base_url=f"http://127.0.0.1:{port}", env=env, logs=logs)
     try:
+        release = subprocess.run(
+            ["bash", "-c", procfile()["release"]],
+            cwd=REPO,
+            env=env,
+            capture_output=True,
+            timeout=60,
+        )
+        assert release.returncode == 0, release.stderr.decode()
         for name in ("api", "worker", "beat"):
             running.start(name)
         wait_until(lambda: _api_up(running.base_url), timeout=30, what="the API")
