@@ -1,11 +1,11 @@
-"""How Chainline's processes talk to a Redis broker, trimmed of per-message costs.
+"""How Chainline's processes talk to the broker, trimmed of per-message costs.
 
 Every activity is a Celery message, so what kombu and Celery spend per message is
 spent per activity: on a small machine the worker's main process, which receives,
 acknowledges and reports on every task, costs as much CPU as running the task.
-Two costs go here: a new redis-py client for every command kombu sends
-(`ClientKeepingTransport`), and a round trip to Redis to publish the monitoring
-events of every task on its own (`EventBatchingConsumer`).
+Two costs go here: a new redis-py client for every command kombu sends to Redis
+(`ClientKeepingTransport`), and a round trip to publish the monitoring events of
+every task or two on their own, on any broker (`EventBatchingConsumer`).
 """
 
 from __future__ import annotations
