@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import queue
 import signal
 import subprocess
 import threading
@@ -28,23 +27,18 @@ from workers.celery_app import create_celery_app
 
 @dataclass
 class EventLog:
-    """Every event message published while it listened: one list per publish."""
+    """Every event message published while it listened: one list per publish.
+
+    The listening thread appends (atomic for a list); readers take a copy."""
 
     publishes: list[list[dict[str, Any]]] = field(default_factory=list)
-    _arrived: queue.Queue[list[dict[str, Any]]] = field(default_factory=queue.Queue)
-
-    def collect(self) -> None:
-        while not self._arrived.empty():
-            self.publishes.append(self._arrived.get())
 
     def task_events(self) -> list[dict[str, Any]]:
-        self.collect()
-        return [e for batch in self.publishes for e in batch if e["type"].startswith("task-")]
+        return [e for b in list(self.publishes) for e in b if e["type"].startswith("task-")]
 
     def worker_publishes(self) -> list[list[dict[str, Any]]]:
         """The publishes of workers' task events (publishers send task-sent)."""
-        self.collect()
-        return [b for b in self.publishes if any(e["type"] in WORKER_EVENTS for e in b)]
+        return [b for b in list(self.publishes) if any(e["type"] in WORKER_EVENTS for e in b)]
 
 
 WORKER_EVENTS = ("task-received", "task-started", "task-succeeded")
@@ -58,7 +52,7 @@ def listening(app: Celery) -> Iterator[EventLog]:
     subscribed = threading.Event()
 
     def receive(body: Any, message: Any) -> None:
-        log._arrived.put(body if isinstance(body, list) else [body])
+        log.publishes.append(body if isinstance(body, list) else [body])
 
     def consume() -> None:
         with app.connection_for_read() as connection:
