@@ -3,6 +3,8 @@
 An activity goes out as `chain(activity, workflow_task)`; activities started together
 go out as `chord(group(activities), workflow_task)`. Either way the workflow task runs
 once the activity work is done, so an execution is a Celery chain that grows as it runs.
+A just-scheduled activity's message carries its claim ticket (the `ticket` keyword), so
+that its first attempt starts without reading Postgres (app/engine/leases.py).
 
 Every activity of every execution is published here, so publishing is on the hot path:
 messages go through this module's own producer pool (see `Publisher`), and a chain is
@@ -23,9 +25,8 @@ from celery.canvas import Signature
 from kombu import pools
 from kombu.exceptions import BatchPublishError  # type: ignore[attr-defined]  # (kombu 5.7; the stubs are older)
 
-from app.engine.activity_tasks import leave_tickets
+from app.engine.activity_tasks import ticket_for
 from app.engine.dispatch import ActivityDispatch, Dispatch
-from app.engine.leases import LeaseStore, get_lease_store
 from workers.celery_app import WORKFLOW_TASK, activity_task_name, app
 
 log = logging.getLogger(__name__)
@@ -79,17 +80,13 @@ def activity_options(activity: ActivityDispatch, *, keep_result: bool) -> dict[s
 
 
 class CeleryDispatcher:
-    """Publishes dispatches; with a lease store, it first leaves a claim ticket for
-    each new activity, so that its first attempt starts without reading Postgres."""
+    """Publishes dispatches, each in one round trip to the broker."""
 
-    def __init__(self, celery_app: Celery, leases: LeaseStore | None = None) -> None:
+    def __init__(self, celery_app: Celery) -> None:
         self.app = celery_app
         self.publisher = Publisher(celery_app)
-        self.leases = leases
 
     def send(self, dispatches: list[Dispatch]) -> None:
-        if self.leases is not None:
-            leave_tickets(self.leases, dispatches)
         for dispatch in dispatches:
             try:
                 self._send_one(dispatch)
@@ -122,6 +119,7 @@ class CeleryDispatcher:
                 self.app.signature(
                     activity_task_name(a.activity_name),
                     args=_activity_args(a),
+                    kwargs=_activity_kwargs(a),
                     immutable=True,
                     **activity_options(a, keep_result=True),
                 )
@@ -133,15 +131,16 @@ class CeleryDispatcher:
         # What `chain(activity, callback).apply_async()` sends, without building and
         # freezing a canvas for two immutable steps: the message's `chain` field lists
         # what runs after it.
-        args = _activity_args(activity)
+        args, kwargs = _activity_args(activity), _activity_kwargs(activity)
         self.app.send_task(
             activity_task_name(activity.activity_name),
             args=args,
+            kwargs=kwargs,
             chain=[dict(callback)],
             producer=producer,
             # Given, so Celery need not build a safe repr of the arguments.
             argsrepr=repr(args),
-            kwargsrepr="{}",
+            kwargsrepr=repr(kwargs),
             **activity_options(activity, keep_result=False),
         )
 
@@ -150,4 +149,9 @@ def _activity_args(activity: ActivityDispatch) -> list[Any]:
     return [str(activity.run_id), activity.seq]
 
 
-dispatcher = CeleryDispatcher(app, get_lease_store())
+def _activity_kwargs(activity: ActivityDispatch) -> dict[str, Any]:
+    ticket = ticket_for(activity)
+    return {} if ticket is None else {"ticket": ticket}
+
+
+dispatcher = CeleryDispatcher(app)

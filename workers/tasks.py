@@ -84,11 +84,15 @@ def run_attempt(engine: Engine, claim: Attempt, recorder: StartRecorder) -> tupl
     return result
 
 
-def run_activity_message(task: Task[Any, Any], run_id: str, seq: int) -> str:
+def run_activity_message(
+    task: Task[Any, Any], run_id: str, seq: int, ticket: dict[str, Any] | None = None
+) -> str:
     engine, leases = get_engine(), get_lease_store()
-    # A retried message's ticket was taken by its first delivery, or has expired.
-    first_delivery = not task.request.retries
-    claim = claim_attempt(engine, registry, uuid.UUID(run_id), seq, leases, ticketed=first_delivery)
+    # A retried message keeps its first delivery's keywords, ticket included; that
+    # delivery almost always claimed the attempt, so Postgres decides.
+    if task.request.retries:
+        ticket = None
+    claim = claim_attempt(engine, registry, uuid.UUID(run_id), seq, leases, ticket=ticket)
     if isinstance(claim, RetryLater):
         _retry_later(task, claim)
     if not isinstance(claim, Attempt):
@@ -113,8 +117,10 @@ def run_activity_message(task: Task[Any, Any], run_id: str, seq: int) -> str:
 
 def _register_activity_task(activity_name: str) -> None:
     @app.task(name=activity_task_name(activity_name), bind=True, **RETRY_TRANSIENT)
-    def activity_task(self: Task[Any, Any], run_id: str, seq: int) -> str:
-        return run_activity_message(self, run_id, seq)
+    def activity_task(
+        self: Task[Any, Any], run_id: str, seq: int, ticket: dict[str, Any] | None = None
+    ) -> str:
+        return run_activity_message(self, run_id, seq, ticket)
 
 
 for _name in registry.activities:

@@ -3,10 +3,11 @@
 The user's function runs with no transaction open. The attempt is leased to the
 claiming process, so a redelivered message can tell a live attempt (leave it) from a
 lost one (count it as failed and retry by the policy). With a Redis lease store the
-claim writes nothing to Postgres (and a new activity's first attempt, which has a
-claim ticket, does not read it either): ACTIVITY_TASK_STARTED is written with the outcome, or
-once the attempt has run for `record_started_after_seconds` (start_recorder.py).
-Without one, the claim is a Postgres transaction that records the start.
+claim writes nothing to Postgres (and a new activity's first attempt, whose message
+carries a claim ticket, does not read it either): ACTIVITY_TASK_STARTED is written with
+the outcome, or once the attempt has run for `record_started_after_seconds`
+(start_recorder.py). Without one, the claim is a Postgres transaction that records the
+start.
 """
 
 from __future__ import annotations
@@ -18,8 +19,8 @@ import os
 import socket
 import time
 import uuid
-from collections.abc import Callable
-from dataclasses import dataclass, field, replace
+from collections.abc import Mapping
+from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -27,8 +28,14 @@ from sqlalchemy import Connection, Engine
 
 from app.engine import events as ev
 from app.engine.binding import bind_input, to_json
-from app.engine.dispatch import Dispatch
-from app.engine.leases import TICKET_MAX_INPUT_BYTES, Lease, LeaseStore, Ticket
+from app.engine.dispatch import ActivityDispatch, Dispatch
+from app.engine.leases import (
+    TICKET_MAX_INPUT_BYTES,
+    TICKET_SECONDS,
+    Lease,
+    LeaseStore,
+    Taken,
+)
 from app.engine.payloads import check_payload_size
 from app.engine.replay import HistoryEvent
 from app.engine.retry import RetryPolicy
@@ -173,14 +180,14 @@ def claim_attempt(
     seq: int,
     leases: LeaseStore | None = None,
     *,
-    ticketed: bool = True,
+    ticket: Mapping[str, Any] | None = None,
 ) -> ClaimOutcome:
     """Decide what this message should do: run an attempt, wait, or nothing.
 
-    `ticketed`: look for a claim ticket first. Retried messages skip it: their first
-    delivery almost always took the ticket, and Postgres answers them either way."""
+    `ticket`: the claim ticket the message carries (see `ticket_for`), if any. Retried
+    messages leave it out: their first delivery almost always claimed the attempt."""
     if leases is not None:
-        return _claim_with_lease(engine, registry, leases, run_id, seq, ticketed=ticketed)
+        return _claim_with_lease(engine, registry, leases, run_id, seq, ticket)
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         row = conn.exec_driver_sql(
             _FAST_CLAIM,
@@ -200,41 +207,49 @@ def claim_attempt(
     return _claim_slowly(engine, registry, run_id, seq)
 
 
-def tickets_for(dispatches: list[Dispatch]) -> list[Ticket]:
-    """The claim tickets of the activities these dispatches start (small inputs only)."""
-    tickets = []
-    for dispatch in dispatches:
-        for activity in dispatch.activities:
-            scheduled = activity.ticket
-            if scheduled is None:
-                continue
-            input_json = json.dumps(scheduled.input)
-            if len(input_json) > TICKET_MAX_INPUT_BYTES:
-                continue
-            lease_seconds = activity.start_to_close_seconds + LEASE_GRACE.total_seconds()
-            tickets.append(
-                Ticket(
-                    activity.run_id,
-                    activity.seq,
-                    scheduled.execution_id,
-                    activity.activity_name,
-                    input_json,
-                    lease_seconds,
-                )
-            )
-    return tickets
+def ticket_for(
+    activity: ActivityDispatch, *, issued_at: float | None = None
+) -> dict[str, Any] | None:
+    """The claim ticket a just-scheduled activity's message carries: what the claim of
+    its first attempt would otherwise read from Postgres. None for an activity sent
+    again (the sweeper's) and for inputs over TICKET_MAX_INPUT_BYTES as JSON."""
+    scheduled = activity.ticket
+    if scheduled is None or len(json.dumps(scheduled.input)) > TICKET_MAX_INPUT_BYTES:
+        return None
+    return {
+        "execution_id": scheduled.execution_id,
+        "activity_name": activity.activity_name,
+        "input": scheduled.input,
+        "lease_seconds": activity.start_to_close_seconds + LEASE_GRACE.total_seconds(),
+        # By the publisher's clock: see TICKET_SECONDS for what skew this tolerates.
+        "issued_at": time.time() if issued_at is None else issued_at,
+    }
 
 
-def leave_tickets(leases: LeaseStore, dispatches: list[Dispatch]) -> None:
-    """Write the claim tickets of the activities these dispatches start. Should that
-    fail, only a shortcut is lost: their claims read Postgres instead."""
-    tickets = tickets_for(dispatches)
-    if not tickets:
-        return
+@dataclass(frozen=True)
+class _Ticketed:
+    definition: ActivityDefinition
+    execution_id: str
+    input: Any
+    lease_seconds: float
+
+
+def _honoured(ticket: Mapping[str, Any] | None, registry: Registry) -> _Ticketed | None:
+    """The ticket's content if it may start the first attempt: issued within
+    TICKET_SECONDS, well formed, and for an activity registered here."""
+    if ticket is None:
+        return None
     try:
-        leases.write_tickets(tickets)
-    except Exception:
-        log.warning("could not store claim tickets", exc_info=True)
+        issued_at = float(ticket["issued_at"])
+        definition = registry.activities.get(ticket["activity_name"])
+        execution_id, input_value = str(ticket["execution_id"]), ticket["input"]
+        lease_seconds = float(ticket["lease_seconds"])
+    except (KeyError, TypeError, ValueError):
+        log.warning("ignoring a malformed claim ticket")
+        return None
+    if definition is None or time.time() - issued_at > TICKET_SECONDS:
+        return None
+    return _Ticketed(definition, execution_id, input_value, lease_seconds)
 
 
 def _claim_with_lease(
@@ -243,16 +258,20 @@ def _claim_with_lease(
     leases: LeaseStore,
     run_id: uuid.UUID,
     seq: int,
-    *,
-    ticketed: bool,
+    ticket: Mapping[str, Any] | None,
 ) -> ClaimOutcome:
-    by_ticket = leases.claim_by_ticket(run_id, seq, owner=worker_identity()) if ticketed else None
-    if by_ticket is not None:
-        lease, ticket = by_ticket
-        definition = registry.activities.get(ticket.activity_name)
-        if definition is not None:
-            return Attempt(run_id, ticket.execution_id, seq, 1, definition, ticket.input, lease)
-        leases.forget(run_id, seq, lease)
+    ticketed = _honoured(ticket, registry)
+    if ticketed is not None:
+        # Within the ticket's seconds, a first attempt that was ever claimed still has
+        # its key (TICKET_SECONDS): the lease alone tells whether it is still to run.
+        claim = leases.acquire(
+            run_id, seq, 1, owner=worker_identity(), lease_seconds=ticketed.lease_seconds
+        )
+        if isinstance(claim, Lease):
+            return Attempt(
+                run_id, ticketed.execution_id, seq, 1, ticketed.definition, ticketed.input, claim
+            )
+        return _already_leased(engine, leases, run_id, seq, claim)
     # A snapshot read, no lock: a stale answer only costs a duplicate Redis claim,
     # and every write that follows is guarded again under the run's lock.
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
@@ -281,6 +300,14 @@ def _claim_with_lease(
     )
     if isinstance(claim, Lease):
         return Attempt(run_id, run.execution_id, seq, attempt, definition, row["input"], claim)
+    return _already_leased(engine, leases, run_id, seq, claim)
+
+
+def _already_leased(
+    engine: Engine, leases: LeaseStore, run_id: uuid.UUID, seq: int, claim: Taken
+) -> RetryLater | Done:
+    """Someone holds the attempt: leave it while they may still run it, else record
+    it lost."""
     holder = claim.holder
     alive = _lease_owner_alive(holder.owner, run_id, seq, holder.attempt)
     if not claim.expired and alive is not False:
@@ -476,7 +503,7 @@ def record_outcome(
         for tries, backoff in enumerate((*OUTCOME_WRITE_BACKOFFS, None)):
             try:
                 outcome = _record_outcome_with_fallback(
-                    engine, attempt, succeeded, value, registry, leases, again=tries > 0
+                    engine, attempt, succeeded, value, registry, again=tries > 0
                 )
                 break
             except TRANSIENT_ERRORS:
@@ -508,13 +535,12 @@ def _record_outcome_with_fallback(
     succeeded: bool,
     value: Any,
     registry: Registry | None,
-    leases: LeaseStore | None,
     *,
     again: bool,
 ) -> RetryLater | Done:
     if registry is not None:
         try:
-            return _record_outcome(engine, attempt, succeeded, value, registry, leases, again=again)
+            return _record_outcome(engine, attempt, succeeded, value, registry, again=again)
         except (*TRANSIENT_ERRORS, *INTERRUPTIONS):
             raise
         except Exception:
@@ -528,16 +554,11 @@ def _record_outcome(
     succeeded: bool,
     value: Any,
     registry: Registry | None,
-    leases: LeaseStore | None = None,
     *,
     again: bool = False,
 ) -> RetryLater | Done:
-    """`again`: an earlier try met a transient error, and may have committed.
-
-    With `leases`, the claim tickets of the activities the workflow task schedules
-    are written while the transaction commits (their messages go out after)."""
-    while_committing: list[Callable[[], None]] = []
-    with pipelined_transaction(engine, while_committing=while_committing) as conn:
+    """`again`: an earlier try met a transient error, and may have committed."""
+    with pipelined_transaction(engine) as conn:
         locked = lock_run_with_activity(
             conn, attempt.run_id, attempt.seq, with_history=registry is not None
         )
@@ -587,23 +608,7 @@ def _record_outcome(
             time_out_run(conn, run)
             return Done("run timed out")
         dispatches = advance(conn, registry, run, now, history=history)
-        if leases is not None:
-            dispatches = _ticketed_while_committing(leases, dispatches, while_committing)
         return Done("completed" if succeeded else "failed", dispatches=dispatches, advanced=True)
-
-
-def _ticketed_while_committing(
-    leases: LeaseStore, dispatches: list[Dispatch], while_committing: list[Callable[[], None]]
-) -> list[Dispatch]:
-    """Have the dispatches' tickets written while their transaction commits, which
-    hides that round trip; returns the dispatches with their tickets left already."""
-    if not any(a.ticket for d in dispatches for a in d.activities):
-        return dispatches
-    while_committing.append(lambda: leave_tickets(leases, dispatches))
-    return [
-        replace(d, activities=tuple(replace(a, ticket=None) for a in d.activities))
-        for d in dispatches
-    ]
 
 
 def _record_success(

@@ -8,11 +8,11 @@ together with its real start time. An attempt still running after
 `record_started_after_seconds` is written to Postgres as started by the worker running
 it, so history shows long attempts while they run (see activity_tasks.py).
 
-A new activity's first attempt skips Postgres altogether: the dispatcher leaves a
-*claim ticket* (the run's execution id, the activity's name and input, its lease time)
-beside its message, and the claim takes the ticket and the lease in one round trip.
-Tickets last TICKET_SECONDS; a message taken later (behind a backlog, say) reads
-Postgres as any other. Within those seconds an activity can start though its run
+A new activity's first attempt skips Postgres altogether: its message carries a *claim
+ticket* (the run's execution id, the activity's name and input, its lease time; see
+activity_tasks.py), and the claim is the lease's `SET NX` alone. A ticket is honoured
+for TICKET_SECONDS after it was issued; a message taken later (behind a backlog, say)
+reads Postgres as any other. Within those seconds an activity can start though its run
 closed meanwhile, as a Temporal activity task already handed to a worker does; its
 outcome is then discarded.
 
@@ -27,9 +27,8 @@ from __future__ import annotations
 import json
 import time
 import uuid
-from dataclasses import asdict, dataclass, replace
+from dataclasses import dataclass, replace
 from functools import lru_cache
-from typing import Any
 
 import redis
 
@@ -42,28 +41,14 @@ KEY_RETENTION_SECONDS = 3600
 FINISHED_KEY_SECONDS = 60
 SOCKET_TIMEOUT_SECONDS = 5.0
 
-# A ticket is kept this long for its message to be taken; a later claim reads Postgres.
+# A claim ticket is honoured this long after it was issued; a later claim reads Postgres.
 # It bounds how long after its run closed an activity can still start (the outcome of
-# such an attempt is discarded).
+# such an attempt is discarded). A message within it whose attempt was ever claimed
+# finds that attempt's key, which lives FINISHED_KEY_SECONDS past its end at least:
+# so tickets stay safe while the workers' clocks agree to within the difference.
 TICKET_SECONDS = 10
 # Inputs larger than this (as JSON) stay in Postgres only.
 TICKET_MAX_INPUT_BYTES = 4096
-
-# Take the ticket and, with it, the lease of the activity's first attempt; nothing
-# when there is no ticket or the attempt is leased already.
-# KEYS: ticket, lease. ARGV: owner (JSON), started_ns, token, retention seconds.
-_CLAIM_BY_TICKET = """
-local ticket = redis.call('GET', KEYS[1])
-if not ticket then return false end
-redis.call('DEL', KEYS[1])
-local about = string.sub(ticket, 1, string.find(ticket, '\\n', 1, true) - 1)
-local lease_seconds = cjson.decode(about)['lease_seconds']
-local lease = '{"attempt": 1, "owner": ' .. ARGV[1] .. ', "started_ns": ' .. ARGV[2]
-    .. ', "lease_seconds": ' .. lease_seconds .. ', "token": "' .. ARGV[3] .. '"}'
-local retention_ms = math.floor((lease_seconds + tonumber(ARGV[4])) * 1000)
-if not redis.call('SET', KEYS[2], lease, 'NX', 'PX', retention_ms) then return false end
-return ticket
-"""
 
 
 @dataclass(frozen=True)
@@ -74,6 +59,18 @@ class Lease:
     lease_seconds: float
     token: str
 
+    def to_json(self) -> str:
+        # Spelled out: dataclasses.asdict copies deeply, a cost paid on every claim.
+        return json.dumps(
+            {
+                "attempt": self.attempt,
+                "owner": self.owner,
+                "started_ns": self.started_ns,
+                "lease_seconds": self.lease_seconds,
+                "token": self.token,
+            }
+        )
+
 
 @dataclass(frozen=True)
 class Taken:
@@ -81,23 +78,6 @@ class Taken:
 
     holder: Lease
     expired: bool
-
-
-@dataclass(frozen=True)
-class Ticket:
-    """A just-scheduled activity's first attempt, as its claim needs it."""
-
-    run_id: uuid.UUID
-    seq: int
-    execution_id: str
-    activity_name: str
-    # As JSON: encoded once, where its size is checked, and stored as it is.
-    input_json: str
-    lease_seconds: float
-
-    @property
-    def input(self) -> Any:
-        return json.loads(self.input_json)
 
 
 class LeaseStore:
@@ -137,7 +117,7 @@ class LeaseStore:
         retention_ms = int((lease_seconds + KEY_RETENTION_SECONDS) * 1000)
         for _ in range(3):
             pipeline = self._pipeline_finishing()
-            pipeline.set(key, json.dumps(asdict(lease)), nx=True, px=retention_ms)
+            pipeline.set(key, lease.to_json(), nx=True, px=retention_ms)
             *_, acquired = pipeline.execute()
             if acquired:
                 return lease
@@ -154,67 +134,9 @@ class LeaseStore:
             # The key expired between the commands: try again.
         raise RuntimeError(f"could not read the lease of {key}")
 
-    def ticket_key(self, run_id: uuid.UUID, seq: int) -> str:
-        return f"{self.prefix}chainline:ticket:{run_id}:{seq}"
-
-    def write_tickets(self, tickets: list[Ticket]) -> None:
-        """Store what the first attempts of just-scheduled activities need to start."""
-        pipeline = self._pipeline_finishing()
-        for ticket in tickets:
-            # A line about the attempt (all the claim's script decodes), then the input.
-            about = {
-                "execution_id": ticket.execution_id,
-                "activity_name": ticket.activity_name,
-                "lease_seconds": ticket.lease_seconds,
-            }
-            pipeline.set(
-                self.ticket_key(ticket.run_id, ticket.seq),
-                f"{json.dumps(about)}\n{ticket.input_json}",
-                px=TICKET_SECONDS * 1000,
-            )
-        pipeline.execute()
-
-    def claim_by_ticket(
-        self, run_id: uuid.UUID, seq: int, *, owner: str
-    ) -> tuple[Lease, Ticket] | None:
-        """Lease the first attempt of a just-scheduled activity, in one round trip and
-        without Postgres; None when its ticket is gone or the attempt is taken."""
-        started_ns, token = time.time_ns(), uuid.uuid4().hex
-        pipeline = self._pipeline_finishing()
-        pipeline.eval(
-            _CLAIM_BY_TICKET,
-            2,
-            self.ticket_key(run_id, seq),
-            self.key(run_id, seq, 1),
-            json.dumps(owner),
-            str(started_ns),
-            token,
-            str(KEY_RETENTION_SECONDS),
-        )
-        *_, stored = pipeline.execute()
-        if stored is None:
-            return None
-        about_json, _, input_json = stored.partition(b"\n")
-        about = json.loads(about_json)
-        lease_seconds = float(about["lease_seconds"])
-        lease = Lease(1, owner, started_ns, lease_seconds, token)
-        ticket = Ticket(
-            run_id,
-            seq,
-            about["execution_id"],
-            about["activity_name"],
-            input_json.decode(),
-            lease_seconds,
-        )
-        return lease, ticket
-
-    def forget(self, run_id: uuid.UUID, seq: int, lease: Lease) -> None:
-        """Undo a claim nothing ran under: the attempt is as if never leased."""
-        self.client.delete(self.key(run_id, seq, lease.attempt))
-
     def release(self, run_id: uuid.UUID, seq: int, lease: Lease) -> None:
         """Give the attempt up: the lease names no owner, so it counts as lost."""
-        released = json.dumps(asdict(replace(lease, owner="")))
+        released = replace(lease, owner="").to_json()
         self.client.set(self.key(run_id, seq, lease.attempt), released, xx=True, keepttl=True)
 
     def finish(self, run_id: uuid.UUID, seq: int, attempt: int) -> None:

@@ -12,7 +12,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
@@ -175,18 +175,12 @@ REQUIRE_FAILED = "CL001"  # raised by chainline_require() (migration 0002)
 
 
 @contextmanager
-def pipelined_transaction(
-    engine: Engine, *, while_committing: Sequence[Callable[[], None]] = ()
-) -> Iterator[Connection]:
+def pipelined_transaction(engine: Engine) -> Iterator[Connection]:
     """A transaction that waits for the server only when it reads a result.
 
     BEGIN travels with the first read (the run's lock), and the writes that follow go
     out with COMMIT: two round trips for an activity's outcome instead of five. On any
     error the transaction rolls back, as with `engine.begin()`.
-
-    `while_committing` (a list the block may fill) is called once COMMIT has been
-    sent, before waiting for it: the caller's work that can overlap the commit, and
-    must do no harm should the commit fail.
     """
     with engine.connect().execution_options(isolation_level="AUTOCOMMIT") as conn:
         driver = conn.connection.driver_connection
@@ -197,8 +191,6 @@ def pipelined_transaction(
                     driver.execute("BEGIN")
                     yield conn
                     driver.execute("COMMIT")
-                    for call in while_committing:
-                        call()
                 except BaseException as exc:
                     if not isinstance(exc, psycopg.Error):
                         # Before leaving the pipeline, which waits for every result.

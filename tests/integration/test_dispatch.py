@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import os
+import time
 import uuid
 from collections.abc import Iterator
 from typing import Any
@@ -14,10 +15,9 @@ import redis
 from kombu.exceptions import BatchPublishError
 from kombu.transport import redis as kombu_redis
 
-from app.devstack import free_port
 from app.engine.activity_tasks import LEASE_GRACE
 from app.engine.dispatch import ActivityDispatch, ClaimTicket, Dispatch
-from app.engine.leases import LeaseStore, get_lease_store
+from app.engine.leases import TICKET_MAX_INPUT_BYTES
 from app.settings import Settings
 from tests.support import BROKER_URL, delete_broker_keys, wait_until
 from workers.broker import ClientKeepingTransport, broker_transport
@@ -135,47 +135,59 @@ def test_publishing_goes_on_after_redis_drops_the_kept_client_s_connection(
     assert len(published(prefix)) == 2
 
 
-def test_a_new_activity_leaves_a_claim_ticket_beside_its_message(prefix: str) -> None:
-    settings = Settings(broker_url=BROKER_URL, broker_key_prefix=prefix, queue=QUEUE)
-    leases = LeaseStore(redis.Redis.from_url(BROKER_URL), prefix)
-    dispatcher = CeleryDispatcher(create_celery_app(settings), leases)
+def test_a_new_activity_s_message_carries_its_claim_ticket(
+    dispatcher: CeleryDispatcher, prefix: str
+) -> None:
     run_id = uuid.uuid4()
     new = ActivityDispatch(run_id, 1, "greet", 30.0, ClaimTicket("exec-1", {"name": "Ada"}))
     resent = ActivityDispatch(run_id, 2, "greet", 30.0)  # as the sweeper sends one again
+    before = time.time()
 
     dispatcher.send([Dispatch(run_id, (new,)), Dispatch(run_id, (resent,))])
 
-    assert len(published(prefix)) == 2
-    claimed = leases.claim_by_ticket(run_id, 1, owner="worker")
-    assert claimed is not None
-    lease, ticket = claimed
-    assert (ticket.execution_id, ticket.activity_name, ticket.input) == (
-        "exec-1",
-        "greet",
-        {"name": "Ada"},
-    )
-    assert lease.attempt == 1
-    assert lease.lease_seconds == 30.0 + LEASE_GRACE.total_seconds()
-    assert leases.claim_by_ticket(run_id, 2, owner="worker") is None
+    first, second = published(prefix)
+    args, kwargs, _ = first["body"]
+    assert args == [str(run_id), 1]
+    ticket = kwargs["ticket"]
+    assert before <= ticket.pop("issued_at") <= time.time()
+    assert ticket == {
+        "execution_id": "exec-1",
+        "activity_name": "greet",
+        "input": {"name": "Ada"},
+        "lease_seconds": 30.0 + LEASE_GRACE.total_seconds(),
+    }
+    assert second["body"][:2] == [[str(run_id), 2], {}]
 
 
-def test_publishing_goes_on_when_the_tickets_cannot_be_stored(prefix: str) -> None:
-    settings = Settings(broker_url=BROKER_URL, broker_key_prefix=prefix, queue=QUEUE)
-    unreachable = LeaseStore(redis.Redis(port=free_port(), socket_connect_timeout=1), prefix)
-    dispatcher = CeleryDispatcher(create_celery_app(settings), unreachable)
+def test_the_members_of_a_chord_carry_their_claim_tickets(
+    dispatcher: CeleryDispatcher, prefix: str
+) -> None:
     run_id = uuid.uuid4()
-    new = ActivityDispatch(run_id, 1, "greet", 30.0, ClaimTicket("exec-1", {"name": "Ada"}))
+    members = tuple(
+        ActivityDispatch(run_id, seq, "greet", 30.0, ClaimTicket("exec-1", {"name": name}))
+        for seq, name in ((1, "Ada"), (2, "Grace"))
+    )
 
-    dispatcher.send([Dispatch(run_id, (new,))])
+    dispatcher.send([Dispatch(run_id, members)])
 
-    assert [m["headers"]["task"] for m in published(prefix)] == ["activity.greet"]
+    inputs = {
+        message["body"][0][1]: message["body"][1]["ticket"]["input"]
+        for message in published(prefix)
+    }
+    assert inputs == {1: {"name": "Ada"}, 2: {"name": "Grace"}}
 
 
-def test_the_process_s_dispatcher_leaves_tickets_in_its_lease_store() -> None:
-    from workers.dispatch import dispatcher as process_dispatcher
+def test_an_activity_with_a_large_input_goes_out_without_a_ticket(
+    dispatcher: CeleryDispatcher, prefix: str
+) -> None:
+    run_id = uuid.uuid4()
+    large = {"name": "x" * TICKET_MAX_INPUT_BYTES}
+    activity = ActivityDispatch(run_id, 1, "greet", 30.0, ClaimTicket("exec-1", large))
 
-    assert process_dispatcher.leases is not None
-    assert process_dispatcher.leases is get_lease_store()
+    dispatcher.send([Dispatch(run_id, (activity,))])
+
+    (message,) = published(prefix)
+    assert message["body"][:2] == [[str(run_id), 1], {}]
 
 
 def test_a_batch_that_fails_is_published_again_one_message_at_a_time(

@@ -12,7 +12,7 @@ import psycopg
 import pytest
 from alembic.autogenerate import compare_metadata
 from alembic.runtime.migration import MigrationContext
-from sqlalchemy import Connection, Engine, insert, select, text, update
+from sqlalchemy import Connection, Engine, insert, select, update
 from sqlalchemy.exc import IntegrityError
 
 from app.engine.replay import HistoryEvent
@@ -21,14 +21,12 @@ from app.errors import IllegalTransition
 from app.storage.history import (
     NOW,
     NewEvent,
-    Sql,
     lock_run,
     pipelined_transaction,
-    send,
     write_run,
 )
 from app.storage.schema import events, executions, metadata, runs
-from tests.support import engine_named, terminate_backends, wait_until
+from tests.support import engine_named, terminate_backends
 
 
 def test_upgrade_from_empty_matches_the_models(engine: Engine) -> None:
@@ -261,27 +259,3 @@ def test_a_broken_connection_empties_the_pool(database_url: str, pipelined: bool
 def _begin(engine: Engine) -> Iterator[Connection]:
     with engine.begin() as conn:
         yield conn
-
-
-def test_calls_while_committing_are_made_once_the_commit_is_on_its_way(engine: Engine) -> None:
-    key = uuid.uuid4().int % 2**62
-
-    def transaction_ended() -> bool:
-        with engine.connect() as other:
-            taken = other.execute(text("SELECT pg_try_advisory_lock(:k)"), {"k": key}).scalar()
-            if taken:
-                other.execute(text("SELECT pg_advisory_unlock(:k)"), {"k": key})
-            return bool(taken)
-
-    made: list[bool] = []
-
-    def overlapping() -> None:
-        # The transaction holds the lock until its COMMIT is processed: were COMMIT
-        # still queued here, waiting for it would time out.
-        made.append(wait_until(transaction_ended, timeout=10, what="the COMMIT"))
-
-    with pipelined_transaction(engine, while_committing=[overlapping]) as conn:
-        send(conn, Sql("SELECT pg_advisory_xact_lock(%s)", (key,)))
-        assert not made
-
-    assert made == [True]
