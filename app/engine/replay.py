@@ -57,6 +57,32 @@ Command = ScheduleActivity | CompleteWorkflow | FailWorkflow
 
 
 @dataclass(frozen=True)
+class _ActivityCall:
+    """An activity the workflow code awaited. Its input is encoded only when its
+    activation is the new one: replayed calls are checked by sequence number and name,
+    and encoding each again on every replay would make a run's replays cost more than
+    the rest of its workflow tasks."""
+
+    seq: int
+    definition: ActivityDefinition
+    args: tuple[Any, ...]
+    kwargs: dict[str, Any]
+
+    def command(self) -> ScheduleActivity:
+        definition = self.definition
+        return ScheduleActivity(
+            seq=self.seq,
+            activity_name=definition.name,
+            input=call_to_json(definition.fn, self.args, self.kwargs),
+            start_to_close_seconds=definition.start_to_close_timeout.total_seconds(),
+            retry_policy=definition.retry_policy,
+        )
+
+
+_Produced = _ActivityCall | CompleteWorkflow | FailWorkflow
+
+
+@dataclass(frozen=True)
 class NonDeterminism:
     message: str
 
@@ -179,7 +205,7 @@ class Replayer:
         self._task_time: datetime | None = None
         self._next_seq = 1
         self._pending: dict[int, tuple[asyncio.Future[Any], ActivityDefinition]] = {}
-        self._commands: list[Command] = []
+        self._commands: list[_Produced] = []
 
     def now(self) -> datetime:
         assert self._task_time is not None
@@ -192,15 +218,7 @@ class Replayer:
         self._next_seq += 1
         future = self.loop.create_future()
         self._pending[seq] = (future, definition)
-        self._commands.append(
-            ScheduleActivity(
-                seq=seq,
-                activity_name=definition.name,
-                input=call_to_json(definition.fn, args, kwargs),
-                start_to_close_seconds=definition.start_to_close_timeout.total_seconds(),
-                retry_policy=definition.retry_policy,
-            )
-        )
+        self._commands.append(_ActivityCall(seq, definition, args, kwargs))
         return future
 
     def _deliver(self, event: HistoryEvent) -> None:
@@ -273,9 +291,12 @@ class Replayer:
                 main = started
             self._step(main)
             if activation is new:
-                return ActivationOutcome(self._commands, last_event_id, now)
+                commands = [
+                    c.command() if isinstance(c, _ActivityCall) else c for c in self._commands
+                ]
+                return ActivationOutcome(commands, last_event_id, now)
             produced = [
-                (c.seq, c.activity_name) for c in self._commands if isinstance(c, ScheduleActivity)
+                (c.seq, c.definition.name) for c in self._commands if isinstance(c, _ActivityCall)
             ]
             if produced != activation.recorded or len(produced) != len(self._commands):
                 return NonDeterminism(
@@ -285,7 +306,7 @@ class Replayer:
         raise AssertionError("the new activation always returns")
 
 
-def _closing_command(main: asyncio.Task[Any]) -> Command:
+def _closing_command(main: asyncio.Task[Any]) -> CompleteWorkflow | FailWorkflow:
     if main.cancelled():
         return FailWorkflow("CancelledError", "the workflow was cancelled")
     error = main.exception()
@@ -297,11 +318,11 @@ def _closing_command(main: asyncio.Task[Any]) -> Command:
         return FailWorkflow(type(exc).__name__, f"the result is not JSON serialisable: {exc}")
 
 
-def _describe(commands: list[Command]) -> str:
+def _describe(commands: list[_Produced]) -> str:
     parts = []
     for c in commands:
-        if isinstance(c, ScheduleActivity):
-            parts.append(f"activity #{c.seq} {c.activity_name!r}")
+        if isinstance(c, _ActivityCall):
+            parts.append(f"activity #{c.seq} {c.definition.name!r}")
         else:
             parts.append(type(c).__name__)
     return "[" + ", ".join(parts) + "]"
