@@ -21,6 +21,7 @@ from app.api.schemas import (
 from app.api.waiting import ClosedListener
 from app.engine.binding import bind_input
 from app.engine.executions import (
+    ExecutionRecord,
     get_execution,
     get_history,
     new_execution_id,
@@ -163,16 +164,21 @@ def execute_workflow(
         user_id=caller,
         registry=registry,
     )
-    dispatcher.send(dispatches)
-    if not body.wait_for_result:
-        return execution_json(record)
-    if record.is_open:
-        closed_listener().wait(
-            record.execution_id,
+    if not (body.wait_for_result and record.is_open):
+        dispatcher.send(dispatches)
+        return _execution_result(record) if body.wait_for_result else execution_json(record)
+    # Listening before the work goes out: its closing cannot come first.
+    with closed_listener().watching(record.execution_id) as closing:
+        dispatcher.send(dispatches)
+        closing.wait(
             body.timeout_seconds or DEFAULT_WAIT_SECONDS,
             lambda: not get_execution(engine, record.execution_id).is_open,
         )
-        record = get_execution(engine, record.execution_id)
+    return _execution_result(get_execution(engine, record.execution_id))
+
+
+def _execution_result(record: ExecutionRecord) -> dict[str, Any]:
+    """wait_for_result's answer: the short form once completed, else the record."""
     if record.status.value == "COMPLETED":
         return {
             "workflow_name": record.workflow_name,

@@ -2,7 +2,9 @@
 
 The transaction that closes a run sends NOTIFY on `chainline_execution_closed` with the
 execution id; one listener thread per API process wakes the requests waiting for it.
-A periodic re-check covers notifications lost while the listener reconnects.
+A waiter registered before its execution's work is dispatched cannot miss that
+notification (short of the listener reconnecting), so it reads the execution only once
+woken; a periodic re-check covers notifications lost while the listener reconnects.
 """
 
 from __future__ import annotations
@@ -11,7 +13,8 @@ import logging
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 
 import psycopg
 
@@ -20,6 +23,7 @@ from app.storage.history import CLOSED_CHANNEL
 log = logging.getLogger(__name__)
 
 RECHECK_SECONDS = 1.0
+LISTEN_WAIT_SECONDS = 2.0
 
 
 class ClosedListener:
@@ -28,26 +32,23 @@ class ClosedListener:
         self._waiters: dict[str, set[threading.Event]] = defaultdict(set)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
+        self._listening = threading.Event()
 
-    def wait(self, execution_id: str, timeout: float, is_closed: Callable[[], bool]) -> bool:
-        """Block until `is_closed()` is true or `timeout` passes; return the last answer."""
+    @contextmanager
+    def watching(self, execution_id: str) -> Iterator[Closing]:
+        """Listen for the execution's closing from now on, while the block runs."""
         self._ensure_started()
-        woken = threading.Event()
+        # Only a new listener makes this wait: its LISTEN must be on before the work
+        # it waits for goes out. Should Postgres not answer, the re-checks still do.
+        self._listening.wait(LISTEN_WAIT_SECONDS)
+        closing = Closing()
         with self._lock:
-            self._waiters[execution_id].add(woken)
-        deadline = time.monotonic() + timeout
+            self._waiters[execution_id].add(closing.notified)
         try:
-            while True:
-                if is_closed():
-                    return True
-                remaining = deadline - time.monotonic()
-                if remaining <= 0:
-                    return False
-                woken.wait(min(remaining, RECHECK_SECONDS))
-                woken.clear()
+            yield closing
         finally:
             with self._lock:
-                self._waiters[execution_id].discard(woken)
+                self._waiters[execution_id].discard(closing.notified)
                 if not self._waiters[execution_id]:
                     del self._waiters[execution_id]
 
@@ -64,9 +65,11 @@ class ClosedListener:
             try:
                 with psycopg.connect(self._dsn, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CLOSED_CHANNEL}")
+                    self._listening.set()
                     for notification in conn.notifies():
                         self._wake(notification.payload)
             except psycopg.Error:
+                self._listening.clear()
                 log.warning("lost the LISTEN connection; reconnecting", exc_info=True)
                 time.sleep(1.0)
 
@@ -74,3 +77,23 @@ class ClosedListener:
         with self._lock:
             for event in self._waiters.get(execution_id, ()):
                 event.set()
+
+
+class Closing:
+    """One execution's closing, as a waiter registered with `ClosedListener.watching`."""
+
+    def __init__(self) -> None:
+        self.notified = threading.Event()
+
+    def wait(self, timeout: float, is_closed: Callable[[], bool]) -> bool:
+        """Until notified that the execution closed (True), or `timeout` passes (the
+        last `is_closed()`); `is_closed()` is asked every RECHECK_SECONDS meanwhile."""
+        deadline = time.monotonic() + timeout
+        while True:
+            remaining = deadline - time.monotonic()
+            if self.notified.wait(max(0.0, min(remaining, RECHECK_SECONDS))):
+                return True  # sent by the transaction that closed the run, at its commit
+            if is_closed():
+                return True
+            if remaining <= RECHECK_SECONDS:
+                return False
