@@ -2,14 +2,14 @@
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
 from functools import lru_cache
 from typing import Annotated, Any
 
-from fastapi import Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi import Depends, FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
+from starlette.types import ASGIApp, Receive, Scope, Send
 
 from app.api import health
 from app.api.schemas import (
@@ -55,22 +55,38 @@ async def _chainline_error(_: Request, exc: ChainlineError) -> JSONResponse:
     return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.http_status)
 
 
-@app.middleware("http")
-async def _limit_body_size(
-    request: Request, call_next: Callable[[Request], Awaitable[Response]]
-) -> Response:
-    length = request.headers.get("content-length")
-    limit = get_settings().max_payload_bytes + 64 * 1024
-    if length is not None and length.isdigit() and int(length) > limit:
-        return JSONResponse(
-            {"detail": f"request body is larger than {limit} bytes", "code": "WF_1002"},
-            status_code=413,
-        )
-    return await call_next(request)
+class BodySizeLimit:
+    """Answers 413 to a request whose declared body is over the limit, unread.
+
+    Plain ASGI rather than `@app.middleware("http")`: Starlette's BaseHTTPMiddleware
+    runs every request and its response through a task and a stream of their own.
+    """
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "http":
+            limit = get_settings().max_payload_bytes + 64 * 1024
+            length = dict(scope["headers"]).get(b"content-length", b"")
+            if length.isdigit() and int(length) > limit:
+                response = JSONResponse(
+                    {"detail": f"request body is larger than {limit} bytes", "code": "WF_1002"},
+                    status_code=413,
+                )
+                await response(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
 
 
-def require_api_key(request: Request) -> str | None:
-    """Check the bearer token when keys are configured; return the caller's key id."""
+app.add_middleware(BodySizeLimit)
+
+
+async def require_api_key(request: Request) -> str | None:
+    """Check the bearer token when keys are configured; return the caller's key id.
+
+    A coroutine, though it awaits nothing: FastAPI runs a plain function dependency
+    in its thread pool, a hop per request."""
     accepted = get_settings().accepted_api_keys
     header = request.headers.get("authorization", "")
     token = header[7:].strip() if header.lower().startswith("bearer ") else None
@@ -92,7 +108,9 @@ def _workflow_basic(definition: WorkflowDefinition) -> dict[str, Any]:
     }
 
 
-@app.get("/v1/workflows")
+# response_model=None: the routes answer plain dicts, which FastAPI would otherwise
+# validate against their annotations, in its thread pool for plain functions.
+@app.get("/v1/workflows", response_model=None)
 def list_workflows(
     _: Caller,
     limit: Annotated[int, Query(ge=1, le=1000)] = 50,
@@ -110,19 +128,19 @@ def list_workflows(
     }
 
 
-@app.get("/v1/workflows/executions/{execution_id}")
+@app.get("/v1/workflows/executions/{execution_id}", response_model=None)
 def read_execution(execution_id: str, _: Caller) -> dict[str, Any]:
     return execution_json(get_execution(get_engine(), execution_id))
 
 
-@app.get("/v1/workflows/executions/{execution_id}/history")
+@app.get("/v1/workflows/executions/{execution_id}/history", response_model=None)
 def read_history(execution_id: str, _: Caller) -> dict[str, Any]:
     engine = get_engine()
     record = get_execution(engine, execution_id)
     return {"events": [event_json(e, record) for e in get_history(engine, record.run_id)]}
 
 
-@app.get("/v1/workflows/{workflow_name}")
+@app.get("/v1/workflows/{workflow_name}", response_model=None)
 def read_workflow(workflow_name: str, _: Caller) -> dict[str, Any]:
     definition = registry.workflow(workflow_name)
     return {
@@ -148,7 +166,7 @@ def _validate_input(definition: WorkflowDefinition, value: Any) -> None:
         ) from None
 
 
-@app.post("/v1/workflows/{workflow_name}/execute")
+@app.post("/v1/workflows/{workflow_name}/execute", response_model=None)
 def execute_workflow(
     workflow_name: str, body: WorkflowExecutionRequest, caller: Caller
 ) -> dict[str, Any]:
