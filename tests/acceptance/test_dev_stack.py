@@ -139,10 +139,16 @@ def test_dev_on_embedded_servers_runs_hello_world_and_stops_clean(tmp_path: Path
             )
 
         wait_until(finished_activity, timeout=30, what="flower to list the activity task")
-        workers = httpx.get(
-            flower + "/api/workers?refresh=1", auth=(user, password), timeout=10
-        ).json()
-        assert workers, "flower shows no worker"
+
+        def workers_shown() -> bool:
+            # Flower asks the workers afresh and lists those that answer within its
+            # inspect timeout (1 s): a busy worker can miss one round.
+            workers = httpx.get(
+                flower + "/api/workers?refresh=1", auth=(user, password), timeout=10
+            ).json()
+            return bool(workers)
+
+        wait_until(workers_shown, timeout=30, what="flower to show the worker")
 
         second = subprocess.run(
             [CHAINLINE, "dev", "--data-dir", str(data_dir), "--port", str(free_port())],
