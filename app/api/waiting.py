@@ -33,6 +33,7 @@ class ClosedListener:
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._listening = threading.Event()
+        self._closed = threading.Event()
 
     @contextmanager
     def watching(self, execution_id: str) -> Iterator[Closing]:
@@ -52,8 +53,17 @@ class ClosedListener:
                 if not self._waiters[execution_id]:
                     del self._waiters[execution_id]
 
+    def close(self) -> None:
+        """Stop listening: the thread ends, and its connection closes, within a second."""
+        self._closed.set()
+        thread = self._thread
+        if thread is not None:
+            thread.join(timeout=RECHECK_SECONDS * 2)
+
     def _ensure_started(self) -> None:
         with self._lock:
+            if self._closed.is_set():
+                return
             if self._thread is None or not self._thread.is_alive():
                 self._thread = threading.Thread(
                     target=self._listen_forever, name="chainline-closed-listener", daemon=True
@@ -61,17 +71,21 @@ class ClosedListener:
                 self._thread.start()
 
     def _listen_forever(self) -> None:
-        while True:
+        while not self._closed.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True) as conn:
                     conn.execute(f"LISTEN {CLOSED_CHANNEL}")
                     self._listening.set()
-                    for notification in conn.notifies():
-                        self._wake(notification.payload)
+                    while not self._closed.is_set():
+                        # Back every second, to see whether the listener was closed.
+                        for notification in conn.notifies(timeout=RECHECK_SECONDS):
+                            self._wake(notification.payload)
             except psycopg.Error:
                 self._listening.clear()
+                if self._closed.is_set():
+                    return
                 log.warning("lost the LISTEN connection; reconnecting", exc_info=True)
-                time.sleep(1.0)
+                self._closed.wait(1.0)
 
     def _wake(self, execution_id: str) -> None:
         with self._lock:
