@@ -115,17 +115,19 @@ class CeleryDispatcher:
         elif len(dispatch.activities) == 1:
             self._send_chain(dispatch.activities[0], callback, producer)
         else:
-            group = [
-                self.app.signature(
-                    activity_task_name(a.activity_name),
-                    args=_activity_args(a),
-                    kwargs=_activity_kwargs(a),
-                    immutable=True,
-                    **activity_options(a, keep_result=True),
-                )
-                for a in dispatch.activities
-            ]
+            group = [self._chord_member(a) for a in dispatch.activities]
             chord(group, callback).apply_async(producer=producer)
+
+    def _chord_member(self, activity: ActivityDispatch) -> Signature:
+        kwargs = _activity_kwargs(activity)
+        return self.app.signature(
+            activity_task_name(activity.activity_name),
+            args=_activity_args(activity),
+            kwargs=kwargs,
+            immutable=True,
+            kwargsrepr=_kwargs_shown(kwargs),
+            **activity_options(activity, keep_result=True),
+        )
 
     def _send_chain(self, activity: ActivityDispatch, callback: Signature, producer: Any) -> None:
         # What `chain(activity, callback).apply_async()` sends, without building and
@@ -140,7 +142,7 @@ class CeleryDispatcher:
             producer=producer,
             # Given, so Celery need not build a safe repr of the arguments.
             argsrepr=repr(args),
-            kwargsrepr=repr(kwargs),
+            kwargsrepr=_kwargs_shown(kwargs),
             **activity_options(activity, keep_result=False),
         )
 
@@ -152,6 +154,15 @@ def _activity_args(activity: ActivityDispatch) -> list[Any]:
 def _activity_kwargs(activity: ActivityDispatch) -> dict[str, Any]:
     ticket = ticket_for(activity)
     return {} if ticket is None else {"ticket": ticket}
+
+
+def _kwargs_shown(kwargs: dict[str, Any]) -> str:
+    """The keywords as task events (Flower) and worker logs show them: the claim
+    ticket without the activity's input, which history holds and may be sensitive."""
+    ticket = kwargs.get("ticket")
+    if ticket is None:
+        return repr(kwargs)
+    return repr({"ticket": {k: v for k, v in ticket.items() if k != "input"}})
 
 
 dispatcher = CeleryDispatcher(app)

@@ -148,6 +148,8 @@ def test_a_new_activity_s_message_carries_its_claim_ticket(
     first, second = published(prefix)
     args, kwargs, _ = first["body"]
     assert args == [str(run_id), 1]
+    assert "Ada" not in first["headers"]["kwargsrepr"]  # what Flower shows
+    assert "exec-1" in first["headers"]["kwargsrepr"]
     ticket = kwargs["ticket"]
     assert before <= ticket.pop("issued_at") <= time.time()
     assert ticket == {
@@ -170,11 +172,11 @@ def test_the_members_of_a_chord_carry_their_claim_tickets(
 
     dispatcher.send([Dispatch(run_id, members)])
 
-    inputs = {
-        message["body"][0][1]: message["body"][1]["ticket"]["input"]
-        for message in published(prefix)
-    }
+    messages = published(prefix)
+    inputs = {m["body"][0][1]: m["body"][1]["ticket"]["input"] for m in messages}
     assert inputs == {1: {"name": "Ada"}, 2: {"name": "Grace"}}
+    shown = " ".join(m["headers"]["kwargsrepr"] for m in messages)
+    assert "exec-1" in shown and "Ada" not in shown and "Grace" not in shown
 
 
 def test_an_activity_with_a_large_input_goes_out_without_a_ticket(
