@@ -182,9 +182,12 @@ def execute_workflow(
         user_id=caller,
         registry=registry,
     )
-    if not (body.wait_for_result and record.is_open):
+    if not body.wait_for_result:
         dispatcher.send(dispatches)
-        return _execution_result(record) if body.wait_for_result else execution_json(record)
+        return execution_json(record)
+    if not record.is_open:  # its first workflow task closed it already
+        dispatcher.send(dispatches)
+        return _execution_result(record)
     # Listening before the work goes out: its closing cannot come first.
     with closed_listener().watching(record.execution_id) as closing:
         dispatcher.send(dispatches)

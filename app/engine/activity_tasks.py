@@ -13,7 +13,6 @@ start.
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import os
 import socket
@@ -36,7 +35,7 @@ from app.engine.leases import (
     LeaseStore,
     Taken,
 )
-from app.engine.payloads import check_payload_size
+from app.engine.payloads import check_payload_size, json_size
 from app.engine.replay import HistoryEvent
 from app.engine.retry import RetryPolicy
 from app.engine.statuses import ExecutionStatus
@@ -214,7 +213,7 @@ def ticket_for(
     its first attempt would otherwise read from Postgres. None for an activity sent
     again (the sweeper's) and for inputs over TICKET_MAX_INPUT_BYTES as JSON."""
     scheduled = activity.ticket
-    if scheduled is None or len(json.dumps(scheduled.input)) > TICKET_MAX_INPUT_BYTES:
+    if scheduled is None or json_size(scheduled.input) > TICKET_MAX_INPUT_BYTES:
         return None
     return {
         "execution_id": scheduled.execution_id,
