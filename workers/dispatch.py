@@ -54,6 +54,14 @@ class Publisher:
         with self._pool().acquire(block=True) as producer:
             yield producer
 
+    def close(self) -> None:
+        """Close this process's broker connections (for a publisher no longer used)."""
+        with self._lock:
+            if self._producers is not None and self._pid == os.getpid():
+                self._producers.force_close_all()
+                self._producers.connections.force_close_all()
+            self._producers, self._pid = None, None
+
     def _pool(self) -> Any:
         with self._lock:
             if self._pid != os.getpid():

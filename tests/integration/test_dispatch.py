@@ -35,16 +35,19 @@ def prefix() -> Iterator[str]:
 
 
 @pytest.fixture
-def dispatcher(prefix: str) -> CeleryDispatcher:
+def dispatcher(prefix: str) -> Iterator[CeleryDispatcher]:
     settings = Settings(broker_url=BROKER_URL, broker_key_prefix=prefix, queue=QUEUE)
-    return CeleryDispatcher(create_celery_app(settings))
+    dispatcher = CeleryDispatcher(create_celery_app(settings))
+    yield dispatcher
+    dispatcher.publisher.close()
 
 
 def published(prefix: str) -> list[dict[str, Any]]:
     """The queue's messages, oldest first: headers, and the body decoded."""
-    client = redis.Redis.from_url(BROKER_URL)
+    with redis.Redis.from_url(BROKER_URL) as client:
+        queued = client.lrange(f"{prefix}{QUEUE}", 0, -1)
     messages = []
-    for raw in reversed(client.lrange(f"{prefix}{QUEUE}", 0, -1)):
+    for raw in reversed(queued):
         message = json.loads(raw)
         message["body"] = json.loads(base64.b64decode(message["body"]))
         messages.append(message)
@@ -129,7 +132,8 @@ def test_publishing_goes_on_after_redis_drops_the_kept_client_s_connection(
     with dispatcher.publisher.producer() as producer:
         connection_id = producer.channel._kept_client.client_id()
     # What a Redis restart or a proxy's idle timeout does to it.
-    assert redis.Redis.from_url(BROKER_URL).client_kill_filter(_id=connection_id) == 1
+    with redis.Redis.from_url(BROKER_URL) as killer:
+        assert killer.client_kill_filter(_id=connection_id) == 1
 
     dispatcher.send([Dispatch(run_id)])
     assert len(published(prefix)) == 2
