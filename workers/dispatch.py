@@ -166,11 +166,15 @@ def _activity_kwargs(activity: ActivityDispatch) -> dict[str, Any]:
 
 def _kwargs_shown(kwargs: dict[str, Any]) -> str:
     """The keywords as task events (Flower) and worker logs show them: the claim
-    ticket without the activity's input, which history holds and may be sensitive."""
+    ticket without the activity's input and the run's snapshot, which history holds
+    and may be sensitive."""
     ticket = kwargs.get("ticket")
     if ticket is None:
         return repr(kwargs)
-    return repr({"ticket": {k: v for k, v in ticket.items() if k != "input"}})
+    return repr({"ticket": {k: v for k, v in ticket.items() if k not in HIDDEN_TICKET_KEYS}})
+
+
+HIDDEN_TICKET_KEYS = frozenset({"input", "run"})
 
 
 dispatcher = CeleryDispatcher(app)

@@ -8,6 +8,11 @@ carries a claim ticket, does not read it either): ACTIVITY_TASK_STARTED is writt
 the outcome, or once the attempt has run for `record_started_after_seconds`
 (start_recorder.py). Without one, the claim is a Postgres transaction that records the
 start.
+
+A success is recorded, and the workflow task it wakes run, in the same transaction.
+When the ticket carried a run snapshot (a lone activity's), that transaction reads
+nothing first: its writes go out behind a guard that fails it if the run changed since
+the snapshot, and the outcome is then recorded after reading the run under its lock.
 """
 
 from __future__ import annotations
@@ -27,8 +32,9 @@ from sqlalchemy import Connection, Engine
 
 from app.engine import events as ev
 from app.engine.binding import bind_input, to_json
-from app.engine.dispatch import ActivityDispatch, Dispatch
+from app.engine.dispatch import ActivityDispatch, Dispatch, RunSnapshot
 from app.engine.leases import (
+    TICKET_MAX_HISTORY_BYTES,
     TICKET_MAX_INPUT_BYTES,
     TICKET_SECONDS,
     Lease,
@@ -47,11 +53,14 @@ from app.storage.history import (
     LockedRun,
     NewEvent,
     NowPlus,
+    StaleSnapshot,
+    expect_current,
     has_retrying_activity,
     load_history,
     lock_run_with_activity,
     pipelined_transaction,
     read_run_with_activity,
+    send,
     update_activity,
     write_run,
 )
@@ -77,6 +86,8 @@ class Attempt:
     input: Any
     # Set when the claim is a Redis lease, not (yet) a Postgres row in state STARTED.
     lease: Lease | None = None
+    # The run as its message's ticket saw it: the outcome can be recorded from it.
+    snapshot: RunSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -215,7 +226,7 @@ def ticket_for(
     scheduled = activity.ticket
     if scheduled is None or json_size(scheduled.input) > TICKET_MAX_INPUT_BYTES:
         return None
-    return {
+    ticket = {
         "execution_id": scheduled.execution_id,
         "activity_name": activity.activity_name,
         "input": scheduled.input,
@@ -223,6 +234,48 @@ def ticket_for(
         # By the publisher's clock: see TICKET_SECONDS for what skew this tolerates.
         "issued_at": time.time() if issued_at is None else issued_at,
     }
+    if scheduled.run is not None:
+        history = [[e.event_id, e.event_type, e.attributes] for e in scheduled.run.history]
+        if json_size(history) <= TICKET_MAX_HISTORY_BYTES:
+            ticket["run"] = _snapshot_to_json(scheduled.run, history)
+    return ticket
+
+
+def _snapshot_to_json(snapshot: RunSnapshot, history: list[list[Any]]) -> dict[str, Any]:
+    return {
+        "workflow_name": snapshot.workflow_name,
+        "deadline": snapshot.deadline.isoformat(),
+        "random_seed": snapshot.random_seed,
+        "last_event_id": snapshot.last_event_id,
+        "processed_event_id": snapshot.processed_event_id,
+        "history": history,
+    }
+
+
+def _snapshot_from_json(data: Any) -> RunSnapshot | None:
+    """A ticket's run snapshot; None (and a warning) when it is malformed."""
+    if data is None:
+        return None
+    try:
+        history = tuple(
+            HistoryEvent(int(event_id), str(event_type), dict(attributes))
+            for event_id, event_type, attributes in data["history"]
+        )
+        snapshot = RunSnapshot(
+            workflow_name=str(data["workflow_name"]),
+            deadline=datetime.fromisoformat(data["deadline"]),
+            random_seed=int(data["random_seed"]),
+            last_event_id=int(data["last_event_id"]),
+            processed_event_id=int(data["processed_event_id"]),
+            history=history,
+        )
+    except (KeyError, TypeError, ValueError):
+        log.warning("ignoring a malformed run snapshot in a claim ticket")
+        return None
+    if not history or history[-1].event_id != snapshot.last_event_id:
+        log.warning("ignoring a run snapshot whose history ends elsewhere")
+        return None
+    return snapshot
 
 
 @dataclass(frozen=True)
@@ -231,6 +284,7 @@ class _Ticketed:
     execution_id: str
     input: Any
     lease_seconds: float
+    snapshot: RunSnapshot | None
 
 
 def _honoured(ticket: Mapping[str, Any] | None, registry: Registry) -> _Ticketed | None:
@@ -248,7 +302,8 @@ def _honoured(ticket: Mapping[str, Any] | None, registry: Registry) -> _Ticketed
         return None
     if definition is None or time.time() - issued_at > TICKET_SECONDS:
         return None
-    return _Ticketed(definition, execution_id, input_value, lease_seconds)
+    snapshot = _snapshot_from_json(ticket.get("run"))
+    return _Ticketed(definition, execution_id, input_value, lease_seconds, snapshot)
 
 
 def _claim_with_lease(
@@ -268,7 +323,14 @@ def _claim_with_lease(
         )
         if isinstance(claim, Lease):
             return Attempt(
-                run_id, ticketed.execution_id, seq, 1, ticketed.definition, ticketed.input, claim
+                run_id,
+                ticketed.execution_id,
+                seq,
+                1,
+                ticketed.definition,
+                ticketed.input,
+                claim,
+                ticketed.snapshot,
             )
         return _already_leased(engine, leases, run_id, seq, claim)
     # A snapshot read, no lock: a stale answer only costs a duplicate Redis claim,
@@ -538,6 +600,17 @@ def _record_outcome_with_fallback(
     again: bool,
 ) -> RetryLater | Done:
     if registry is not None:
+        if attempt.snapshot is not None and succeeded and not again:
+            try:
+                return _record_success_from_snapshot(
+                    engine, attempt, attempt.snapshot, value, registry
+                )
+            except StaleSnapshot:
+                pass  # the run moved on: read it under its lock instead
+            except (*TRANSIENT_ERRORS, *INTERRUPTIONS):
+                raise
+            except Exception:
+                log.exception("inline workflow task of run %s failed", attempt.run_id)
         try:
             return _record_outcome(engine, attempt, succeeded, value, registry, again=again)
         except (*TRANSIENT_ERRORS, *INTERRUPTIONS):
@@ -545,6 +618,60 @@ def _record_outcome_with_fallback(
         except Exception:
             log.exception("inline workflow task of run %s failed", attempt.run_id)
     return _record_outcome(engine, attempt, succeeded, value, None, again=again)
+
+
+def _record_success_from_snapshot(
+    engine: Engine, attempt: Attempt, snapshot: RunSnapshot, value: Any, registry: Registry
+) -> Done:
+    """Record a ticketed first attempt's success and run the next workflow task, from
+    the run snapshot the ticket carried: one round trip, with no read before the writes.
+
+    The writes go out behind a guard that locks the run and the activity and checks
+    that neither changed since the snapshot; when one did, the transaction rolls back
+    and StaleSnapshot is raised, for the caller to take the usual path.
+    """
+    assert attempt.lease is not None, "a ticketed attempt is leased"
+    run = LockedRun(
+        run_id=attempt.run_id,
+        execution_id=attempt.execution_id,
+        workflow_name=snapshot.workflow_name,
+        status=ExecutionStatus.RUNNING,
+        deadline=snapshot.deadline,
+        random_seed=snapshot.random_seed,
+        last_event_id=snapshot.last_event_id,
+        processed_event_id=snapshot.processed_event_id,
+        workflow_task_due_at=None,
+    )
+    # The activity row's columns that recording a success reads, as the guard ensures.
+    row = {
+        "seq": attempt.seq,
+        "activity_name": attempt.definition.name,
+        "input": attempt.input,
+        "attempt": attempt.attempt,
+    }
+    history = list(snapshot.history)
+    now = datetime.now(UTC)
+    with pipelined_transaction(engine) as conn:
+        send(conn, expect_current(run.run_id, attempt.seq, attempt.attempt, run.last_event_id))
+        started = _started_event(run.run_id, row, attempt.lease)
+        run = _record_success(conn, run, row, value, history, started, defer=True)
+        return _advance_inline(conn, registry, run, history, now, "completed")
+
+
+def _advance_inline(
+    conn: Connection,
+    registry: Registry,
+    run: LockedRun,
+    history: list[HistoryEvent] | None,
+    now: datetime,
+    reason: str,
+) -> Done:
+    """The workflow task an outcome wakes, in the transaction that recorded it."""
+    if now >= run.deadline:
+        time_out_run(conn, run)
+        return Done("run timed out")
+    dispatches = advance(conn, registry, run, now, history=history)
+    return Done(reason, dispatches=dispatches, advanced=True)
 
 
 def _record_outcome(
@@ -601,13 +728,10 @@ def _record_outcome(
             )
             if delay is not None:
                 return RetryLater(delay)
+        reason = "completed" if succeeded else "failed"
         if registry is None:
-            return Done("completed" if succeeded else "failed")
-        if now >= run.deadline:
-            time_out_run(conn, run)
-            return Done("run timed out")
-        dispatches = advance(conn, registry, run, now, history=history)
-        return Done("completed" if succeeded else "failed", dispatches=dispatches, advanced=True)
+            return Done(reason)
+        return _advance_inline(conn, registry, run, history, now, reason)
 
 
 def _record_success(

@@ -8,16 +8,39 @@ from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
+from datetime import datetime
 from typing import Any, Protocol
+
+from app.engine.replay import HistoryEvent
+
+
+@dataclass(frozen=True)
+class RunSnapshot:
+    """The run as the workflow task that scheduled an activity left it: what recording
+    that activity's outcome would read from Postgres under the run's lock, its history
+    cut to what replay reads (`replay_view`).
+
+    It holds only while the run's `last_event_id` is unchanged (history is append-only
+    within a run), and the write that uses it checks that under the same lock.
+    """
+
+    workflow_name: str
+    deadline: datetime
+    random_seed: int
+    last_event_id: int
+    processed_event_id: int
+    history: tuple[HistoryEvent, ...]
 
 
 @dataclass(frozen=True)
 class ClaimTicket:
     """What the claim of a new activity's first attempt would read from Postgres,
-    known to the workflow task that scheduled it (see leases.py)."""
+    known to the workflow task that scheduled it (see leases.py). `run` is set when
+    that workflow task left the run plainly RUNNING with this one activity in flight."""
 
     execution_id: str
     input: Any
+    run: RunSnapshot | None = None
 
 
 @dataclass(frozen=True)

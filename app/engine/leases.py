@@ -9,12 +9,12 @@ together with its real start time. An attempt still running after
 it, so history shows long attempts while they run (see activity_tasks.py).
 
 A new activity's first attempt skips Postgres altogether: its message carries a *claim
-ticket* (the run's execution id, the activity's name and input, its lease time; see
-activity_tasks.py), and the claim is the lease's `SET NX` alone. A ticket is honoured
-for TICKET_SECONDS after it was issued; a message taken later (behind a backlog, say)
-reads Postgres as any other. Within those seconds an activity can start though its run
-closed meanwhile, as a Temporal activity task already handed to a worker does; its
-outcome is then discarded.
+ticket* (the run's execution id, the activity's name and input, its lease time, and
+perhaps a run snapshot; see activity_tasks.py), and the claim is the lease's `SET NX`
+alone. A ticket is honoured for TICKET_SECONDS after it was issued; a message taken
+later (behind a backlog, say) reads Postgres as any other. Within those seconds an
+activity can start though its run closed meanwhile, as a Temporal activity task already
+handed to a worker does; its outcome is then discarded.
 
 Keys are per attempt and outlive their lease, so a lost attempt stays recognisable
 until a redelivered message or the sweeper finds it. A key is set to expire
@@ -49,6 +49,9 @@ SOCKET_TIMEOUT_SECONDS = 5.0
 TICKET_SECONDS = 10
 # Inputs larger than this (as JSON) stay in Postgres only.
 TICKET_MAX_INPUT_BYTES = 4096
+# A run snapshot travels with its ticket while its history is at most this large (as
+# JSON); longer runs record outcomes after reading the run under its lock.
+TICKET_MAX_HISTORY_BYTES = 16384
 
 
 @dataclass(frozen=True)

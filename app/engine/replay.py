@@ -33,6 +33,31 @@ class HistoryEvent:
     attributes: dict[str, Any]
 
 
+# What replay reads of each event type it reads at all. The rest of history (attempt
+# starts, retries, status changes, task ids) is for people and the API.
+REPLAYED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
+    ev.WORKFLOW_EXECUTION_STARTED: ("input",),
+    ev.WORKFLOW_TASK_COMPLETED: ("processed_event_id", "task_time"),
+    ev.ACTIVITY_TASK_SCHEDULED: ("seq", "activity_name"),
+    ev.ACTIVITY_TASK_COMPLETED: ("seq", "result"),
+    ev.ACTIVITY_TASK_FAILED: ("seq", "failure", "attempt"),
+}
+
+
+def replay_view(history: list[HistoryEvent]) -> list[HistoryEvent]:
+    """The part of a run's history that replaying it reads, which replays exactly as
+    the whole does: the events of REPLAYED_ATTRIBUTES' types with only those
+    attributes, and the newest event (whose id the new activation takes) in any case."""
+    view: list[HistoryEvent] = []
+    for index, event in enumerate(history):
+        keys = REPLAYED_ATTRIBUTES.get(event.event_type)
+        if keys is None and index < len(history) - 1:
+            continue
+        attributes = {k: event.attributes[k] for k in keys or () if k in event.attributes}
+        view.append(HistoryEvent(event.event_id, event.event_type, attributes))
+    return view
+
+
 @dataclass(frozen=True)
 class ScheduleActivity:
     seq: int

@@ -5,6 +5,11 @@ statement appends WORKFLOW_TASK_COMPLETED and the new commands and updates the r
 The caller dispatches the returned work after commit. `advance` also runs inline,
 inside the transaction that recorded an activity's outcome or started the execution,
 so the happy path needs no broker hop and no extra transaction for it.
+
+A lone activity's dispatch carries a RunSnapshot of the run as written here. Recording
+that activity's success replays from the snapshot before taking the run's lock, and
+the lock's guard rejects the writes should any other writer have appended an event in
+between: workflow tasks of one run still never interleave their writes.
 """
 
 from __future__ import annotations
@@ -16,7 +21,7 @@ from datetime import UTC, datetime
 from sqlalchemy import Connection, Engine, select
 
 from app.engine import events as ev
-from app.engine.dispatch import ActivityDispatch, ClaimTicket, Dispatch
+from app.engine.dispatch import ActivityDispatch, ClaimTicket, Dispatch, RunSnapshot
 from app.engine.payloads import check_payload_size
 from app.engine.replay import (
     Command,
@@ -26,6 +31,7 @@ from app.engine.replay import (
     NonDeterminism,
     Replayer,
     ScheduleActivity,
+    replay_view,
 )
 from app.engine.statuses import OPEN_STATUSES, ExecutionStatus
 from app.errors import PayloadTooLarge
@@ -84,12 +90,14 @@ def advance(
             conn, run, "UnknownWorkflow", f"workflow {run.workflow_name!r} is not registered here"
         )
         return []
+    if history is None:
+        history = load_history(conn, run.run_id)
     replayer = Replayer(
         definition=definition,
         registry=registry,
         execution_id=run.execution_id,
         random_seed=run.random_seed,
-        history=history if history is not None else load_history(conn, run.run_id),
+        history=history,
     )
     outcome = replayer.replay(now=now)
     if isinstance(outcome, NonDeterminism):
@@ -177,7 +185,7 @@ def advance(
     settled = run.status is ExecutionStatus.RETRYING_AFTER_ERROR and not has_retrying_activity(
         conn, run.run_id
     )
-    write_run(
+    written = write_run(
         conn,
         run,
         new_events=recorded,
@@ -185,9 +193,13 @@ def advance(
         also=also,
         status=ExecutionStatus.RUNNING if settled else None,
         reason="retried activity settled" if settled else None,
+        history=history,
     )
     if not scheduled:
         return []
+    # A chord's activities would each carry the same snapshot, and all but the first
+    # to finish would find it stale: only a lone activity gets one.
+    snapshot = _snapshot(written, history) if len(scheduled) == 1 else None
     return [
         Dispatch(
             run_id=run.run_id,
@@ -197,12 +209,33 @@ def advance(
                     c.seq,
                     c.activity_name,
                     c.start_to_close_seconds,
-                    ClaimTicket(run.execution_id, c.input),
+                    ClaimTicket(run.execution_id, c.input, snapshot),
                 )
                 for c in scheduled
             ),
         )
     ]
+
+
+def _snapshot(run: LockedRun, history: list[HistoryEvent]) -> RunSnapshot | None:
+    """The run as just written, if its next outcome can be recorded from it: plainly
+    RUNNING, waiting for no workflow task, and with its whole history at hand."""
+    if (
+        run.status is not ExecutionStatus.RUNNING
+        or run.workflow_task_due_at is not None
+        or run.deferred is not None
+        or not history
+        or history[-1].event_id != run.last_event_id
+    ):
+        return None
+    return RunSnapshot(
+        workflow_name=run.workflow_name,
+        deadline=run.deadline,
+        random_seed=run.random_seed,
+        last_event_id=run.last_event_id,
+        processed_event_id=run.processed_event_id,
+        history=tuple(replay_view(history)),
+    )
 
 
 def _within_size_limit(command: Command) -> Command:

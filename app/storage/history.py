@@ -168,10 +168,32 @@ def _raise_translated(exc: psycopg.Error) -> NoReturn:
     """Raise the domain error a driver error stands for, else the driver error."""
     if exc.sqlstate == REQUIRE_FAILED:
         raise IllegalTransition(exc.diag.message_primary or str(exc)) from exc
+    if exc.sqlstate == SNAPSHOT_STALE:
+        raise StaleSnapshot(exc.diag.message_primary or str(exc)) from exc
     raise exc
 
 
 REQUIRE_FAILED = "CL001"  # raised by chainline_require() (migration 0002)
+SNAPSHOT_STALE = "CL002"  # raised by chainline_expect_current() (migration 0003)
+
+
+class StaleSnapshot(Exception):
+    """The run changed since the snapshot a write was built from: nothing was written."""
+
+
+def expect_current(run_id: uuid.UUID, seq: int, attempt: int, last_event_id: int) -> Sql:
+    """Lock the run and one activity as `lock_run_with_activity` does, and fail the
+    transaction with StaleSnapshot unless the run is still as a RunSnapshot saw it:
+    no event since `last_event_id`, RUNNING, no workflow task due, and the activity's
+    `attempt` still scheduled. Sent without waiting, ahead of the writes it guards."""
+    return Sql(
+        "SELECT chainline_expect_current(count(*) = 1) FROM ("
+        "SELECT 1 FROM runs r JOIN activities a ON a.run_id = r.run_id AND a.seq = %s"
+        " WHERE r.run_id = %s AND r.last_event_id = %s AND r.status = 'RUNNING'"
+        " AND r.workflow_task_due_at IS NULL AND a.state = 'SCHEDULED' AND a.attempt = %s"
+        " FOR UPDATE OF r, a) AS current",
+        (seq, run_id, last_event_id, attempt),
+    )
 
 
 @contextmanager
@@ -494,6 +516,7 @@ def write_run(
     return replace(
         run,
         last_event_id=last_event_id,
+        processed_event_id=run_values.get("processed_event_id", run.processed_event_id),
         status=status or run.status,
         workflow_task_due_at=datetime.now(UTC) if isinstance(due, _Now) else due,
         deferred=None,

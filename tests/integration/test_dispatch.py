@@ -8,6 +8,7 @@ import os
 import time
 import uuid
 from collections.abc import Iterator
+from datetime import UTC, datetime
 from typing import Any
 
 import pytest
@@ -15,9 +16,11 @@ import redis
 from kombu.exceptions import BatchPublishError
 from kombu.transport import redis as kombu_redis
 
+from app.engine import events as ev
 from app.engine.activity_tasks import LEASE_GRACE
-from app.engine.dispatch import ActivityDispatch, ClaimTicket, Dispatch
+from app.engine.dispatch import ActivityDispatch, ClaimTicket, Dispatch, RunSnapshot
 from app.engine.leases import TICKET_MAX_INPUT_BYTES
+from app.engine.replay import HistoryEvent
 from app.settings import Settings
 from tests.support import BROKER_URL, delete_broker_keys, wait_until
 from workers.broker import ClientKeepingTransport, broker_transport
@@ -163,6 +166,27 @@ def test_a_new_activity_s_message_carries_its_claim_ticket(
         "lease_seconds": 30.0 + LEASE_GRACE.total_seconds(),
     }
     assert second["body"][:2] == [[str(run_id), 2], {}]
+
+
+def test_a_lone_activity_s_ticket_carries_its_run_snapshot_out_of_flower_s_sight(
+    dispatcher: CeleryDispatcher, prefix: str
+) -> None:
+    run_id = uuid.uuid4()
+    history = (
+        HistoryEvent(1, ev.WORKFLOW_EXECUTION_STARTED, {"input": ev.payload("Ada's secret")}),
+        HistoryEvent(2, ev.ACTIVITY_TASK_SCHEDULED, {"seq": 1, "activity_name": "greet"}),
+    )
+    snapshot = RunSnapshot("greeting", datetime.now(UTC), 7, 2, 1, history)
+    activity = ActivityDispatch(run_id, 1, "greet", 30.0, ClaimTicket("exec-1", {}, snapshot))
+
+    dispatcher.send([Dispatch(run_id, (activity,))])
+
+    (message,) = published(prefix)
+    run = message["body"][1]["ticket"]["run"]
+    assert run["history"][0] == [1, ev.WORKFLOW_EXECUTION_STARTED, history[0].attributes]
+    assert run["last_event_id"] == 2
+    shown = message["headers"]["kwargsrepr"]
+    assert "exec-1" in shown and "secret" not in shown and "history" not in shown
 
 
 def test_the_members_of_a_chord_carry_their_claim_tickets(

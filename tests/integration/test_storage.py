@@ -7,6 +7,7 @@ from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import replace
 from datetime import UTC, datetime, timedelta
+from typing import Any
 
 import psycopg
 import pytest
@@ -21,12 +22,17 @@ from app.errors import IllegalTransition
 from app.storage.history import (
     NOW,
     NewEvent,
+    StaleSnapshot,
+    expect_current,
     lock_run,
     pipelined_transaction,
+    send,
+    update_activity,
     write_run,
 )
-from app.storage.schema import events, executions, metadata, runs
-from tests.support import engine_named, terminate_backends
+from app.storage.schema import activities, events, executions, metadata, runs
+from app.workflows.registry import Registry
+from tests.support import engine_named, first_activity_scheduled, terminate_backends
 
 
 def test_upgrade_from_empty_matches_the_models(engine: Engine) -> None:
@@ -259,3 +265,72 @@ def test_a_broken_connection_empties_the_pool(database_url: str, pipelined: bool
 def _begin(engine: Engine) -> Iterator[Connection]:
     with engine.begin() as conn:
         yield conn
+
+
+def _scheduled_run(engine: Engine, registry: Registry) -> uuid.UUID:
+    run_id, _ = first_activity_scheduled(engine, registry, "sequential-sum", {"values": [1]})
+    return run_id
+
+
+def _snapshot_write(engine: Engine, run_id: uuid.UUID, last_event_id: int) -> None:
+    """A guarded write, as one built from a run snapshot taken at `last_event_id`."""
+    with pipelined_transaction(engine) as conn:
+        send(conn, expect_current(run_id, 1, 1, last_event_id))
+        send(conn, update_activity(run_id, 1, state="COMPLETED"))
+
+
+def _activity_state(engine: Engine, run_id: uuid.UUID) -> str:
+    with engine.connect() as conn:
+        state = conn.execute(
+            select(activities.c.state).where(activities.c.run_id == run_id, activities.c.seq == 1)
+        ).scalar_one()
+    return str(state)
+
+
+def test_a_snapshot_guard_lets_the_write_through_while_the_run_is_unchanged(
+    engine: Engine, registry: Registry
+) -> None:
+    run_id = _scheduled_run(engine, registry)
+    with engine.connect() as conn:
+        last_event_id = conn.execute(
+            select(runs.c.last_event_id).where(runs.c.run_id == run_id)
+        ).scalar_one()
+
+    _snapshot_write(engine, run_id, last_event_id)
+
+    assert _activity_state(engine, run_id) == "COMPLETED"
+
+
+@pytest.mark.parametrize(
+    "change",
+    [
+        {"runs": {"last_event_id": runs.c.last_event_id + 1}},
+        {"runs": {"workflow_task_due_at": datetime.now(UTC)}},
+        {"runs": {"status": ExecutionStatus.RETRYING_AFTER_ERROR.value}},
+        {"activities": {"state": "BACKING_OFF"}},
+        {"activities": {"attempt": 2}},
+    ],
+    ids=["new-event", "workflow-task-due", "retrying", "activity-state", "activity-attempt"],
+)
+def test_a_snapshot_guard_fails_the_write_once_the_run_changed(
+    engine: Engine, registry: Registry, change: dict[str, dict[str, Any]]
+) -> None:
+    run_id = _scheduled_run(engine, registry)
+    with engine.begin() as conn:
+        snapshot_at = conn.execute(
+            select(runs.c.last_event_id).where(runs.c.run_id == run_id)
+        ).scalar_one()
+        if "runs" in change:
+            conn.execute(update(runs).where(runs.c.run_id == run_id).values(change["runs"]))
+        else:
+            conn.execute(
+                update(activities)
+                .where(activities.c.run_id == run_id, activities.c.seq == 1)
+                .values(change["activities"])
+            )
+    changed_state = _activity_state(engine, run_id)
+
+    with pytest.raises(StaleSnapshot):
+        _snapshot_write(engine, run_id, snapshot_at)
+
+    assert _activity_state(engine, run_id) == changed_state  # the write was not applied

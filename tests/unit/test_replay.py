@@ -15,6 +15,7 @@ from app.engine.replay import (
     NonDeterminism,
     Replayer,
     ScheduleActivity,
+    replay_view,
 )
 from app.workflows.registry import registry
 
@@ -247,3 +248,37 @@ def test_asyncio_timers_fail_the_workflow_with_a_clear_message() -> None:
     (command,) = replay("unit-asyncio-sleep", [started(None)]).commands
     assert isinstance(command, FailWorkflow)
     assert command.error_type == "RuntimeError" and "not replay-safe" in command.message
+
+
+def test_the_replay_view_replays_as_the_whole_history_does() -> None:
+    # Events replay does not read, and attributes it does not read, around every kind
+    # it does: a completed and a caught failed activity, then the new activation.
+    noise = {"task_id": "wf-task-1", "note": "for people only"}
+    history = [
+        HistoryEvent(1, ev.WORKFLOW_EXECUTION_STARTED, {"input": ev.payload(2), **noise}),
+        HistoryEvent(2, ev.WORKFLOW_TASK_COMPLETED, {**task_completed(2, 1).attributes, **noise}),
+        HistoryEvent(3, ev.ACTIVITY_TASK_SCHEDULED, {**scheduled(3, 1, "unit-double").attributes}),
+        HistoryEvent(4, ev.ACTIVITY_TASK_STARTED, {"seq": 1, "attempt": 1}),
+        HistoryEvent(5, ev.ACTIVITY_TASK_COMPLETED, {**completed(5, 1, 4).attributes, **noise}),
+        HistoryEvent(6, ev.WORKFLOW_STATUS_CHANGED, {"from_status": "RUNNING"}),
+    ]
+
+    view = replay_view(history)
+
+    assert [e.event_id for e in view] == [1, 2, 3, 5, 6]  # the newest is always kept
+    assert all("task_id" not in e.attributes for e in view)
+    assert replay("unit-chain", view) == replay("unit-chain", history)
+    outcome = replay("unit-chain", view)
+    assert [c.seq for c in outcome.commands] == [2]  # type: ignore[union-attr]
+
+    caught = [
+        started(None),
+        task_completed(2, 1),
+        scheduled(3, 1, "unit-shout"),
+        HistoryEvent(4, ev.ACTIVITY_TASK_RETRYING, {"seq": 1, "attempt": 1}),
+        failed(5, 1, "ValueError", "no"),
+    ]
+    assert replay("unit-catch", replay_view(caught)) == replay("unit-catch", caught)
+    assert replay("unit-catch", replay_view(caught)).commands == [  # type: ignore[union-attr]
+        CompleteWorkflow("caught ValueError: no")
+    ]
