@@ -5,7 +5,8 @@ spent per activity: on a small machine the worker's main process, which receives
 acknowledges and reports on every task, costs as much CPU as running the task.
 Two costs go here: a new redis-py client for every command kombu sends to Redis
 (`ClientKeepingTransport`), and a round trip to publish the monitoring events of
-every task or two on their own, on any broker (`EventBatchingConsumer`).
+every task or two on their own, on any broker (`EventBatchingConsumer`). And one
+leak: the Redis subscriptions a chord's publisher is left with (`PublishingRedisBackend`).
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from __future__ import annotations
 import time
 from typing import Any
 
+from celery.backends.redis import RedisBackend
 from celery.worker.consumer import Consumer
 from kombu.transport import redis as kombu_redis
 from vine import promise
@@ -43,6 +45,31 @@ class ClientKeepingChannel(kombu_redis.Channel):
 
 class ClientKeepingTransport(kombu_redis.Transport):
     Channel = ClientKeepingChannel
+
+
+class PublishingRedisBackend(RedisBackend):
+    """The Redis result backend of an app that publishes work and never waits for it.
+
+    Publishing a chord registers each member's result as pending, for a caller that
+    may wait on the group, and on Redis that subscribes the publisher to the member's
+    result channel. Chainline's dispatcher never waits (the chord's callback is the
+    workflow task), and Celery drops those subscriptions only when the results are
+    garbage collected, which the chord's reference cycles put off indefinitely: an API
+    or worker process gathered one subscription per fan-out activity it published,
+    and with it every result published to them, unread. Nothing is registered here.
+    Chord bookkeeping (`apply_chord`) and storing results are the stock backend's.
+    """
+
+    def add_pending_result(
+        self, result: Any, weak: bool = False, start_drainer: bool = True
+    ) -> Any:
+        return result
+
+    def add_pending_results(self, results: Any, weak: bool = False) -> Any:
+        return results
+
+
+PUBLISHING_REDIS_BACKEND = f"{__name__}:{PublishingRedisBackend.__name__}"
 
 
 def broker_transport(broker_url: str) -> type[Any] | None:

@@ -11,10 +11,10 @@ from typing import Any
 from celery import Celery
 from celery.signals import worker_process_init
 
-from app.settings import Settings, get_settings
+from app.settings import REDIS_BROKER_SCHEMES, Settings, get_settings
 from app.storage.db import get_engine
 from app.workflows.registry import load_workflow_modules
-from workers.broker import broker_transport
+from workers.broker import PUBLISHING_REDIS_BACKEND, broker_transport
 
 SWEEP_TASK = "chainline.sweep"
 WORKFLOW_TASK = "chainline.workflow_task"
@@ -36,8 +36,21 @@ def _transport_options(settings: Settings) -> dict[str, Any]:
     return options
 
 
-def create_celery_app(settings: Settings) -> Celery:
-    app = Celery("chainline", broker=settings.broker_url, backend=settings.celery_result_backend)
+def create_celery_app(settings: Settings, *, publish_only: bool = False) -> Celery:
+    """The Celery app of these settings. `publish_only`: for an app that sends work and
+    never waits on a result (the dispatcher's), whose Redis result backend therefore
+    subscribes to none (PublishingRedisBackend)."""
+    backend = settings.celery_result_backend
+    if publish_only and backend.startswith(REDIS_BROKER_SCHEMES):
+        backend = f"{PUBLISHING_REDIS_BACKEND}+{backend}"
+    # A second app in a process must not become Celery's current app, which the
+    # worker's own app (the one with the tasks) is.
+    app = Celery(
+        "chainline",
+        broker=settings.broker_url,
+        backend=backend,
+        set_as_current=not publish_only,
+    )
     result_options: dict[str, Any] = {}
     if settings.broker_key_prefix and settings.celery_result_backend.startswith("redis"):
         result_options["global_keyprefix"] = settings.broker_key_prefix

@@ -27,7 +27,7 @@ from kombu.exceptions import BatchPublishError  # type: ignore[attr-defined]  # 
 
 from app.engine.activity_tasks import ticket_for
 from app.engine.dispatch import ActivityDispatch, Dispatch
-from workers.celery_app import WORKFLOW_TASK, activity_task_name, app
+from workers.celery_app import WORKFLOW_TASK, activity_task_name, create_celery_app, settings
 
 log = logging.getLogger(__name__)
 
@@ -177,4 +177,5 @@ def _kwargs_shown(kwargs: dict[str, Any]) -> str:
 HIDDEN_TICKET_KEYS = frozenset({"input", "run"})
 
 
-dispatcher = CeleryDispatcher(app)
+# An app of its own: its result backend never subscribes to what it publishes.
+dispatcher = CeleryDispatcher(create_celery_app(settings, publish_only=True))

@@ -40,7 +40,7 @@ def prefix() -> Iterator[str]:
 @pytest.fixture
 def dispatcher(prefix: str) -> Iterator[CeleryDispatcher]:
     settings = Settings(broker_url=BROKER_URL, broker_key_prefix=prefix, queue=QUEUE)
-    dispatcher = CeleryDispatcher(create_celery_app(settings))
+    dispatcher = CeleryDispatcher(create_celery_app(settings, publish_only=True))
     yield dispatcher
     dispatcher.publisher.close()
 
@@ -187,6 +187,23 @@ def test_a_lone_activity_s_ticket_carries_its_run_snapshot_out_of_flower_s_sight
     assert run["last_event_id"] == 2
     shown = message["headers"]["kwargsrepr"]
     assert "exec-1" in shown and "secret" not in shown and "history" not in shown
+
+
+def test_publishing_a_chord_leaves_no_subscription_to_its_results(
+    dispatcher: CeleryDispatcher, prefix: str
+) -> None:
+    run_id = uuid.uuid4()
+    members = tuple(ActivityDispatch(run_id, seq, "greet", 30.0) for seq in (1, 2, 3))
+
+    dispatcher.send([Dispatch(run_id, members)])
+
+    ids = [message["headers"]["id"] for message in published(prefix)]
+    assert len(ids) == 3
+    # Where the publisher would hear each member's result, had it subscribed.
+    channels = [dispatcher.app.backend.get_key_for_task(task_id) for task_id in ids]
+    with redis.Redis.from_url(BROKER_URL) as client:
+        subscribers = dict(client.pubsub_numsub(*channels))
+    assert subscribers == {channel: 0 for channel in channels}
 
 
 def test_the_members_of_a_chord_carry_their_claim_tickets(

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from app.settings import Settings
-from workers.broker import ClientKeepingTransport
+from workers.broker import ClientKeepingTransport, PublishingRedisBackend
 from workers.celery_app import create_celery_app
 
 
@@ -45,3 +45,23 @@ def test_a_non_redis_broker_keeps_chord_state_in_postgres() -> None:
     assert settings.database_url == "postgresql+psycopg://postgres@127.0.0.1/chainline"
     assert settings.celery_result_backend == "db+postgresql+psycopg://postgres@127.0.0.1/chainline"
     assert "global_keyprefix" not in create_celery_app(settings).conf.broker_transport_options
+
+
+def test_the_dispatcher_s_app_never_subscribes_to_results_and_is_not_current() -> None:
+    import celery
+
+    worker_app = create_celery_app(Settings(broker_url="redis://127.0.0.1:6379/0"))
+    publishing = create_celery_app(
+        Settings(broker_url="redis://127.0.0.1:6379/0"), publish_only=True
+    )
+
+    assert isinstance(publishing.backend, PublishingRedisBackend)
+    assert not isinstance(worker_app.backend, PublishingRedisBackend)
+    # The app with the tasks stays current.
+    assert celery.current_app._get_current_object() is worker_app
+    # Postgres result backends (no Redis) subscribe to nothing anyway: left as they are.
+    amqp = Settings(
+        broker_url="amqp://guest:guest@127.0.0.1:5672//",
+        database_url="postgresql://postgres@127.0.0.1/chainline",
+    )
+    assert create_celery_app(amqp, publish_only=True).conf.result_backend.startswith("db+")
