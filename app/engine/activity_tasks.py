@@ -610,7 +610,7 @@ def _record_outcome_with_fallback(
             except (*TRANSIENT_ERRORS, *INTERRUPTIONS):
                 raise
             except Exception:
-                log.exception("inline workflow task of run %s failed", attempt.run_id)
+                log.exception("recording from the snapshot of run %s failed", attempt.run_id)
         try:
             return _record_outcome(engine, attempt, succeeded, value, registry, again=again)
         except (*TRANSIENT_ERRORS, *INTERRUPTIONS):
