@@ -267,9 +267,14 @@ def _begin(engine: Engine) -> Iterator[Connection]:
         yield conn
 
 
-def _scheduled_run(engine: Engine, registry: Registry) -> uuid.UUID:
+def _scheduled_run(engine: Engine, registry: Registry) -> tuple[uuid.UUID, int]:
+    """A run whose activity 1 is scheduled, and its last event id: a snapshot's."""
     run_id, _ = first_activity_scheduled(engine, registry, "sequential-sum", {"values": [1]})
-    return run_id
+    with engine.connect() as conn:
+        last_event_id = conn.execute(
+            select(runs.c.last_event_id).where(runs.c.run_id == run_id)
+        ).scalar_one()
+    return run_id, int(last_event_id)
 
 
 def _snapshot_write(engine: Engine, run_id: uuid.UUID, last_event_id: int) -> None:
@@ -290,11 +295,7 @@ def _activity_state(engine: Engine, run_id: uuid.UUID) -> str:
 def test_a_snapshot_guard_lets_the_write_through_while_the_run_is_unchanged(
     engine: Engine, registry: Registry
 ) -> None:
-    run_id = _scheduled_run(engine, registry)
-    with engine.connect() as conn:
-        last_event_id = conn.execute(
-            select(runs.c.last_event_id).where(runs.c.run_id == run_id)
-        ).scalar_one()
+    run_id, last_event_id = _scheduled_run(engine, registry)
 
     _snapshot_write(engine, run_id, last_event_id)
 
@@ -315,11 +316,8 @@ def test_a_snapshot_guard_lets_the_write_through_while_the_run_is_unchanged(
 def test_a_snapshot_guard_fails_the_write_once_the_run_changed(
     engine: Engine, registry: Registry, change: dict[str, dict[str, Any]]
 ) -> None:
-    run_id = _scheduled_run(engine, registry)
+    run_id, snapshot_at = _scheduled_run(engine, registry)
     with engine.begin() as conn:
-        snapshot_at = conn.execute(
-            select(runs.c.last_event_id).where(runs.c.run_id == run_id)
-        ).scalar_one()
         if "runs" in change:
             conn.execute(update(runs).where(runs.c.run_id == run_id).values(change["runs"]))
         else:
