@@ -225,6 +225,14 @@ def pipelined_transaction(engine: Engine) -> Iterator[Connection]:
                 _abandon(conn, driver)
                 raise interruption from None
             _forget_if_broken(conn, exc)
+            if not conn.invalidated:
+                # A statement that failed made the server skip the ones queued behind
+                # it, the preparation of any among them reaching psycopg's prepare
+                # threshold included; psycopg still counts those as prepared, and
+                # would name them in every later use on this connection. A new
+                # connection is cheaper than that (failures here are rare: a guard, a
+                # stale snapshot, a duplicate).
+                conn.invalidate(exc)
             _raise_translated(exc)
         except BaseException:
             _abandon(conn, driver)

@@ -22,6 +22,7 @@ from app.errors import IllegalTransition
 from app.storage.history import (
     NOW,
     NewEvent,
+    Sql,
     StaleSnapshot,
     expect_current,
     lock_run,
@@ -332,3 +333,27 @@ def test_a_snapshot_guard_fails_the_write_once_the_run_changed(
         _snapshot_write(engine, run_id, snapshot_at)
 
     assert _activity_state(engine, run_id) == changed_state  # the write was not applied
+
+
+def test_a_connection_stays_usable_after_failed_pipelined_transactions(
+    database_url: str, registry: Registry
+) -> None:
+    # psycopg prepares a statement on its sixth use, in the pipeline that sends it. When
+    # an earlier statement of that pipeline fails, the server skips the preparation,
+    # yet psycopg counts the statement as prepared: COMMIT, say, and every later
+    # transaction on that connection would fail for a statement that does not exist.
+    engine = engine_named(database_url, "failed-pipelines")
+    try:
+        run_id, _ = _scheduled_run(engine, registry)
+        for _ in range(8):
+            with pytest.raises(psycopg.errors.DivisionByZero):
+                with pipelined_transaction(engine) as conn:
+                    # Fails once COMMIT is queued behind it (no constant to fold).
+                    send(conn, Sql("SELECT 1 / x FROM (SELECT 0 AS x FROM pg_sleep(0.02)) s"))
+                    send(conn, update_activity(run_id, 1, state="STARTED"))
+            with pipelined_transaction(engine) as conn:
+                send(conn, update_activity(run_id, 1, state="SCHEDULED"))
+
+        assert _activity_state(engine, run_id) == "SCHEDULED"
+    finally:
+        engine.dispose()
