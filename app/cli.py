@@ -284,7 +284,7 @@ def dev(data_dir: Path, host: str, port: int, flower_port: int) -> None:
 
     Set CHAINLINE_DATABASE_URL / CHAINLINE_BROKER_URL to use your own servers instead.
     """
-    from app.devstack import DevStack, DevStackError
+    from app.devtools.devstack import DevStack, DevStackError
 
     try:
         stack = DevStack(data_dir=data_dir, host=host, port=port, flower_port=flower_port)
@@ -309,6 +309,12 @@ def dev(data_dir: Path, host: str, port: int, flower_port: int) -> None:
     show_default=True,
     help="Also run DBOS Transact's sequential workflow (needs the bench extra).",
 )
+@click.option(
+    "--dbos-concurrency",
+    default="1,2,4,8",
+    show_default=True,
+    help="DBOS worker concurrencies to try; its fastest runs in the rounds.",
+)
 @click.option("--json", "json_path", type=click.Path(dir_okay=False, path_type=Path))
 def bench(
     executions: int,
@@ -321,10 +327,11 @@ def bench(
     pool: str,
     preload_events: int,
     peer: bool,
+    dbos_concurrency: str,
     json_path: Path | None,
 ) -> None:
     """Measure Chainline against raw Celery chains (and DBOS Transact) on this machine."""
-    from app.bench import BenchConfig, format_report, run_benchmark, write_json
+    from app.devtools.bench import BenchConfig, format_report, run_benchmark, write_json
 
     # Stopped from outside (`timeout`, a CI job), still stop the processes and servers
     # the bench started: SystemExit unwinds through their cleanup.
@@ -342,6 +349,7 @@ def bench(
         pool=pool,
         preload_events=preload_events,
         peer=peer,
+        dbos_concurrency=tuple(int(level) for level in dbos_concurrency.split(",")),
     )
     report = run_benchmark(config, lambda line: click.echo(line, err=True))
     click.echo(format_report(report))

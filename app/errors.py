@@ -55,3 +55,21 @@ class InvalidDefinition(ChainlineError):
 
     code = "WF_1003"
     http_status = 500
+
+
+class InvalidPayload(ChainlineError):
+    """The payload is not JSON that Postgres can store."""
+
+    code = "WF_1004"
+    http_status = 422
+
+
+class ServiceUnavailable(ChainlineError):
+    """Postgres cannot be reached right now; try again shortly."""
+
+    code = "WF_1200"
+    http_status = 503
+
+
+class DatabaseUnavailable(ServiceUnavailable):
+    """Postgres is unreachable, restarting or read-only; the work itself is fine."""

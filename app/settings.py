@@ -18,8 +18,6 @@ def normalize_database_url(url: str) -> str:
 
 # URLs that kombu's Redis transport serves as a broker.
 REDIS_BROKER_SCHEMES = ("redis://", "rediss://")
-# URLs redis-py connects to (the lease store's may be a Unix socket).
-REDIS_SCHEMES = (*REDIS_BROKER_SCHEMES, "unix://")
 
 
 class Settings(BaseSettings):
@@ -35,14 +33,13 @@ class Settings(BaseSettings):
     workflows: str = ""
     api_keys: str = ""
     max_payload_bytes: int = 2 * 1024 * 1024
-    # How often beat runs the sweeper, and how long work may look stalled before it acts.
-    sweep_interval_seconds: float = 5.0
+    # How often beat sweeps (times out runs and attempts past their deadlines, sends lost
+    # work again): a deadline is enforced within about this long of falling due.
+    sweep_interval_seconds: float = 1.0
+    # How long work may wait for its message before the sweeper sends it again.
     stalled_after_seconds: float = 30.0
-    # Where activity attempts are leased; unset means the broker's or result backend's
-    # Redis, and without any Redis the claim is a Postgres transaction.
-    lease_url: str | None = None
-    # A leased attempt still running after this long is written to history as started.
-    record_started_after_seconds: float = 1.0
+    # How long workflow code may run in one workflow task (Temporal's default).
+    workflow_task_timeout_seconds: float = 10.0
     beat_schedule_file: str = "/tmp/chainline-beat-schedule"
     # The longest a worker holds a task event (for Flower) to publish it with others.
     event_flush_seconds: float = 0.1
@@ -68,17 +65,10 @@ class Settings(BaseSettings):
         return frozenset(k.strip() for k in self.api_keys.split(",") if k.strip())
 
     @property
-    def lease_store_url(self) -> str | None:
-        for url in (self.lease_url, self.broker_url, self.result_backend):
-            if url and url.startswith(REDIS_SCHEMES):
-                return url
-        return None
-
-    @property
     def celery_result_backend(self) -> str:
         if self.result_backend:
             return self.result_backend
-        if self.broker_url.startswith(REDIS_SCHEMES):
+        if self.broker_url.startswith(REDIS_BROKER_SCHEMES):
             return self.broker_url
         return "db+" + self.database_url
 

@@ -12,14 +12,10 @@ from typing import TypeVar
 import psycopg
 from sqlalchemy import Engine, make_url
 
-from app.bench import delete_keys
-from app.engine.dispatch import Dispatch
-from app.engine.executions import start_execution
-from app.engine.workflow_tasks import run_workflow_task
+from app.devtools.bench import delete_keys
 from app.processes import scripts_dir
 from app.settings import normalize_database_url
 from app.storage.db import make_engine
-from app.workflows.registry import Registry
 
 T = TypeVar("T")
 
@@ -55,6 +51,19 @@ def wait_until(
         time.sleep(interval)
 
 
+def libpq_url(database_url: str) -> str:
+    """A database URL as psycopg takes it (SQLAlchemy's names the driver)."""
+    return database_url.replace("postgresql+psycopg://", "postgresql://")
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    return True
+
+
 def engine_named(database_url: str, application_name: str) -> Engine:
     """An engine of its own whose connections `terminate_backends` can find."""
     url = make_url(normalize_database_url(database_url))
@@ -88,22 +97,6 @@ def drop_database(url: str) -> None:
         conn.execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
 
 
-def delete_broker_keys(prefix: str) -> None:
-    """Tidy what a test left in the shared Redis under its key prefix."""
-    delete_keys(BROKER_URL, prefix)
-
-
-def first_activity_scheduled(
-    engine: Engine, registry: Registry, name: str, value: object
-) -> tuple[uuid.UUID, list[Dispatch]]:
-    """Start a run and run its first workflow task, which schedules activity 1: the
-    run's id, and what the workflow task dispatched."""
-    record, _ = start_execution(
-        engine,
-        registry.workflow(name),
-        execution_id=f"scheduled-{uuid.uuid4().hex}",
-        input_value=value,
-    )
-    dispatches = run_workflow_task(engine, registry, record.run_id)
-    assert [a.seq for d in dispatches for a in d.activities] == [1]
-    return record.run_id, dispatches
+def delete_broker_keys(prefix: str, broker_url: str = BROKER_URL) -> None:
+    """Tidy what a test left in a Redis (the shared one by default) under its key prefix."""
+    delete_keys(broker_url, prefix)

@@ -79,11 +79,17 @@ class OrderApproval:
         return {"receipt": receipt.model_dump(), "doubling_rounds": rounds, "total": total}
 
 
-def _count_call(folder: str) -> int:
-    calls = Path(folder) / "calls"
+def _count_call(folder: str, name: str = "calls") -> int:
+    calls = Path(folder) / name
     with calls.open("a") as f:
         f.write(f"{os.getpid()}\n")
     return len(calls.read_text().splitlines())
+
+
+def calls(folder: Path, name: str = "calls") -> int:
+    """How many times the activities that count into `name` ran."""
+    path = folder / name
+    return len(path.read_text().splitlines()) if path.exists() else 0
 
 
 @workflows.activity(
@@ -264,3 +270,71 @@ class UnbuildableWorkflow(Unbuildable):
     @workflows.workflow.entrypoint
     async def run(self) -> None:
         return None
+
+
+# What the guarantee tests run: activities that count their calls, each into a file of
+# its own, so that a test can tell which ran again.
+
+
+@workflows.activity(
+    start_to_close_timeout=timedelta(seconds=60),
+    retry_policy_max_attempts=3,
+    retry_policy_initial_interval=FAST_RETRY,
+)
+def counted(folder: str, label: str) -> str:
+    _count_call(folder, f"calls-{label}")
+    return label
+
+
+@workflows.activity(
+    start_to_close_timeout=timedelta(seconds=60),
+    retry_policy_max_attempts=3,
+    retry_policy_initial_interval=FAST_RETRY,
+)
+def counted_and_held(folder: str) -> str:
+    """Counts its call, says it started, then waits (up to 50 s) for the test's release."""
+    _count_call(folder, "calls-held")
+    (Path(folder) / "started").write_text(str(os.getpid()))
+    released = _wait_for(Path(folder) / "release", 50)
+    return "released" if released else "gave up"
+
+
+@workflows.workflow.define(name="counted-then-held", execution_timeout=timedelta(minutes=5))
+class CountedThenHeld:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str) -> list[str]:
+        first: str = await counted(folder, "first")
+        held: str = await counted_and_held(folder)
+        last: str = await counted(folder, "last")
+        return [first, held, last]
+
+
+@workflows.activity(start_to_close_timeout=timedelta(seconds=60), retry_policy_max_attempts=1)
+def sleep_for(folder: str, seconds: float) -> str:
+    """Writes its pid, sleeps, then says it finished."""
+    (Path(folder) / "sleeper-pid").write_text(str(os.getpid()))
+    time.sleep(seconds)
+    (Path(folder) / "finished").write_text("finished")
+    return "slept"
+
+
+@workflows.workflow.define(name="overdue-sleeper", execution_timeout=timedelta(seconds=3))
+class OverdueSleeper:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str, seconds: float) -> str:
+        result: str = await sleep_for(folder, seconds)
+        return result
+
+
+@workflows.activity(start_to_close_timeout=timedelta(seconds=10))
+def unstorable(folder: str, kind: str) -> Any:
+    """Returns a value JSON cannot hold (NaN, Infinity) or Postgres will not (a NUL)."""
+    _count_call(folder)
+    return {"nan": float("nan"), "infinity": float("inf"), "nul": "a\u0000b"}[kind]
+
+
+@workflows.workflow.define(name="unstorable-result")
+class UnstorableResult:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str, kind: str) -> Any:
+        return await unstorable(folder, kind)

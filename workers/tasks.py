@@ -1,126 +1,93 @@
-"""The Celery tasks. Each unpacks its message and calls the engine."""
+"""The Celery tasks: each unpacks its message, calls the engine, and sends what follows."""
 
 from __future__ import annotations
 
 import uuid
-from datetime import timedelta
-from typing import Any
+from typing import Any, NoReturn
 
 from celery import Task
-from celery.exceptions import Ignore, SoftTimeLimitExceeded
-from sqlalchemy import Engine
+from celery.exceptions import Ignore
 
-from app.engine.activity_tasks import (
-    Attempt,
-    Done,
-    RetryLater,
-    claim_attempt,
-    execute_attempt,
-    record_outcome,
-)
-from app.engine.leases import get_lease_store
-from app.engine.start_recorder import StartRecorder
-from app.engine.sweeper import sweep
-from app.engine.transient import TRANSIENT_ERRORS
+from app.engine.activities.claim import NotClaimed, claim
+from app.engine.activities.outcome import record_outcome
+from app.engine.activities.run import run_attempt
+from app.engine.dispatch import FollowUp
 from app.engine.workflow_tasks import run_workflow_task
+from app.errors import DatabaseUnavailable
+from app.messaging.broker import TIME_LIMIT_MARGIN_SECONDS, WORKFLOW_TASK, activity_task_name
+from app.messaging.dispatcher import get_dispatcher
 from app.storage.db import get_engine
-from workers.celery_app import (
-    SWEEP_TASK,
-    WORKFLOW_TASK,
-    activity_task_name,
-    app,
-    registry,
-    settings,
-)
-from workers.dispatch import dispatcher
+from workers.celery_app import app, registry, settings
 
-# Backoffs longer than this are left to the sweeper instead of a broker countdown.
+# Longer waits are left to the sweeper: a broker holds a message with a countdown in a
+# worker's memory (Redis), where it is lost if the worker goes.
 MAX_COUNTDOWN_SECONDS = 600.0
 
-
-# A database, broker or lease store outage is transient: try again rather than drop
-# the message.
-RETRY_TRANSIENT: dict[str, Any] = {
-    "autoretry_for": TRANSIENT_ERRORS,
+# Postgres out of reach before any user code ran (a claim, a workflow task): the
+# message is delivered again, backing off, rather than dropped.
+RETRY_WHILE_UNAVAILABLE: dict[str, Any] = {
+    "autoretry_for": (DatabaseUnavailable,),
     "retry_backoff": True,
     "retry_backoff_max": 60,
     "max_retries": None,
 }
 
 
-@app.task(name=WORKFLOW_TASK, ignore_result=True, **RETRY_TRANSIENT)
-def workflow_task(run_id: str) -> None:
-    dispatcher.send(run_workflow_task(get_engine(), registry, uuid.UUID(run_id)))
-
-
-@app.task(name=SWEEP_TASK, ignore_result=True, **RETRY_TRANSIENT)
-def sweep_task() -> int:
-    report = sweep(get_engine(), stalled_after=timedelta(seconds=settings.stalled_after_seconds))
-    dispatcher.send(report.dispatches)
-    return report.timed_out
-
-
-start_recorder = StartRecorder(settings.record_started_after_seconds)
-
-
-def _retry_later(task: Task[Any, Any], outcome: RetryLater) -> None:
-    if outcome.countdown > MAX_COUNTDOWN_SECONDS:
+def _again_in(task: Task[Any, Any], seconds: float) -> NoReturn:
+    """Deliver this message again in `seconds` (it carries work not due yet)."""
+    if seconds > MAX_COUNTDOWN_SECONDS:
         raise Ignore()
-    raise task.retry(countdown=outcome.countdown, max_retries=None)
+    raise task.retry(countdown=seconds, max_retries=None)
 
 
-def run_attempt(engine: Engine, claim: Attempt, recorder: StartRecorder) -> tuple[bool, Any]:
-    """Run the attempt under the start recorder's watch."""
-    result: tuple[bool, Any] | None = None
-    try:
-        with recorder.watching(engine, claim):
-            result = execute_attempt(claim)
-    except SoftTimeLimitExceeded as exc:
-        # Inside the activity it is caught as its failure; here it fell around it, most
-        # likely while the recorder finished writing the start. A result is kept: that
-        # write and the outcome's take the run's lock in turn, in either order.
-        if result is None:
-            result = (False, exc)
-    return result
+def _follow(task: Task[Any, Any], follow_up: FollowUp) -> str:
+    get_dispatcher().send([follow_up])
+    if follow_up.retry_in is not None:
+        _again_in(task, follow_up.retry_in)
+    return follow_up.reason
 
 
-def run_activity_message(
-    task: Task[Any, Any], run_id: str, seq: int, ticket: dict[str, Any] | None = None
-) -> str:
-    engine, leases = get_engine(), get_lease_store()
-    # A retried message keeps its first delivery's keywords, ticket included; that
-    # delivery almost always claimed the attempt, so Postgres decides.
-    if task.request.retries:
-        ticket = None
-    claim = claim_attempt(engine, registry, uuid.UUID(run_id), seq, leases, ticket=ticket)
-    if isinstance(claim, RetryLater):
-        _retry_later(task, claim)
-    if not isinstance(claim, Attempt):
-        assert isinstance(claim, Done)
-        return claim.reason
-    succeeded, value = run_attempt(engine, claim, start_recorder)
-    try:
-        outcome = record_outcome(engine, claim, succeeded, value, registry, leases)
-    except SoftTimeLimitExceeded as exc:
-        # Out of time while writing the outcome: the attempt was let go, and the
-        # message's retry records it lost and schedules the next one.
-        raise task.retry(exc=exc, countdown=0, max_retries=None) from exc
-    if isinstance(outcome, RetryLater):
-        _retry_later(task, outcome)
-    assert isinstance(outcome, Done)
-    if outcome.advanced:
+@app.task(
+    name=WORKFLOW_TASK,
+    bind=True,
+    ignore_result=True,
+    time_limit=round(settings.workflow_task_timeout_seconds + TIME_LIMIT_MARGIN_SECONDS),
+    **RETRY_WHILE_UNAVAILABLE,
+)
+def workflow_task(self: Task[Any, Any], run_id: str) -> str:
+    return _follow(self, run_workflow_task(get_engine(), registry, uuid.UUID(run_id)))
+
+
+def run_activity_message(task: Task[Any, Any], run_id: str, seq: int, activity_name: str) -> str:
+    engine = get_engine()
+    task_id = task.request.id
+    assert task_id is not None
+    attempt = claim(
+        engine, registry, uuid.UUID(run_id), seq, activity_name=activity_name, task_id=task_id
+    )
+    if isinstance(attempt, NotClaimed):
+        if attempt.retry_in is not None:
+            _again_in(task, attempt.retry_in)
+        return attempt.reason
+    follow_up = record_outcome(engine, registry, attempt, run_attempt(attempt))
+    if follow_up.advanced:
         # The workflow task already ran inline; the chain's own would find nothing to do.
         task.request.chain = None
-        dispatcher.send(outcome.dispatches)
-    return outcome.reason
+    return _follow(task, follow_up)
 
 
 def _register_activity_task(activity_name: str) -> None:
-    @app.task(name=activity_task_name(activity_name), bind=True, **RETRY_TRANSIENT)
-    def activity_task(
-        self: Task[Any, Any], run_id: str, seq: int, ticket: dict[str, Any] | None = None
-    ) -> str:
-        return run_activity_message(self, run_id, seq, ticket)
+    @app.task(
+        name=activity_task_name(activity_name),
+        bind=True,
+        # Its main process reports an attempt whose pool process died (requests.py).
+        Request="workers.requests:ActivityRequest",
+        **RETRY_WHILE_UNAVAILABLE,
+    )
+    def activity_task(self: Task[Any, Any], run_id: str, seq: int, ticket: object = None) -> str:
+        # `ticket`: messages from before claims went to Postgres carry one; Postgres
+        # alone decides what runs, so it is ignored.
+        return run_activity_message(self, run_id, seq, activity_name)
 
 
 for _name in registry.activities:

@@ -10,9 +10,9 @@ from fastapi import APIRouter
 from fastapi.responses import JSONResponse
 from sqlalchemy import text
 
+from app.messaging.dispatcher import get_dispatcher
 from app.storage.db import get_engine
 from app.storage.migrate import alembic_config
-from workers.celery_app import app as celery_app
 
 router = APIRouter()
 
@@ -54,7 +54,7 @@ def _schema() -> str:
 
 def _broker() -> str:
     try:
-        with celery_app.connection_for_write() as connection:
+        with get_dispatcher().app.connection_for_write() as connection:
             connection.ensure_connection(max_retries=1, timeout=2)
     except Exception as exc:
         return f"error: {type(exc).__name__}"

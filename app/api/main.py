@@ -20,20 +20,22 @@ from app.api.schemas import (
 )
 from app.api.waiting import ClosedListener
 from app.engine.binding import bind_input
+from app.engine.dispatch import FollowUp
 from app.engine.executions import (
-    ExecutionRecord,
     get_execution,
     get_history,
     new_execution_id,
     start_execution,
 )
-from app.engine.payloads import check_payload_size
-from app.errors import ChainlineError
+from app.errors import ChainlineError, DatabaseUnavailable, InvalidPayload
+from app.messaging.dispatcher import get_dispatcher
+from app.model.payloads import encode
 from app.settings import get_settings
 from app.storage.db import get_engine
-from app.workflows.registry import WorkflowDefinition
-from workers.celery_app import registry
-from workers.dispatch import dispatcher
+from app.storage.executions import ExecutionRecord
+from app.workflows.registry import WorkflowDefinition, load_workflow_modules
+
+registry = load_workflow_modules(get_settings().workflow_modules)
 
 # How long wait_for_result waits when the caller does not say.
 DEFAULT_WAIT_SECONDS = 60.0
@@ -52,7 +54,10 @@ app.include_router(health.router)
 
 @app.exception_handler(ChainlineError)
 async def _chainline_error(_: Request, exc: ChainlineError) -> JSONResponse:
-    return JSONResponse({"detail": exc.detail, "code": exc.code}, status_code=exc.http_status)
+    headers = {"Retry-After": "5"} if isinstance(exc, DatabaseUnavailable) else None
+    return JSONResponse(
+        {"detail": exc.detail, "code": exc.code}, status_code=exc.http_status, headers=headers
+    )
 
 
 class BodySizeLimit:
@@ -154,9 +159,16 @@ def read_workflow(workflow_name: str, _: Caller) -> dict[str, Any]:
     }
 
 
-def _validate_input(definition: WorkflowDefinition, value: Any) -> None:
+def _validate_input(definition: WorkflowDefinition, value: Any) -> Any:
+    """The input encoded as stored; a 422 naming the field for anything else."""
     try:
-        bind_input(definition.entrypoint, value)
+        encoded = encode(value, "input")
+    except InvalidPayload as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", "input"), "msg": exc.detail, "type": "value_error", "input": None}]
+        ) from None
+    try:
+        bind_input(definition.entrypoint, encoded)
     except ValidationError as exc:
         raise RequestValidationError(
             [
@@ -164,6 +176,7 @@ def _validate_input(definition: WorkflowDefinition, value: Any) -> None:
                 for error in exc.errors(include_url=False, include_context=False)
             ]
         ) from None
+    return encoded
 
 
 @app.post("/v1/workflows/{workflow_name}/execute", response_model=None)
@@ -171,26 +184,22 @@ def execute_workflow(
     workflow_name: str, body: WorkflowExecutionRequest, caller: Caller
 ) -> dict[str, Any]:
     definition = registry.workflow(workflow_name)
-    check_payload_size(body.input, "input")
-    _validate_input(definition, body.input)
+    input_value = _validate_input(definition, body.input)
     engine = get_engine()
-    record, dispatches = start_execution(
+    record, first_task = start_execution(
         engine,
         definition,
         execution_id=body.execution_id or new_execution_id(),
-        input_value=body.input,
+        input_value=input_value,
         user_id=caller,
-        registry=registry,
     )
+    started = [FollowUp("started", dispatches=(first_task,))]
     if not body.wait_for_result:
-        dispatcher.send(dispatches)
+        get_dispatcher().send(started)
         return execution_json(record)
-    if not record.is_open:  # its first workflow task closed it already
-        dispatcher.send(dispatches)
-        return _execution_result(record)
     # Listening before the work goes out: its closing cannot come first.
     with closed_listener().watching(record.execution_id) as closing:
-        dispatcher.send(dispatches)
+        get_dispatcher().send(started)
         closing.wait(
             body.timeout_seconds or DEFAULT_WAIT_SECONDS,
             lambda: not get_execution(engine, record.execution_id).is_open,

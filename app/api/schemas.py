@@ -7,7 +7,7 @@ from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from app.engine.executions import ExecutionRecord, StoredEvent
+from app.storage.executions import ExecutionRecord, StoredEvent
 
 # URL-safe, since the SDK puts ids into paths unescaped.
 EXECUTION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"

@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-from app.storage.history import CLOSED_CHANNEL
+from app.storage.executions import CLOSED_CHANNEL
 
 log = logging.getLogger(__name__)
 

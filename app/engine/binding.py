@@ -14,12 +14,7 @@ from functools import cache
 from typing import Any, get_type_hints
 
 from pydantic import BaseModel, ConfigDict, TypeAdapter, ValidationError, create_model
-from pydantic_core import InitErrorDetails, PydanticCustomError, to_jsonable_python
-
-
-def to_json(value: Any) -> Any:
-    """A JSON-ready copy of any value pydantic knows how to serialise."""
-    return to_jsonable_python(value)
+from pydantic_core import InitErrorDetails, PydanticCustomError
 
 
 @cache
@@ -91,14 +86,16 @@ def bind_input(fn: Callable[..., Any], payload: Any) -> dict[str, Any]:
     return {name: getattr(validated, name) for name, _, _ in params}
 
 
-def call_to_json(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
-    """Record a call's arguments as the JSON input `bind_input` accepts back."""
+def call_arguments(fn: Callable[..., Any], args: tuple[Any, ...], kwargs: dict[str, Any]) -> Any:
+    """A call's arguments in the shape `bind_input` accepts back once encoded as JSON:
+    the model itself for a lone BaseModel parameter, else a dict by parameter name.
+    Raises TypeError when the arguments do not fit `fn`'s signature."""
     bound = _signature(fn).bind(*args, **kwargs)
     arguments = {k: v for k, v in bound.arguments.items() if k not in ("self", "cls")}
     single = _single_model(fn)
     if single is not None:
-        return to_json(arguments[single[0]])
-    return to_json(arguments)
+        return arguments[single[0]]
+    return arguments
 
 
 @cache

@@ -1,46 +1,15 @@
-"""What must be sent to the workers after a transaction commits.
+"""What must happen after a transaction commits: the engine's answer, as data.
 
-The engine returns these; the Celery side (workers/dispatch.py) turns them into
-messages. Keeping them as data lets the engine run, and be tested, without a broker.
+The engine returns a FollowUp; the Celery side (app/messaging/dispatcher.py) turns its
+dispatches into messages and its stops into revocations. Keeping them as data lets the
+engine run, and be tested, without a broker. Every message is safe to send twice: a
+claim or a workflow task that finds its work done does nothing.
 """
 
 from __future__ import annotations
 
 import uuid
 from dataclasses import dataclass
-from datetime import datetime
-from typing import Any, Protocol
-
-from app.engine.replay import HistoryEvent
-
-
-@dataclass(frozen=True)
-class RunSnapshot:
-    """The run as the workflow task that scheduled an activity left it: what recording
-    that activity's outcome would read from Postgres under the run's lock, its history
-    cut to what replay reads (`replay_view`).
-
-    It holds only while the run's `last_event_id` is unchanged (history is append-only
-    within a run), and the write that uses it checks that under the same lock.
-    """
-
-    workflow_name: str
-    deadline: datetime
-    random_seed: int
-    last_event_id: int
-    processed_event_id: int
-    history: tuple[HistoryEvent, ...]
-
-
-@dataclass(frozen=True)
-class ClaimTicket:
-    """What the claim of a new activity's first attempt would read from Postgres,
-    known to the workflow task that scheduled it (see leases.py). `run` is set when
-    that workflow task left the run plainly RUNNING with this one activity in flight."""
-
-    execution_id: str
-    input: Any
-    run: RunSnapshot | None = None
 
 
 @dataclass(frozen=True)
@@ -49,18 +18,31 @@ class ActivityDispatch:
     seq: int
     activity_name: str
     start_to_close_seconds: float
-    # Set for an activity just scheduled; its first attempt can then be claimed
-    # without reading Postgres.
-    ticket: ClaimTicket | None = None
 
 
 @dataclass(frozen=True)
 class Dispatch:
-    """Run these activities (possibly none), then a workflow task for the run."""
+    """Run these activities (possibly none), then a workflow task for the run.
+
+    `countdown`: seconds before the first message may run (a retry's backoff)."""
 
     run_id: uuid.UUID
     activities: tuple[ActivityDispatch, ...] = ()
+    countdown: float = 0.0
 
 
-class Dispatcher(Protocol):
-    def send(self, dispatches: list[Dispatch]) -> None: ...
+@dataclass(frozen=True)
+class FollowUp:
+    """The outcome of a piece of engine work, and what to do once it has committed.
+
+    `retry_in`: the message being handled should be delivered again after that many
+    seconds (it carries the activity's next attempt). `advanced`: the run's workflow
+    task already ran, so a chained one has nothing to do.
+    """
+
+    reason: str
+    dispatches: tuple[Dispatch, ...] = ()
+    # Celery task ids of attempts whose run closed: they are stopped.
+    stop_task_ids: tuple[str, ...] = ()
+    retry_in: float | None = None
+    advanced: bool = False

@@ -4,13 +4,20 @@ History is a sequence of activations: each WORKFLOW_TASK_COMPLETED event closes 
 naming the newest event it consumed (`processed_event_id`) and the time it ran at. The
 replayer feeds each activation the activity outcomes it consumed originally, runs the
 workflow code until it blocks, and checks that the code asks for exactly the commands
-recorded after that activation. The last activation is new: it takes every outcome not
-yet consumed, and the commands it produces are what the workflow task records.
+recorded after that activation: the same activities, in the same order, with the same
+input (by digest). The last activation is new: it takes every outcome not yet consumed,
+and the commands it produces are what the workflow task records.
+
+Replay raises when it cannot go on: NonDeterminismError when the code disagrees with
+history, or whatever the code raised outside its entrypoint's own flow (an activity
+called with arguments that do not fit it, or that JSON cannot hold). The workflow task
+records either as its failure and is tried again later (workflow_tasks.py).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
 import random
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -18,44 +25,16 @@ from dataclasses import dataclass, field
 from datetime import datetime
 from typing import Any
 
-from app.engine import events as ev
-from app.engine.binding import bind_input, call_to_json, result_from_json, to_json
-from app.engine.retry import RetryPolicy
+from app.engine.binding import bind_input, call_arguments, result_from_json
+from app.engine.time_limits import TimeLimitExceeded
+from app.errors import InvalidPayload, PayloadTooLarge
+from app.model import events as ev
+from app.model.events import HistoryEvent
+from app.model.payloads import digest, encode, storable_text
+from app.model.retry import RetryPolicy
 from app.workflows.context import current_runtime
 from app.workflows.errors import ActivityError
 from app.workflows.registry import ActivityDefinition, Registry, WorkflowDefinition
-
-
-@dataclass(frozen=True)
-class HistoryEvent:
-    event_id: int
-    event_type: str
-    attributes: dict[str, Any]
-
-
-# What replay reads of each event type it reads at all. The rest of history (attempt
-# starts, retries, status changes, task ids) is for people and the API.
-REPLAYED_ATTRIBUTES: dict[str, tuple[str, ...]] = {
-    ev.WORKFLOW_EXECUTION_STARTED: ("input",),
-    ev.WORKFLOW_TASK_COMPLETED: ("processed_event_id", "task_time"),
-    ev.ACTIVITY_TASK_SCHEDULED: ("seq", "activity_name"),
-    ev.ACTIVITY_TASK_COMPLETED: ("seq", "result"),
-    ev.ACTIVITY_TASK_FAILED: ("seq", "failure", "attempt"),
-}
-
-
-def replay_view(history: list[HistoryEvent]) -> list[HistoryEvent]:
-    """The part of a run's history that replaying it reads, which replays exactly as
-    the whole does: the events of REPLAYED_ATTRIBUTES' types with only those
-    attributes, and the newest event (whose id the new activation takes) in any case."""
-    view: list[HistoryEvent] = []
-    for index, event in enumerate(history):
-        keys = REPLAYED_ATTRIBUTES.get(event.event_type)
-        if keys is None and index < len(history) - 1:
-            continue
-        attributes = {k: event.attributes[k] for k in keys or () if k in event.attributes}
-        view.append(HistoryEvent(event.event_id, event.event_type, attributes))
-    return view
 
 
 @dataclass(frozen=True)
@@ -63,6 +42,7 @@ class ScheduleActivity:
     seq: int
     activity_name: str
     input: Any
+    input_digest: str
     start_to_close_seconds: float
     retry_policy: RetryPolicy
 
@@ -83,10 +63,7 @@ Command = ScheduleActivity | CompleteWorkflow | FailWorkflow
 
 @dataclass(frozen=True)
 class _ActivityCall:
-    """An activity the workflow code awaited. Its input is encoded only when its
-    activation is the new one: replayed calls are checked by sequence number and name,
-    and encoding each again on every replay would make a run's replays cost more than
-    the rest of its workflow tasks."""
+    """An activity the workflow code called, as it asked for it."""
 
     seq: int
     definition: ActivityDefinition
@@ -94,11 +71,16 @@ class _ActivityCall:
     kwargs: dict[str, Any]
 
     def command(self) -> ScheduleActivity:
+        """Its input encoded: raises TypeError for arguments that do not fit the
+        activity, InvalidPayload or PayloadTooLarge for ones that cannot be stored."""
         definition = self.definition
+        arguments = call_arguments(definition.fn, self.args, self.kwargs)
+        data = encode(arguments, f"the input of activity {definition.name!r} (#{self.seq})")
         return ScheduleActivity(
             seq=self.seq,
             activity_name=definition.name,
-            input=call_to_json(definition.fn, self.args, self.kwargs),
+            input=data,
+            input_digest=digest(data),
             start_to_close_seconds=definition.start_to_close_timeout.total_seconds(),
             retry_policy=definition.retry_policy,
         )
@@ -107,9 +89,8 @@ class _ActivityCall:
 _Produced = _ActivityCall | CompleteWorkflow | FailWorkflow
 
 
-@dataclass(frozen=True)
-class NonDeterminism:
-    message: str
+class NonDeterminismError(Exception):
+    """The workflow code asked for other commands than history recorded."""
 
 
 @dataclass(frozen=True)
@@ -185,26 +166,41 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
             asyncio.events._set_running_loop(previous)
 
 
+@dataclass(frozen=True)
+class _RecordedCall:
+    seq: int
+    activity_name: str
+    # None in histories written before inputs were compared.
+    input_digest: str | None
+    input: Any
+
+
 @dataclass
 class _Activation:
     processed_event_id: int
     task_time: datetime
-    recorded: list[tuple[int, str]] = field(default_factory=list)
+    recorded: list[_RecordedCall] = field(default_factory=list)
 
 
 def _split_activations(history: list[HistoryEvent]) -> list[_Activation]:
     activations: list[_Activation] = []
     for event in history:
+        attributes = event.attributes
         if event.event_type == ev.WORKFLOW_TASK_COMPLETED:
             activations.append(
                 _Activation(
-                    processed_event_id=int(event.attributes["processed_event_id"]),
-                    task_time=datetime.fromisoformat(event.attributes["task_time"]),
+                    processed_event_id=int(attributes["processed_event_id"]),
+                    task_time=datetime.fromisoformat(attributes["task_time"]),
                 )
             )
         elif event.event_type == ev.ACTIVITY_TASK_SCHEDULED and activations:
             activations[-1].recorded.append(
-                (int(event.attributes["seq"]), str(event.attributes["activity_name"]))
+                _RecordedCall(
+                    seq=int(attributes["seq"]),
+                    activity_name=str(attributes["activity_name"]),
+                    input_digest=attributes.get("input_digest"),
+                    input=attributes.get("input", {}).get("value"),
+                )
             )
     return activations
 
@@ -274,14 +270,14 @@ class Replayer:
         try:
             kwargs = bind_input(self.definition.entrypoint, started.attributes["input"]["value"])
         except Exception as exc:
-            return FailWorkflow(type(exc).__name__, str(exc))
+            return FailWorkflow(type(exc).__name__, storable_text(str(exc)))
         token = current_runtime.set(self)
         try:
             instance = self.definition.cls()
             entrypoint = getattr(instance, self.definition.entrypoint_name)
             return self.loop.create_task(entrypoint(**kwargs))
         except Exception as exc:  # a constructor that raises fails the workflow
-            return FailWorkflow(type(exc).__name__, str(exc))
+            return FailWorkflow(type(exc).__name__, storable_text(str(exc)))
         finally:
             current_runtime.reset(token)
 
@@ -294,7 +290,7 @@ class Replayer:
         if main.done():
             self._commands.append(_closing_command(main))
 
-    def replay(self, *, now: datetime) -> ActivationOutcome | NonDeterminism:
+    def replay(self, *, now: datetime) -> ActivationOutcome:
         """Replay all recorded activations, then run the new one at time `now`."""
         recorded = _split_activations(self.history)
         outcomes = [e for e in self.history if e.event_type in ev.ACTIVITY_OUTCOMES]
@@ -315,43 +311,62 @@ class Replayer:
                     return ActivationOutcome([started], last_event_id, now)
                 main = started
             self._step(main)
+            commands = [c.command() if isinstance(c, _ActivityCall) else c for c in self._commands]
             if activation is new:
-                commands = [
-                    c.command() if isinstance(c, _ActivityCall) else c for c in self._commands
-                ]
                 return ActivationOutcome(commands, last_event_id, now)
-            produced = [
-                (c.seq, c.definition.name) for c in self._commands if isinstance(c, _ActivityCall)
-            ]
-            if produced != activation.recorded or len(produced) != len(self._commands):
-                return NonDeterminism(
-                    f"workflow task {index + 1} replayed as {_describe(self._commands)}, "
+            if not _as_recorded(commands, activation.recorded):
+                raise NonDeterminismError(
+                    f"workflow task {index + 1} replayed as {_describe(commands)}, "
                     f"but history recorded {_describe_recorded(activation.recorded)}"
                 )
         raise AssertionError("the new activation always returns")
+
+
+def _as_recorded(commands: list[Command], recorded: list[_RecordedCall]) -> bool:
+    if len(commands) != len(recorded):
+        return False
+    for command, call in zip(commands, recorded, strict=True):
+        if not isinstance(command, ScheduleActivity):
+            return False
+        if (command.seq, command.activity_name) != (call.seq, call.activity_name):
+            return False
+        if call.input_digest is not None and call.input_digest != command.input_digest:
+            return False
+    return True
 
 
 def _closing_command(main: asyncio.Task[Any]) -> CompleteWorkflow | FailWorkflow:
     if main.cancelled():
         return FailWorkflow("CancelledError", "the workflow was cancelled")
     error = main.exception()
+    if isinstance(error, TimeLimitExceeded):
+        raise error  # the workflow task ran out of time, not the workflow
     if error is not None:
-        return FailWorkflow(type(error).__name__, str(error))
+        return FailWorkflow(type(error).__name__, storable_text(str(error)))
     try:
-        return CompleteWorkflow(to_json(main.result()))
-    except Exception as exc:
-        return FailWorkflow(type(exc).__name__, f"the result is not JSON serialisable: {exc}")
+        return CompleteWorkflow(encode(main.result(), "the workflow result"))
+    except (InvalidPayload, PayloadTooLarge) as exc:
+        return FailWorkflow(type(exc).__name__, exc.detail)
 
 
-def _describe(commands: list[_Produced]) -> str:
+def _preview(value: Any) -> str:
+    text = json.dumps(value, sort_keys=True, ensure_ascii=False, default=str)
+    return text if len(text) <= PREVIEW_CHARS else text[: PREVIEW_CHARS - 3] + "..."
+
+
+PREVIEW_CHARS = 200
+
+
+def _describe(commands: list[Command]) -> str:
     parts = []
     for c in commands:
-        if isinstance(c, _ActivityCall):
-            parts.append(f"activity #{c.seq} {c.definition.name!r}")
+        if isinstance(c, ScheduleActivity):
+            parts.append(f"activity #{c.seq} {c.activity_name!r} {_preview(c.input)}")
         else:
             parts.append(type(c).__name__)
     return "[" + ", ".join(parts) + "]"
 
 
-def _describe_recorded(recorded: list[tuple[int, str]]) -> str:
-    return "[" + ", ".join(f"activity #{seq} {name!r}" for seq, name in recorded) + "]"
+def _describe_recorded(recorded: list[_RecordedCall]) -> str:
+    described = (f"activity #{c.seq} {c.activity_name!r} {_preview(c.input)}" for c in recorded)
+    return "[" + ", ".join(described) + "]"

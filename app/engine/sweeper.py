@@ -1,129 +1,90 @@
-"""The sweeper, run by beat: it finds work that nobody is doing and makes it happen.
+"""The sweeper: run by beat itself, never queued behind activities, so that deadlines
+are enforced within a sweep interval however busy the workers are.
 
-- Runs past their execution deadline are closed TIMED_OUT, whether or not a worker is
-  touching them.
-- Runs that have needed a workflow task for too long (a lost message, or a crash between
-  a commit and its publish) get one again.
-- Activities whose attempt was lost (lease expired), whose message never arrived, or
-  whose backoff is over with no message waiting, are dispatched again.
+Each sweep:
+- closes runs past their execution deadline TIMED_OUT, stopping their attempts;
+- times out attempts past their start-to-close deadline, and retries them by policy;
+- sends again the messages of work that has waited too long for one (a lost message,
+  or a crash between a commit and its publish).
 
-Every redispatch is safe to duplicate: tasks are idempotent.
+Every question is a bounded batch served by an index, and rows that someone holds
+are skipped (SKIP LOCKED) until the next sweep, so one stuck run holds up nothing else.
+Everything it sends is safe to send twice.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from datetime import UTC, datetime, timedelta
+import logging
 
-from sqlalchemy import Engine, case, func, or_, select, tuple_, update
+from sqlalchemy import Engine
 
-from app.engine.dispatch import ActivityDispatch, Dispatch
-from app.engine.statuses import OPEN_STATUSES
-from app.engine.workflow_tasks import time_out_run
-from app.storage.history import lock_run
-from app.storage.schema import activities, runs
+from app.engine.activities.outcome import time_out_attempt
+from app.engine.dispatch import ActivityDispatch, Dispatch, FollowUp
+from app.engine.steps import time_out_run
+from app.errors import IllegalTransition
+from app.storage import sweeps
+from app.storage.runs import lock_run_state
+from app.storage.transactions import autocommit, transaction
 
-BATCH = 500
+log = logging.getLogger(__name__)
 
-
-@dataclass(frozen=True)
-class SweepReport:
-    timed_out: int
-    dispatches: list[Dispatch]
+BATCH = 100
 
 
-def sweep(engine: Engine, *, stalled_after: timedelta) -> SweepReport:
-    now = datetime.now(UTC)
-    timed_out = _time_out_overdue_runs(engine, now)
-    stale = now - stalled_after
-    open_runs = select(runs.c.run_id).where(runs.c.status.in_([s.value for s in OPEN_STATUSES]))
-    with engine.begin() as conn:
-        # Re-arming the timestamps keeps one stall from being redispatched every sweep.
-        # SKIP LOCKED: rows a writer holds are busy, not stalled, and waiting for them
-        # could deadlock with a writer that holds the run.
-        stale_run_ids = (
-            select(runs.c.run_id)
-            .where(runs.c.workflow_task_due_at < stale, runs.c.run_id.in_(open_runs))
-            .limit(BATCH)
-            .with_for_update(skip_locked=True)
+def sweep(engine: Engine, *, stalled_after_seconds: float) -> list[FollowUp]:
+    """One sweep; returns what to send and stop."""
+    follow_ups = [*_time_out_runs(engine), *_time_out_attempts(engine)]
+    follow_ups.extend(_resend_stalled(engine, stalled_after_seconds))
+    return follow_ups
+
+
+def _time_out_runs(engine: Engine) -> list[FollowUp]:
+    with autocommit(engine) as tx:
+        overdue = sweeps.overdue_runs(tx, limit=BATCH)
+    follow_ups = []
+    for run_id in overdue:
+        try:
+            with transaction(engine) as tx:
+                state = lock_run_state(tx, run_id, unless_busy=True)
+                if state is not None and state.run.is_open and state.overdue:
+                    follow_ups.append(time_out_run(tx, state))
+        except IllegalTransition:
+            log.warning("run %s changed while being timed out; next sweep", run_id)
+    return follow_ups
+
+
+def _time_out_attempts(engine: Engine) -> list[FollowUp]:
+    with autocommit(engine) as tx:
+        late = sweeps.late_attempts(tx, limit=BATCH)
+    follow_ups = []
+    for run_id, seq in late:
+        try:
+            follow_up = time_out_attempt(engine, run_id, seq)
+        except IllegalTransition:
+            log.warning("run %s changed while its attempt was timed out; next sweep", run_id)
+            continue
+        if follow_up is not None:
+            follow_ups.append(follow_up)
+    return follow_ups
+
+
+def _resend_stalled(engine: Engine, stalled_after_seconds: float) -> list[FollowUp]:
+    with transaction(engine) as tx:
+        runs = sweeps.rearm_stalled_workflow_tasks(
+            tx, stalled_seconds=stalled_after_seconds, limit=BATCH
         )
-        stale_runs = conn.execute(
-            update(runs)
-            .where(runs.c.run_id.in_(stale_run_ids))
-            .values(workflow_task_due_at=now)
-            .returning(runs.c.run_id)
-        ).scalars()
-        dispatches = [Dispatch(run_id=run_id) for run_id in stale_runs]
-        stalled_activities = (
-            select(activities.c.run_id, activities.c.seq)
-            .where(
-                activities.c.run_id.in_(open_runs),
-                or_(
-                    (activities.c.state == "SCHEDULED") & (activities.c.scheduled_at < stale),
-                    (activities.c.state == "BACKING_OFF") & (activities.c.next_attempt_at < stale),
-                ),
-            )
-            .limit(BATCH)
-            .with_for_update(skip_locked=True)
+        activities = sweeps.rearm_stalled_activities(
+            tx, stalled_seconds=stalled_after_seconds, limit=BATCH
         )
-        requeued = conn.execute(
-            update(activities)
-            .where(tuple_(activities.c.run_id, activities.c.seq).in_(stalled_activities))
-            .values(
-                scheduled_at=case(
-                    (activities.c.state == "SCHEDULED", now), else_=activities.c.scheduled_at
-                ),
-                next_attempt_at=case(
-                    (activities.c.state == "BACKING_OFF", now), else_=activities.c.next_attempt_at
-                ),
-            )
-            .returning(*_DISPATCH_COLUMNS)
-        ).all()
-        lost = conn.execute(
-            select(*_DISPATCH_COLUMNS)
-            .where(
-                activities.c.run_id.in_(open_runs),
-                activities.c.state == "STARTED",
-                activities.c.lease_expires_at < func.now(),
-            )
-            .limit(BATCH)
-        ).all()
+    dispatches = [Dispatch(run_id) for run_id in runs]
     dispatches.extend(
         Dispatch(
-            run_id=row.run_id,
-            activities=(
-                ActivityDispatch(
-                    row.run_id, row.seq, row.activity_name, row.start_to_close_seconds
-                ),
-            ),
+            a.run_id,
+            (ActivityDispatch(a.run_id, a.seq, a.activity_name, a.start_to_close_seconds),),
         )
-        for row in [*requeued, *lost]
+        for a in activities
     )
-    return SweepReport(timed_out=timed_out, dispatches=dispatches)
-
-
-_DISPATCH_COLUMNS = (
-    activities.c.run_id,
-    activities.c.seq,
-    activities.c.activity_name,
-    activities.c.start_to_close_seconds,
-)
-
-
-def _time_out_overdue_runs(engine: Engine, now: datetime) -> int:
-    with engine.connect() as conn:
-        overdue = list(
-            conn.execute(
-                select(runs.c.run_id)
-                .where(runs.c.deadline <= now, runs.c.status.in_([s.value for s in OPEN_STATUSES]))
-                .limit(BATCH)
-            ).scalars()
-        )
-    count = 0
-    for run_id in overdue:
-        with engine.begin() as conn:
-            run = lock_run(conn, run_id)
-            if run is not None and run.is_open and run.deadline <= now:
-                time_out_run(conn, run)
-                count += 1
-    return count
+    if not dispatches:
+        return []
+    log.info("sending %d stalled messages again", len(dispatches))
+    return [FollowUp("stalled work sent again", dispatches=tuple(dispatches))]

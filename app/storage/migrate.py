@@ -8,6 +8,12 @@ from alembic import command
 from alembic.config import Config
 
 ALEMBIC_INI = Path(__file__).with_name("alembic.ini")
+MIGRATIONS_SQL = Path(__file__).with_name("migrations") / "sql"
+
+
+def sql_file(name: str) -> str:
+    """The SQL (PL/pgSQL functions and triggers) a migration runs, kept as SQL."""
+    return (MIGRATIONS_SQL / name).read_text()
 
 
 def alembic_config(database_url: str | None = None) -> Config:

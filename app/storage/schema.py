@@ -23,7 +23,8 @@ from sqlalchemy import (
 )
 from sqlalchemy.dialects.postgresql import JSONB, UUID
 
-from app.engine.statuses import OPEN_STATUSES, ExecutionStatus
+from app.model.activity_states import ActivityState
+from app.model.statuses import OPEN_STATUSES, ExecutionStatus
 
 metadata = MetaData()
 
@@ -70,8 +71,11 @@ runs = Table(
     Column("last_event_id", Integer, nullable=False, server_default=text("0")),
     # The newest event a workflow task has replayed; newer outcomes still need one.
     Column("processed_event_id", Integer, nullable=False, server_default=text("0")),
-    # Set while the run needs a workflow task; the sweeper re-enqueues stale ones.
+    # Set while the run needs a workflow task, to when it may run (later than now while
+    # a failed one waits to be retried); the sweeper sends stalled ones again.
     Column("workflow_task_due_at", DateTime(timezone=True), nullable=True),
+    # Workflow tasks that failed in a row: the backoff before the next one grows with it.
+    Column("workflow_task_attempt", Integer, nullable=False, server_default=text("0")),
     UniqueConstraint("execution_id", "run_number", name="runs_execution_run_number_key"),
     CheckConstraint(f"status IN ({ALL_STATUSES_SQL})", name="runs_status_valid"),
     CheckConstraint(
@@ -115,7 +119,7 @@ events = Table(
     UniqueConstraint("run_id", "dedup_key", name="events_run_dedup_key"),
 )
 
-ACTIVITY_STATES = ("SCHEDULED", "STARTED", "BACKING_OFF", "COMPLETED", "FAILED", "ABANDONED")
+ACTIVITY_STATES_SQL = _quoted(ActivityState)
 
 activities = Table(
     "activities",
@@ -129,20 +133,37 @@ activities = Table(
     Column("retry_policy", JSONB, nullable=False),
     Column("start_to_close_seconds", Float, nullable=False),
     Column("scheduled_at", DateTime(timezone=True), nullable=False),
-    # Who runs the current attempt and until when it may: the lease.
-    Column("lease_owner", Text, nullable=True),
-    Column("lease_expires_at", DateTime(timezone=True), nullable=True),
+    # While an attempt runs (STARTED): the Celery task running it, and when it must
+    # have reported, by Postgres's clock.
+    Column("worker_task_id", Text, nullable=True),
+    Column("attempt_deadline", DateTime(timezone=True), nullable=True),
+    # While BACKING_OFF: when the next attempt may start.
     Column("next_attempt_at", DateTime(timezone=True), nullable=True),
     PrimaryKeyConstraint("run_id", "seq", name="activities_pkey"),
+    CheckConstraint(f"state IN ({ACTIVITY_STATES_SQL})", name="activities_state_valid"),
     CheckConstraint(
-        "state IN (" + ", ".join(f"'{s}'" for s in ACTIVITY_STATES) + ")",
-        name="activities_state_valid",
+        "(state = 'STARTED') = (worker_task_id IS NOT NULL AND attempt_deadline IS NOT NULL)",
+        name="activities_started_iff_running",
+    ),
+    CheckConstraint(
+        "(state = 'BACKING_OFF') = (next_attempt_at IS NOT NULL)",
+        name="activities_backing_off_iff_due",
     ),
 )
 
+# One index per question the sweeper asks of activities (app/storage/queries.sql).
 Index(
-    "activities_in_flight",
-    activities.c.state,
-    activities.c.lease_expires_at,
-    postgresql_where=text("state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')"),
+    "activities_started_by_deadline",
+    activities.c.attempt_deadline,
+    postgresql_where=text("state = 'STARTED'"),
+)
+Index(
+    "activities_scheduled_since",
+    activities.c.scheduled_at,
+    postgresql_where=text("state = 'SCHEDULED'"),
+)
+Index(
+    "activities_backing_off_until",
+    activities.c.next_attempt_at,
+    postgresql_where=text("state = 'BACKING_OFF'"),
 )

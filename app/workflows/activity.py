@@ -8,7 +8,8 @@ from collections.abc import Callable, Coroutine
 from datetime import timedelta
 from typing import Any, ParamSpec, Protocol, TypeVar, overload
 
-from app.engine.retry import RetryPolicy
+from app.model.retry import RetryPolicy
+from app.workflows.compat import no_effect
 from app.workflows.context import current_runtime
 from app.workflows.registry import DEFAULT_START_TO_CLOSE_TIMEOUT, ActivityDefinition, registry
 
@@ -33,19 +34,28 @@ def activity(
     retry_policy_max_attempts: int | None = None,
     retry_policy_backoff_coefficient: float | None = None,
     name: str | None = None,
+    sticky_to_worker: bool = False,
+    rate_limit: object | None = None,
+    heartbeat_timeout: timedelta | None = None,
     *,
     retry_policy_initial_interval: timedelta | None = None,
     retry_policy_maximum_interval: timedelta | None = None,
     non_retryable_error_types: tuple[str, ...] = (),
-    heartbeat_timeout: timedelta | None = None,
 ) -> ActivityDecorator:
     """Declare a function (sync or async) as an activity.
 
     Awaited inside workflow code, the call is scheduled as its own Celery task and its
-    outcome recorded; called anywhere else, it is the plain function.
+    outcome recorded; called anywhere else, it is the plain function. The positional
+    keywords are Mistral's, in Mistral's order; the keyword-only ones are Chainline's.
     """
     if not isinstance(start_to_close_timeout, timedelta):
         raise TypeError("use @workflows.activity(...) with parentheses")
+    if sticky_to_worker:
+        no_effect("sticky_to_worker", "every worker may run every attempt")
+    if rate_limit is not None:
+        no_effect("rate_limit", "activities are not rate-limited yet")
+    if heartbeat_timeout is not None:
+        no_effect("heartbeat_timeout", "heartbeats are not supported yet")
     default = RetryPolicy()
     policy = RetryPolicy(
         max_attempts=retry_policy_max_attempts or default.max_attempts,
@@ -64,6 +74,8 @@ def activity(
     )
 
     def decorate(fn: Callable[..., Any]) -> Callable[..., Any]:
+        if not inspect.isfunction(fn):
+            raise TypeError(f"@workflows.activity only decorates functions, not {fn!r}")
         definition = ActivityDefinition(
             name=name or fn.__name__,
             fn=fn,

@@ -1,4 +1,9 @@
-"""What a deployment knows: its workflow and activity definitions, by name."""
+"""What a deployment knows: its workflow and activity definitions, by name.
+
+A name means one definition: registering a second under a name already taken (an
+activity `send_email` in two modules, say) raises at import, naming both, instead of
+one silently replacing the other.
+"""
 
 from __future__ import annotations
 
@@ -9,8 +14,8 @@ from dataclasses import dataclass, field
 from datetime import timedelta
 from typing import Any
 
-from app.engine.retry import RetryPolicy
 from app.errors import InvalidDefinition, WorkflowNotFound
+from app.model.retry import RetryPolicy
 
 # Route words under /v1/workflows that a workflow name would shadow.
 RESERVED_WORKFLOW_NAMES = frozenset(
@@ -18,6 +23,11 @@ RESERVED_WORKFLOW_NAMES = frozenset(
 )
 DEFAULT_EXECUTION_TIMEOUT = timedelta(hours=1)
 DEFAULT_START_TO_CLOSE_TIMEOUT = timedelta(minutes=5)
+
+
+def origin(obj: Any) -> str:
+    """Where a definition comes from: `module.qualified_name`."""
+    return f"{obj.__module__}.{obj.__qualname__}"
 
 
 @dataclass(frozen=True)
@@ -54,14 +64,14 @@ class Registry:
 
     def add_workflow(self, definition: WorkflowDefinition) -> None:
         existing = self.workflows.get(definition.name)
-        if existing is not None and existing.cls.__qualname__ != definition.cls.__qualname__:
-            raise InvalidDefinition(f"two workflows are named {definition.name!r}")
+        if existing is not None:
+            _refuse_a_second(f"workflow {definition.name!r}", existing.cls, definition.cls)
         self.workflows[definition.name] = definition
 
     def add_activity(self, definition: ActivityDefinition) -> None:
         existing = self.activities.get(definition.name)
-        if existing is not None and existing.fn.__qualname__ != definition.fn.__qualname__:
-            raise InvalidDefinition(f"two activities are named {definition.name!r}")
+        if existing is not None:
+            _refuse_a_second(f"activity {definition.name!r}", existing.fn, definition.fn)
         self.activities[definition.name] = definition
 
     def workflow(self, name: str) -> WorkflowDefinition:
@@ -69,6 +79,14 @@ class Registry:
             return self.workflows[name]
         except KeyError:
             raise WorkflowNotFound(f"Workflow {name!r} not found") from None
+
+
+def _refuse_a_second(what: str, existing: Any, new: Any) -> None:
+    # The same definition again (its module imported anew) replaces itself.
+    if origin(existing) != origin(new):
+        raise InvalidDefinition(
+            f"{what} is defined twice: by {origin(existing)} and by {origin(new)}"
+        )
 
 
 registry = Registry()

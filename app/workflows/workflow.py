@@ -8,6 +8,7 @@ from collections.abc import Awaitable, Callable
 from datetime import datetime, timedelta
 from typing import Any, TypeVar
 
+from app.workflows.compat import no_effect
 from app.workflows.context import runtime
 from app.workflows.registry import (
     DEFAULT_EXECUTION_TIMEOUT,
@@ -22,6 +23,26 @@ A = TypeVar("A", bound=Callable[..., Awaitable[Any]])
 _ENTRYPOINT_MARK = "__chainline_entrypoint__"
 
 
+def _warn_of_what_has_no_effect(
+    *,
+    schedules: list[Any] | None,
+    is_technical: bool,
+    enforce_determinism: bool | None,
+    on_behalf_of: bool,
+    search_keys: list[str] | None,
+) -> None:
+    if schedules is not None:
+        no_effect("schedules", "schedules are not supported yet (Mistral deprecates these too)")
+    if is_technical:
+        no_effect("is_technical", "every workflow is listed alike")
+    if enforce_determinism is False:
+        no_effect("enforce_determinism", "Chainline always checks replay against history")
+    if on_behalf_of:
+        no_effect("on_behalf_of", "executions run as their caller")
+    if search_keys is not None:
+        no_effect("search_keys", "executions are not searchable by input yet")
+
+
 # Lower-case because user code spells it `workflows.workflow`, as in Mistral's SDK.
 class workflow:
     """Namespace of the workflow API: `workflows.workflow.define(...)`, `.now()` ..."""
@@ -30,11 +51,24 @@ class workflow:
     def define(
         name: str,
         workflow_description: str | None = None,
+        schedules: list[Any] | None = None,
         workflow_display_name: str | None = None,
+        is_technical: bool = False,
+        enforce_determinism: bool | None = None,
         execution_timeout: timedelta = DEFAULT_EXECUTION_TIMEOUT,
-        **_ignored: Any,
+        on_behalf_of: bool = False,
+        search_keys: list[str] | None = None,
     ) -> Callable[[C], C]:
-        """Register a class as the workflow `name`; its entrypoint method runs it."""
+        """Register a class as the workflow `name`; its entrypoint method runs it.
+
+        The keywords are Mistral's, in Mistral's order."""
+        _warn_of_what_has_no_effect(
+            schedules=schedules,
+            is_technical=is_technical,
+            enforce_determinism=enforce_determinism,
+            on_behalf_of=on_behalf_of,
+            search_keys=search_keys,
+        )
         if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
             raise ValueError(f"workflow name {name!r} must match [A-Za-z0-9._-]+")
         if name in RESERVED_WORKFLOW_NAMES:

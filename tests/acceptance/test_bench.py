@@ -16,8 +16,10 @@ from tests.support import ADMIN_DATABASE_URL, BROKER_URL, CHAINLINE, newcomer_en
 
 REQUIRED = [
     ("raw_celery", "executions_per_s"),
+    ("durable_limit", "executions_per_s"),
     ("sequential", "executions_per_s"),
     ("sequential", "ratio_to_raw_celery"),
+    ("sequential", "ratio_to_durable_limit"),
     ("sequential", "pg_transactions_per_activity"),
     ("fan_out", "executions_per_s"),
     ("latency", "p50_ms"),
@@ -58,6 +60,8 @@ def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
             "1",
             "--warmup-rounds",
             "0",
+            "--dbos-concurrency",
+            "1,4",
             "--json",
             str(report_path),
         ],
@@ -77,9 +81,13 @@ def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
     if PEER_INSTALLED:
         assert "sequential.ratio_to_dbos" in done.stdout
         assert report["dbos"]["cpu_seconds"]["dbos_worker"] > 0
+        # DBOS ran at the fastest of the worker concurrencies it was tried at.
+        sweep = report["dbos"]["sweep_executions_per_s"]
+        assert set(sweep) == {"1", "4"} and all(v > 0 for v in sweep.values())
+        assert str(report["dbos"]["worker_concurrency"]) == max(sweep, key=sweep.__getitem__)
     else:
         assert "bench extra" in report["dbos"]["skipped"]
-    assert _bench_keys() - keys_before == set()  # queues, leases and results tidied
+    assert _bench_keys() - keys_before == set()  # queues and results tidied
 
 
 def test_bench_stopped_with_sigterm_leaves_no_process_behind() -> None:

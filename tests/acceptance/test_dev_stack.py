@@ -15,7 +15,7 @@ from pathlib import Path
 import httpx
 import psutil
 
-from app.devstack import free_port
+from app.devtools.devstack import free_port
 from tests.support import (
     BROKER_URL,
     CHAINLINE,

@@ -18,11 +18,10 @@ from celery import Celery
 from celery.events.event import get_exchange
 from kombu import Queue
 
+from app.messaging.broker import WORKFLOW_TASK, create_celery_app
 from app.settings import Settings
 from tests.acceptance.conftest import Stack, execution_id, wait_for_end
 from tests.support import CHAINLINE, delete_broker_keys, wait_until
-from workers.bench_tasks import RAW_NOOP_TASK
-from workers.celery_app import create_celery_app
 
 
 @dataclass
@@ -98,7 +97,9 @@ def test_an_execution_s_task_events_reach_monitors_without_more_traffic(
             names = {
                 e["uuid"]: e["name"]
                 for e in log.task_events()
-                if e["type"] == "task-received" and run_id in e.get("args", "")
+                if e["type"] == "task-received"
+                and run_id in e.get("args", "")
+                and e["name"].startswith("activity.")
             }
             by_task: dict[str, list[str]] = {task_id: [] for task_id in names}
             for event in log.task_events():
@@ -142,8 +143,9 @@ def test_a_worker_publishes_task_events_in_batches_and_the_rest_on_shutdown(
             )
             try:
                 wait_until(lambda: client.control.ping(timeout=0.5), timeout=60, what="the worker")
-                for step in range(tasks):
-                    client.send_task(RAW_NOOP_TASK, args=[step], ignore_result=True)
+                for _ in range(tasks):
+                    # A workflow task for a run that does not exist: done at once.
+                    client.send_task(WORKFLOW_TASK, args=[str(uuid.uuid4())], ignore_result=True)
                 wait_until(
                     lambda: (tmp_path / "worker.log").read_text().count("succeeded in") == tasks,
                     timeout=30,

@@ -16,16 +16,12 @@ import redis
 from kombu.exceptions import BatchPublishError
 from kombu.transport import redis as kombu_redis
 
-from app.engine import events as ev
-from app.engine.activity_tasks import LEASE_GRACE
-from app.engine.dispatch import ActivityDispatch, ClaimTicket, Dispatch, RunSnapshot
-from app.engine.leases import TICKET_MAX_INPUT_BYTES
-from app.engine.replay import HistoryEvent
+from app.engine.dispatch import ActivityDispatch, Dispatch, FollowUp
+from app.messaging.broker import TIME_LIMIT_MARGIN_SECONDS, WORKFLOW_TASK, create_celery_app
+from app.messaging.dispatcher import CeleryDispatcher
+from app.messaging.transports import ClientKeepingTransport, broker_transport
 from app.settings import Settings
 from tests.support import BROKER_URL, delete_broker_keys, wait_until
-from workers.broker import ClientKeepingTransport, broker_transport
-from workers.celery_app import WORKFLOW_TASK, create_celery_app
-from workers.dispatch import HARD_LIMIT_MARGIN, SOFT_LIMIT_MARGIN, CeleryDispatcher
 
 QUEUE = "dispatch-test"
 
@@ -45,6 +41,10 @@ def dispatcher(prefix: str) -> Iterator[CeleryDispatcher]:
     dispatcher.publisher.close()
 
 
+def send(dispatcher: CeleryDispatcher, *dispatches: Dispatch) -> None:
+    dispatcher.send([FollowUp("test", dispatches=dispatches)])
+
+
 def published(prefix: str) -> list[dict[str, Any]]:
     """The queue's messages, oldest first: headers, and the body decoded."""
     with redis.Redis.from_url(BROKER_URL) as client:
@@ -62,14 +62,16 @@ def test_an_activity_goes_out_as_a_chain_ending_in_the_workflow_task(
 ) -> None:
     run_id = uuid.uuid4()
     activity = ActivityDispatch(run_id, 3, "greet", start_to_close_seconds=30.0)
-    dispatcher.send([Dispatch(run_id, (activity,))])
+    send(dispatcher, Dispatch(run_id, (activity,)))
 
     (message,) = published(prefix)
     headers, (args, kwargs, embed) = message["headers"], message["body"]
     assert headers["task"] == "activity.greet"
     assert args == [str(run_id), 3] and kwargs == {}
     assert headers["argsrepr"] == repr([str(run_id), 3])
-    assert headers["timelimit"] == [30.0 + HARD_LIMIT_MARGIN, 30.0 + SOFT_LIMIT_MARGIN]
+    # Only the kill: the attempt's own deadline is enforced around the user's code.
+    assert headers["timelimit"] == [30.0 + TIME_LIMIT_MARGIN_SECONDS, None]
+    assert headers["eta"] is None
     assert headers["ignore_result"] is True
     (callback,) = embed["chain"]
     assert callback["task"] == WORKFLOW_TASK
@@ -80,7 +82,7 @@ def test_a_workflow_task_alone_goes_out_as_one_message(
     dispatcher: CeleryDispatcher, prefix: str
 ) -> None:
     run_id = uuid.uuid4()
-    dispatcher.send([Dispatch(run_id)])
+    send(dispatcher, Dispatch(run_id))
 
     (message,) = published(prefix)
     assert message["headers"]["task"] == WORKFLOW_TASK
@@ -91,7 +93,7 @@ def test_publishing_keeps_one_redis_client(dispatcher: CeleryDispatcher, prefix:
     run_id = uuid.uuid4()
     clients = set()
     for seq in range(1, 4):
-        dispatcher.send([Dispatch(run_id, (ActivityDispatch(run_id, seq, "greet", 30.0),))])
+        send(dispatcher, Dispatch(run_id, (ActivityDispatch(run_id, seq, "greet", 30.0),)))
         with dispatcher.publisher.producer() as producer:
             clients.add(id(producer.channel._kept_client))
     assert len(clients) == 1
@@ -102,7 +104,7 @@ def test_a_forked_process_publishes_on_connections_of_its_own(
     dispatcher: CeleryDispatcher, prefix: str
 ) -> None:
     run_id = uuid.uuid4()
-    dispatcher.send([Dispatch(run_id)])  # the parent's pool exists before the fork
+    send(dispatcher, Dispatch(run_id))  # the parent's pool exists before the fork
     with dispatcher.publisher.producer() as producer:
         parent_connection = producer.connection
 
@@ -112,7 +114,7 @@ def test_a_forked_process_publishes_on_connections_of_its_own(
         try:
             with dispatcher.publisher.producer() as producer:
                 fresh = producer.connection is not parent_connection
-            dispatcher.send([Dispatch(run_id)])
+            send(dispatcher, Dispatch(run_id))
             code = 0 if fresh else 2
         finally:
             os._exit(code)
@@ -131,62 +133,27 @@ def test_publishing_goes_on_after_redis_drops_the_kept_client_s_connection(
     dispatcher: CeleryDispatcher, prefix: str
 ) -> None:
     run_id = uuid.uuid4()
-    dispatcher.send([Dispatch(run_id)])
+    send(dispatcher, Dispatch(run_id))
     with dispatcher.publisher.producer() as producer:
         connection_id = producer.channel._kept_client.client_id()
     # What a Redis restart or a proxy's idle timeout does to it.
     with redis.Redis.from_url(BROKER_URL) as killer:
         assert killer.client_kill_filter(_id=connection_id) == 1
 
-    dispatcher.send([Dispatch(run_id)])
+    send(dispatcher, Dispatch(run_id))
     assert len(published(prefix)) == 2
 
 
-def test_a_new_activity_s_message_carries_its_claim_ticket(
-    dispatcher: CeleryDispatcher, prefix: str
-) -> None:
+def test_a_retry_goes_out_with_its_countdown(dispatcher: CeleryDispatcher, prefix: str) -> None:
     run_id = uuid.uuid4()
-    new = ActivityDispatch(run_id, 1, "greet", 30.0, ClaimTicket("exec-1", {"name": "Ada"}))
-    resent = ActivityDispatch(run_id, 2, "greet", 30.0)  # as the sweeper sends one again
-    before = time.time()
+    before = datetime.now(UTC)
+    send(dispatcher, Dispatch(run_id, (ActivityDispatch(run_id, 1, "greet", 30.0),), countdown=5))
+    send(dispatcher, Dispatch(run_id, countdown=8))
 
-    dispatcher.send([Dispatch(run_id, (new,)), Dispatch(run_id, (resent,))])
-
-    first, second = published(prefix)
-    args, kwargs, _ = first["body"]
-    assert args == [str(run_id), 1]
-    assert "Ada" not in first["headers"]["kwargsrepr"]  # what Flower shows
-    assert "exec-1" in first["headers"]["kwargsrepr"]
-    ticket = kwargs["ticket"]
-    assert before <= ticket.pop("issued_at") <= time.time()
-    assert ticket == {
-        "execution_id": "exec-1",
-        "activity_name": "greet",
-        "input": {"name": "Ada"},
-        "lease_seconds": 30.0 + LEASE_GRACE.total_seconds(),
-    }
-    assert second["body"][:2] == [[str(run_id), 2], {}]
-
-
-def test_a_lone_activity_s_ticket_carries_its_run_snapshot_out_of_flower_s_sight(
-    dispatcher: CeleryDispatcher, prefix: str
-) -> None:
-    run_id = uuid.uuid4()
-    history = (
-        HistoryEvent(1, ev.WORKFLOW_EXECUTION_STARTED, {"input": ev.payload("Ada's secret")}),
-        HistoryEvent(2, ev.ACTIVITY_TASK_SCHEDULED, {"seq": 1, "activity_name": "greet"}),
-    )
-    snapshot = RunSnapshot("greeting", datetime.now(UTC), 7, 2, 1, history)
-    activity = ActivityDispatch(run_id, 1, "greet", 30.0, ClaimTicket("exec-1", {}, snapshot))
-
-    dispatcher.send([Dispatch(run_id, (activity,))])
-
-    (message,) = published(prefix)
-    run = message["body"][1]["ticket"]["run"]
-    assert run["history"][0] == [1, ev.WORKFLOW_EXECUTION_STARTED, history[0].attributes]
-    assert run["last_event_id"] == 2
-    shown = message["headers"]["kwargsrepr"]
-    assert "exec-1" in shown and "secret" not in shown and "history" not in shown
+    activity, workflow_task = published(prefix)
+    for message, countdown in ((activity, 5), (workflow_task, 8)):
+        eta = datetime.fromisoformat(message["headers"]["eta"])
+        assert before.timestamp() + countdown <= eta.timestamp() <= time.time() + countdown
 
 
 def test_publishing_a_chord_leaves_no_subscription_to_its_results(
@@ -195,7 +162,7 @@ def test_publishing_a_chord_leaves_no_subscription_to_its_results(
     run_id = uuid.uuid4()
     members = tuple(ActivityDispatch(run_id, seq, "greet", 30.0) for seq in (1, 2, 3))
 
-    dispatcher.send([Dispatch(run_id, members)])
+    send(dispatcher, Dispatch(run_id, members))
 
     ids = [message["headers"]["id"] for message in published(prefix)]
     assert len(ids) == 3
@@ -204,37 +171,6 @@ def test_publishing_a_chord_leaves_no_subscription_to_its_results(
     with redis.Redis.from_url(BROKER_URL) as client:
         subscribers = dict(client.pubsub_numsub(*channels))
     assert subscribers == {channel: 0 for channel in channels}
-
-
-def test_the_members_of_a_chord_carry_their_claim_tickets(
-    dispatcher: CeleryDispatcher, prefix: str
-) -> None:
-    run_id = uuid.uuid4()
-    members = tuple(
-        ActivityDispatch(run_id, seq, "greet", 30.0, ClaimTicket("exec-1", {"name": name}))
-        for seq, name in ((1, "Ada"), (2, "Grace"))
-    )
-
-    dispatcher.send([Dispatch(run_id, members)])
-
-    messages = published(prefix)
-    inputs = {m["body"][0][1]: m["body"][1]["ticket"]["input"] for m in messages}
-    assert inputs == {1: {"name": "Ada"}, 2: {"name": "Grace"}}
-    shown = " ".join(m["headers"]["kwargsrepr"] for m in messages)
-    assert "exec-1" in shown and "Ada" not in shown and "Grace" not in shown
-
-
-def test_an_activity_with_a_large_input_goes_out_without_a_ticket(
-    dispatcher: CeleryDispatcher, prefix: str
-) -> None:
-    run_id = uuid.uuid4()
-    large = {"name": "x" * TICKET_MAX_INPUT_BYTES}
-    activity = ActivityDispatch(run_id, 1, "greet", 30.0, ClaimTicket("exec-1", large))
-
-    dispatcher.send([Dispatch(run_id, (activity,))])
-
-    (message,) = published(prefix)
-    assert message["body"][:2] == [[str(run_id), 1], {}]
 
 
 def test_a_batch_that_fails_is_published_again_one_message_at_a_time(
@@ -249,7 +185,7 @@ def test_a_batch_that_fails_is_published_again_one_message_at_a_time(
     run_id = uuid.uuid4()
     activity = ActivityDispatch(run_id, 3, "greet", start_to_close_seconds=30.0)
 
-    dispatcher.send([Dispatch(run_id, (activity,))])
+    send(dispatcher, Dispatch(run_id, (activity,)))
 
     (message,) = published(prefix)
     assert message["headers"]["task"] == "activity.greet"
@@ -264,7 +200,7 @@ def test_a_message_s_task_sent_event_goes_out_with_it(
     run_id = uuid.uuid4()
     activity = ActivityDispatch(run_id, 3, "greet", start_to_close_seconds=30.0)
 
-    dispatcher.send([Dispatch(run_id, (activity,))])
+    send(dispatcher, Dispatch(run_id, (activity,)))
 
     (message,) = published(prefix)
     event = wait_until(lambda: subscriber.get_message(timeout=0.1), what="the task-sent event")

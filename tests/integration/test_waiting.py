@@ -10,7 +10,7 @@ import psycopg
 import pytest
 
 from app.api.waiting import RECHECK_SECONDS, ClosedListener
-from app.storage.history import CLOSED_CHANNEL
+from app.storage.executions import CLOSED_CHANNEL
 
 
 def _notify_closed(dsn: str, execution_id: str) -> None:

@@ -3,7 +3,8 @@ from __future__ import annotations
 import pytest
 from pydantic import BaseModel, ValidationError
 
-from app.engine.binding import bind_input, call_to_json, result_from_json
+from app.engine.binding import bind_input, call_arguments, result_from_json
+from app.model.payloads import encode
 
 
 class Order(BaseModel):
@@ -68,12 +69,17 @@ def test_non_object_input_for_several_parameters_is_rejected() -> None:
 
 def test_calls_are_recorded_as_the_input_they_bind_back_from() -> None:
     order = Order(order_id="o-2", amount=5)
-    recorded = call_to_json(takes_model, (order,), {})
+    recorded = encode(call_arguments(takes_model, (order,), {}), "input")
     assert recorded == {"order_id": "o-2", "amount": 5}
     assert bind_input(takes_model, recorded) == {"order": order}
-    recorded = call_to_json(takes_keywords, ("x",), {"count": 3})
+    recorded = encode(call_arguments(takes_keywords, ("x",), {"count": 3}), "input")
     assert recorded == {"name": "x", "count": 3}
     assert bind_input(takes_keywords, recorded) == {"name": "x", "count": 3}
+
+
+def test_a_call_that_does_not_fit_the_signature_raises_type_error() -> None:
+    with pytest.raises(TypeError):
+        call_arguments(takes_keywords, ("x", 3, "one too many"), {})
 
 
 def test_results_come_back_as_the_annotated_type() -> None:

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
+from app.messaging.broker import create_celery_app
+from app.messaging.transports import ClientKeepingTransport, PublishingRedisBackend
 from app.settings import Settings
-from workers.broker import ClientKeepingTransport, PublishingRedisBackend
-from workers.celery_app import create_celery_app
 
 
 def test_celery_follows_the_reliability_rules() -> None:
@@ -17,14 +17,22 @@ def test_celery_follows_the_reliability_rules() -> None:
     assert conf.worker_prefetch_multiplier == 1
     assert conf.worker_cancel_long_running_tasks_on_connection_loss is True
     assert conf.broker_transport_options["visibility_timeout"] >= 3600
-    assert conf.beat_schedule["chainline-sweep"]["task"] == "chainline.sweep"
 
 
-def test_a_redis_broker_gets_the_client_keeping_transport_and_batched_events() -> None:
+def test_workers_batch_their_events_and_beat_sweeps_in_process() -> None:
+    from workers.celery_app import app
+
+    assert app.conf.worker_consumer == "workers.consumer:EventBatchingConsumer"
+    assert app.conf.chainline_event_flush_seconds == 0.1
+    # No housekeeping task that could wait behind activities in the queue.
+    assert app.conf.beat_scheduler == "workers.beat:HousekeepingScheduler"
+    assert not app.conf.beat_schedule
+    assert app.conf.include == ["workers.tasks"]
+
+
+def test_a_redis_broker_gets_the_client_keeping_transport() -> None:
     conf = create_celery_app(Settings(broker_url="redis://127.0.0.1:6379/0")).conf
     assert conf.broker_transport is ClientKeepingTransport
-    assert conf.worker_consumer == "workers.broker:EventBatchingConsumer"
-    assert conf.chainline_event_flush_seconds == 0.1
     amqp = create_celery_app(Settings(broker_url="amqp://guest:guest@127.0.0.1:5672//")).conf
     assert amqp.broker_transport is None  # the URL's own
 

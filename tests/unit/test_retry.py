@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.engine.retry import RetryPolicy
+from app.model.retry import RetryPolicy
 
 
 def test_defaults_follow_mistral_three_attempts_doubling_from_one_second() -> None:

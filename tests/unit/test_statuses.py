@@ -2,7 +2,7 @@ from __future__ import annotations
 
 import pytest
 
-from app.engine.statuses import (
+from app.model.statuses import (
     OPEN_STATUSES,
     TERMINAL_STATUSES,
     TRANSITIONS,

@@ -11,7 +11,8 @@ from app.storage.schema import metadata
 url = normalize_database_url(
     context.config.get_main_option("sqlalchemy.url") or get_settings().database_url
 )
-engine = make_engine(url)
+# Unbounded: building an index on a large table may take longer than a statement may.
+engine = make_engine(url, bounded=False)
 with engine.connect() as connection:
     context.configure(connection=connection, target_metadata=metadata)
     with context.begin_transaction():

@@ -1,4 +1,5 @@
-"""Initial schema: executions, runs, events, activities, and the status-transition trigger.
+"""Initial schema: executions, runs, events, activities, and the status-transition trigger
+(app/storage/migrations/sql/0001_guard_run_update.sql).
 
 Revision ID: 0001
 Revises:
@@ -10,49 +11,12 @@ import sqlalchemy as sa
 from alembic import op
 from sqlalchemy.dialects import postgresql
 
+from app.storage.migrate import sql_file
+
 revision = "0001"
 down_revision = None
 branch_labels = None
 depends_on = None
-
-# The legal status transitions, frozen as they were when this revision was written.
-# app/engine/statuses.py holds the living table; a test checks that the two agree.
-RUN_TRANSITIONS = [
-    ("RUNNING", "RETRYING_AFTER_ERROR"),
-    ("RUNNING", "COMPLETED"),
-    ("RUNNING", "FAILED"),
-    ("RUNNING", "CANCELED"),
-    ("RUNNING", "TERMINATED"),
-    ("RUNNING", "TIMED_OUT"),
-    ("RUNNING", "CONTINUED_AS_NEW"),
-    ("RETRYING_AFTER_ERROR", "RUNNING"),
-    ("RETRYING_AFTER_ERROR", "FAILED"),
-    ("RETRYING_AFTER_ERROR", "CANCELED"),
-    ("RETRYING_AFTER_ERROR", "TERMINATED"),
-    ("RETRYING_AFTER_ERROR", "TIMED_OUT"),
-]
-
-GUARD_RUN_UPDATES = """
-CREATE FUNCTION chainline_guard_run_update() RETURNS trigger AS $$
-BEGIN
-    IF OLD.status NOT IN ('RUNNING', 'RETRYING_AFTER_ERROR') THEN
-        RAISE EXCEPTION 'run % is % and can no longer change', OLD.run_id, OLD.status
-            USING ERRCODE = 'check_violation';
-    END IF;
-    IF NEW.status IS DISTINCT FROM OLD.status AND NOT EXISTS (
-        SELECT 1 FROM (VALUES {pairs}) AS legal(from_status, to_status)
-        WHERE legal.from_status = OLD.status AND legal.to_status = NEW.status
-    ) THEN
-        RAISE EXCEPTION 'illegal status transition % -> %', OLD.status, NEW.status
-            USING ERRCODE = 'check_violation';
-    END IF;
-    RETURN NEW;
-END
-$$ LANGUAGE plpgsql;
-
-CREATE TRIGGER runs_guard_update BEFORE UPDATE ON runs
-FOR EACH ROW EXECUTE FUNCTION chainline_guard_run_update();
-""".format(pairs=", ".join(f"('{a}', '{b}')" for a, b in RUN_TRANSITIONS))
 
 
 def upgrade() -> None:
@@ -144,7 +108,11 @@ def upgrade() -> None:
         sa.ForeignKeyConstraint(["run_id"], ["runs.run_id"], ondelete="CASCADE"),
         sa.PrimaryKeyConstraint("run_id", "seq", name="activities_pkey"),
     )
-    op.execute(GUARD_RUN_UPDATES)
+    op.execute(sql_file("0001_guard_run_update.sql"))
+    op.execute(
+        "CREATE TRIGGER runs_guard_update BEFORE UPDATE ON runs"
+        " FOR EACH ROW EXECUTE FUNCTION chainline_guard_run_update()"
+    )
     op.create_index(
         "activities_in_flight",
         "activities",

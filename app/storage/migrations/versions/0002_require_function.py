@@ -2,7 +2,7 @@
 
 A guarded write that matches no row must fail by itself, not leave the caller to
 count rows: pipelined transactions queue their writes and COMMIT without reading
-each result first (history.pipelined_transaction).
+each result first (app/storage/transactions.py).
 
 Revision ID: 0002
 Revises: 0001
@@ -12,26 +12,16 @@ from __future__ import annotations
 
 from alembic import op
 
+from app.storage.migrate import sql_file
+
 revision = "0002"
 down_revision = "0001"
 branch_labels = None
 depends_on = None
 
-# SQLSTATE CL001: app/storage/history.py turns it into IllegalTransition.
-CREATE_REQUIRE = """
-CREATE FUNCTION chainline_require(ok boolean, message text) RETURNS boolean AS $$
-BEGIN
-    IF NOT ok THEN
-        RAISE EXCEPTION '%', message USING ERRCODE = 'CL001';
-    END IF;
-    RETURN true;
-END
-$$ LANGUAGE plpgsql
-"""
-
 
 def upgrade() -> None:
-    op.execute(CREATE_REQUIRE)
+    op.execute(sql_file("0002_require.sql"))
 
 
 def downgrade() -> None:

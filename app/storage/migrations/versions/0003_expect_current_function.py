@@ -13,26 +13,16 @@ from __future__ import annotations
 
 from alembic import op
 
+from app.storage.migrate import sql_file
+
 revision = "0003"
 down_revision = "0002"
 branch_labels = None
 depends_on = None
 
-# SQLSTATE CL002: app/storage/history.py turns it into StaleSnapshot.
-CREATE_EXPECT_CURRENT = """
-CREATE FUNCTION chainline_expect_current(ok boolean) RETURNS boolean AS $$
-BEGIN
-    IF NOT ok THEN
-        RAISE EXCEPTION 'the run changed since its snapshot' USING ERRCODE = 'CL002';
-    END IF;
-    RETURN true;
-END
-$$ LANGUAGE plpgsql
-"""
-
 
 def upgrade() -> None:
-    op.execute(CREATE_EXPECT_CURRENT)
+    op.execute(sql_file("0003_expect_current.sql"))
 
 
 def downgrade() -> None:

@@ -1,0 +1,229 @@
+"""Recording an attempt's outcome, and the workflow task it wakes, in one transaction.
+
+The attempt's row must still name this attempt as running (STARTED, by this task, this
+attempt number), or the outcome is discarded: the run closed, or the attempt was timed
+out or reported lost meanwhile. Deadlines are checked first, by Postgres's clock: past
+the run's deadline the run times out; past the attempt's, the attempt is recorded as
+timed out and the late result is not written.
+
+Postgres may be unreachable when the result is in hand (a restart, a failover). The
+write is then tried again, backing off, until the attempt's deadline: the user's code
+never runs again for a result that only needs writing. Should the deadline pass first,
+the attempt is recorded as OutcomeNotRecorded once Postgres answers (or timed out by the
+sweeper, whichever comes first), and retried by its policy.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+import uuid
+from dataclasses import replace
+
+from sqlalchemy import Engine
+
+from app.engine.activities.claim import Attempt
+from app.engine.activities.run import Failed, Outcome, Succeeded, failed
+from app.engine.dispatch import ActivityDispatch, Dispatch, FollowUp
+from app.engine.steps import record_activity_failure, record_activity_success, time_out_run
+from app.engine.workflow_tasks import advance
+from app.errors import DatabaseUnavailable
+from app.model.activity_states import ActivityState
+from app.storage.attempts import pending_activities
+from app.storage.runs import ActivityRow, RunState, Step, lock_run_state, write_step
+from app.storage.transactions import Transaction, transaction
+from app.workflows.registry import Registry
+
+log = logging.getLogger(__name__)
+
+FIRST_PAUSE_SECONDS = 0.1
+LONGEST_PAUSE_SECONDS = 5.0
+LOG_EVERY_SECONDS = 60.0
+
+
+def record_outcome(
+    engine: Engine, registry: Registry, attempt: Attempt, outcome: Outcome
+) -> FollowUp:
+    """Record the outcome and run the next workflow task inline; keep trying through a
+    database outage until the attempt's deadline."""
+    pause = FIRST_PAUSE_SECONDS
+    logged_at: float | None = None
+    again = False
+    while True:
+        try:
+            return _record(engine, registry, attempt, outcome, again=again)
+        except DatabaseUnavailable as exc:
+            # The try may have committed and lost only its reply: the next one checks.
+            again = True
+            now = time.monotonic()
+            if now >= attempt.deadline:
+                break
+            if logged_at is None or now - logged_at >= LOG_EVERY_SECONDS:
+                logged_at = now
+                log.warning(
+                    "could not record the outcome of run %s activity %s attempt %s (%s: %s);"
+                    " trying again until its deadline, %.0fs from now",
+                    attempt.run_id,
+                    attempt.seq,
+                    attempt.attempt,
+                    type(exc.__cause__).__name__,
+                    exc.__cause__,
+                    attempt.deadline - now,
+                )
+            time.sleep(min(pause, max(attempt.deadline - now, 0.0)))
+            pause = min(pause * 2, LONGEST_PAUSE_SECONDS)
+    lost = failed(
+        "OutcomeNotRecorded",
+        f"attempt {attempt.attempt} finished, but its outcome could not be written"
+        " before its start_to_close deadline",
+    )
+    try:
+        return _record(engine, None, attempt, lost, again=True)
+    except DatabaseUnavailable:
+        log.error(
+            "gave up recording the outcome of run %s activity %s attempt %s at its deadline;"
+            " the sweeper will time it out",
+            attempt.run_id,
+            attempt.seq,
+            attempt.attempt,
+        )
+        return FollowUp("outcome not recorded: Postgres unavailable past the deadline")
+
+
+def _record(
+    engine: Engine, registry: Registry | None, attempt: Attempt, outcome: Outcome, *, again: bool
+) -> FollowUp:
+    """`again`: an earlier try met an outage, and may have committed."""
+    with transaction(engine) as tx:
+        state = lock_run_state(
+            tx, attempt.run_id, seq=attempt.seq, with_history=registry is not None
+        )
+        if state is None or not state.run.is_open:
+            return FollowUp("outcome discarded: run closed")
+        activity = state.activity
+        if activity is None or not _is_current(activity, attempt):
+            if again and activity is not None and activity.state is not ActivityState.STARTED:
+                # Most likely recorded by the try whose reply was lost: send what the
+                # run waits on again (sending twice is harmless).
+                return FollowUp("outcome recorded earlier", dispatches=_resend(tx, state))
+            return FollowUp("outcome discarded: the attempt is no longer current")
+        if state.overdue:
+            timed_out = time_out_run(tx, state)
+            # This attempt is over already: it is ours, and it stops by returning.
+            others = tuple(t for t in timed_out.stop_task_ids if t != attempt.task_id)
+            return replace(timed_out, stop_task_ids=others)
+        if activity.attempt_late and not _reports_lost_outcome(outcome):
+            outcome = failed(
+                "StartToCloseTimeout",
+                f"attempt {attempt.attempt} did not report before its start_to_close deadline;"
+                " its late result was discarded",
+            )
+        return _write(tx, registry, state, activity, outcome)
+
+
+def _reports_lost_outcome(outcome: Outcome) -> bool:
+    return isinstance(outcome, Failed) and outcome.failure["type"] == "OutcomeNotRecorded"
+
+
+def _is_current(activity: ActivityRow, attempt: Attempt) -> bool:
+    return (
+        activity.state is ActivityState.STARTED
+        and activity.worker_task_id == attempt.task_id
+        and activity.attempt == attempt.attempt
+    )
+
+
+def _write(
+    tx: Transaction,
+    registry: Registry | None,
+    state: RunState,
+    activity: ActivityRow,
+    outcome: Outcome,
+) -> FollowUp:
+    step = Step(run=state.run)
+    if isinstance(outcome, Succeeded):
+        record_activity_success(step, activity, outcome.result)
+    else:
+        delay = record_activity_failure(
+            step, activity, outcome.failure, retryable=outcome.retryable
+        )
+        if delay is not None:
+            write_step(tx, step)
+            return FollowUp(f"attempt failed; retrying in {delay:g}s", retry_in=delay)
+    if registry is None:
+        write_step(tx, step)
+        return FollowUp("outcome recorded", dispatches=(Dispatch(state.run.run_id),))
+    return advance(tx, registry, step, state, retrying=activity.others_retrying)
+
+
+def _resend(tx: Transaction, state: RunState) -> tuple[Dispatch, ...]:
+    run_id = state.run.run_id
+    dispatches = [
+        Dispatch(
+            run_id,
+            (ActivityDispatch(run_id, a.seq, a.activity_name, a.start_to_close_seconds),),
+            countdown=a.countdown,
+        )
+        for a in pending_activities(tx, run_id)
+    ]
+    if state.workflow_task_due_in is not None:
+        dispatches.append(Dispatch(run_id, countdown=max(state.workflow_task_due_in, 0.0)))
+    return tuple(dispatches)
+
+
+def record_lost_attempt(
+    engine: Engine, run_id: uuid.UUID, seq: int, *, task_id: str, outcome: Failed
+) -> FollowUp:
+    """A worker saw the process running an attempt die (or stopped it itself): record
+    the attempt failed and retry it by its policy, unless it already reported."""
+    with transaction(engine) as tx:
+        state = lock_run_state(tx, run_id, seq=seq)
+        if state is None or not state.run.is_open:
+            return FollowUp("run closed")
+        return _fail_running_attempt(tx, state, task_id, outcome)
+
+
+def time_out_attempt(engine: Engine, run_id: uuid.UUID, seq: int) -> FollowUp | None:
+    """The sweeper's: fail an attempt past its start-to-close deadline, and stop it (its
+    worker should have at its time limit; a pool that cannot, threads, has not). None
+    when someone holds the run, or the attempt reported meanwhile."""
+    with transaction(engine) as tx:
+        state = lock_run_state(tx, run_id, seq=seq, unless_busy=True)
+        activity = state.activity if state is not None else None
+        if state is None or activity is None or not activity.attempt_late:
+            return None
+        task_id = activity.worker_task_id
+        if activity.state is not ActivityState.STARTED or task_id is None:
+            return None
+        outcome = failed(
+            "StartToCloseTimeout",
+            f"attempt {activity.attempt} did not report before its start_to_close deadline"
+            f" ({activity.start_to_close_seconds:g}s)",
+        )
+        follow_up = _fail_running_attempt(tx, state, task_id, outcome)
+    return replace(follow_up, stop_task_ids=(task_id,))
+
+
+def _fail_running_attempt(
+    tx: Transaction, state: RunState, task_id: str, outcome: Failed
+) -> FollowUp:
+    """Record a running attempt failed without its worker; the workflow task, if the
+    activity failed for good, goes out as a message (this process runs no workflow code)."""
+    activity = state.activity
+    if activity is None or activity.state is not ActivityState.STARTED:
+        return FollowUp("the attempt is no longer current")
+    if activity.worker_task_id != task_id:
+        return FollowUp("the attempt is no longer current")
+    run_id = state.run.run_id
+    step = Step(run=state.run)
+    delay = record_activity_failure(step, activity, outcome.failure, retryable=outcome.retryable)
+    write_step(tx, step)
+    if delay is None:
+        return FollowUp("attempt failed for good", dispatches=(Dispatch(run_id),))
+    retry = ActivityDispatch(
+        run_id, activity.seq, activity.activity_name, activity.start_to_close_seconds
+    )
+    return FollowUp(
+        f"attempt failed; retrying in {delay:g}s",
+        dispatches=(Dispatch(run_id, (retry,), countdown=delay),),
+    )

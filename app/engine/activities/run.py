@@ -1,0 +1,76 @@
+"""Running an attempt: the user's function, within the attempt's deadline.
+
+The function runs with no transaction open. Its result is encoded (payloads.encode) here,
+so that a value Postgres cannot store fails the attempt for good, once, instead of
+failing every write of it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass
+from typing import Any
+
+from app.engine.activities.claim import Attempt
+from app.engine.binding import bind_input
+from app.engine.time_limits import Limit, StartToCloseTimeout
+from app.errors import InvalidPayload, PayloadTooLarge
+from app.model import events as ev
+from app.model.payloads import encode, storable_text
+from app.workflows.context import current_activity_execution_id
+from app.workflows.errors import WorkflowError
+
+
+@dataclass(frozen=True)
+class Succeeded:
+    result: Any  # encoded: JSON Postgres stores
+
+
+@dataclass(frozen=True)
+class Failed:
+    failure: dict[str, Any]  # ev.failure(type, message), storable
+    retryable: bool = True
+
+
+Outcome = Succeeded | Failed
+
+
+def failed(error_type: str, message: str, *, retryable: bool = True) -> Failed:
+    return Failed(ev.failure(error_type, storable_text(message)), retryable)
+
+
+def run_attempt(attempt: Attempt) -> Outcome:
+    """Call the activity's function; what came of it."""
+    definition = attempt.definition
+    limit = Limit(attempt.seconds_left)
+    token = current_activity_execution_id.set(attempt.execution_id)
+    try:
+        with limit.enforced(StartToCloseTimeout):
+            value = _call(attempt)
+    except StartToCloseTimeout:
+        pass
+    except WorkflowError as exc:
+        return failed(exc.type, exc.message, retryable=not exc.non_retryable)
+    except Exception as exc:
+        if not limit.expired:
+            return failed(type(exc).__name__, str(exc))
+    finally:
+        current_activity_execution_id.reset(token)
+    if limit.expired:
+        return failed(
+            "StartToCloseTimeout",
+            f"attempt {attempt.attempt} ran longer than its start_to_close_timeout "
+            f"({definition.start_to_close_timeout.total_seconds():g}s)",
+        )
+    try:
+        return Succeeded(encode(value, f"the result of activity {definition.name!r}"))
+    except (InvalidPayload, PayloadTooLarge) as exc:
+        return failed(type(exc).__name__, exc.detail, retryable=False)
+
+
+def _call(attempt: Attempt) -> Any:
+    fn = attempt.definition.fn
+    kwargs = bind_input(fn, attempt.input)
+    if attempt.definition.is_async:
+        return asyncio.run(fn(**kwargs))
+    return fn(**kwargs)

@@ -1,0 +1,153 @@
+"""The transitions of a run, as additions to a Step (app/storage/runs.py).
+
+Every writer (a workflow task, an activity's outcome, the sweeper, a worker reporting a
+lost attempt) builds its step from these, so that a transition reads the same, and
+records the same events, whoever makes it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import replace
+from typing import Any
+
+from app.engine.dispatch import FollowUp
+from app.model import events as ev
+from app.model.activity_states import ActivityState
+from app.model.retry import RetryPolicy
+from app.model.statuses import ExecutionStatus, sources_of
+from app.storage.runs import ActivityChange, ActivityRow, RunState, Step, write_step
+from app.storage.transactions import Transaction
+
+
+def status_of(step: Step) -> ExecutionStatus:
+    return step.status or step.run.status
+
+
+def change_status(step: Step, status: ExecutionStatus, reason: str) -> None:
+    """A non-terminal status change, recorded as WORKFLOW_STATUS_CHANGED."""
+    step.record(
+        ev.WORKFLOW_STATUS_CHANGED,
+        {"from_status": status_of(step).value, "to_status": status.value, "reason": reason},
+    )
+    step.status = status
+
+
+def close_run(
+    tx: Transaction,
+    step: Step,
+    status: ExecutionStatus,
+    event_type: str,
+    attributes: dict[str, Any],
+    *,
+    result: Any = None,
+    error: dict[str, Any] | None = None,
+) -> list[str]:
+    """Write the step, ending the run with `status` and its closing event; returns the
+    task ids of the attempts still running, which are to be stopped.
+
+    A retrying run passes through RUNNING first, as the status table demands: one
+    statement records that (with the rest of the step), a second the closing.
+    """
+    if step.run.status not in sources_of(status):
+        if status_of(step) not in sources_of(status):
+            change_status(step, ExecutionStatus.RUNNING, "closing")
+        write_step(tx, step)
+        step = Step(run=_after(step))
+    step.record(event_type, attributes)
+    step.status = status
+    step.closing = True
+    step.result = result
+    step.error = error
+    return write_step(tx, step)
+
+
+def _after(step: Step) -> Any:
+    """The run as it is once `step` is written."""
+    return replace(
+        step.run,
+        status=status_of(step),
+        last_event_id=step.run.last_event_id + len(step.events),
+        processed_event_id=step.processed_event_id or step.run.processed_event_id,
+    )
+
+
+def time_out_run(tx: Transaction, state: RunState) -> FollowUp:
+    """Close a run whose execution deadline has passed; its attempts are stopped."""
+    step = Step(run=state.run)
+    failure = ev.failure("TimeoutError", "the execution exceeded its execution_timeout")
+    stopped = close_run(
+        tx,
+        step,
+        ExecutionStatus.TIMED_OUT,
+        ev.WORKFLOW_EXECUTION_TIMED_OUT,
+        {
+            "task_id": ev.workflow_task_id(state.run.run_id, step.next_event_id),
+            "timeout_type": "EXECUTION_TIMEOUT",
+            "failure": failure,
+        },
+        error=failure,
+    )
+    return FollowUp("run timed out", stop_task_ids=tuple(stopped))
+
+
+def record_activity_success(step: Step, activity: ActivityRow, result: Any) -> None:
+    """The current attempt succeeded: the activity is done, and the workflow task due."""
+    if status_of(step) is ExecutionStatus.RETRYING_AFTER_ERROR and not activity.others_retrying:
+        change_status(step, ExecutionStatus.RUNNING, "activity retry succeeded")
+    step.record(
+        ev.ACTIVITY_TASK_COMPLETED,
+        {
+            "task_id": ev.activity_task_id(step.run.run_id, activity.seq),
+            "activity_name": activity.activity_name,
+            "result": ev.payload(result),
+            "seq": activity.seq,
+            "attempt": activity.attempt,
+        },
+        dedup_key=f"activity:{activity.seq}:outcome",
+    )
+    step.activity_changes.append(ActivityChange(activity.seq, ActivityState.COMPLETED))
+    step.workflow_task = "due"
+
+
+def record_activity_failure(
+    step: Step, activity: ActivityRow, failure: dict[str, Any], *, retryable: bool
+) -> float | None:
+    """The current attempt failed: the next one is scheduled by the retry policy, or
+    the activity failed for good (and the workflow task is due). Returns the backoff
+    before the next attempt, None if there is none."""
+    policy = RetryPolicy.from_json(activity.retry_policy)
+    delay = policy.next_delay(activity.attempt, failure["type"]) if retryable else None
+    attributes = {
+        "task_id": ev.activity_task_id(step.run.run_id, activity.seq),
+        "activity_name": activity.activity_name,
+        "attempt": activity.attempt,
+        "failure": failure,
+        "seq": activity.seq,
+    }
+    if delay is None:
+        step.record(
+            ev.ACTIVITY_TASK_FAILED, attributes, dedup_key=f"activity:{activity.seq}:outcome"
+        )
+        step.activity_changes.append(ActivityChange(activity.seq, ActivityState.FAILED))
+        step.workflow_task = "due"
+        return None
+    if status_of(step) is ExecutionStatus.RUNNING:
+        change_status(
+            step,
+            ExecutionStatus.RETRYING_AFTER_ERROR,
+            f"activity {activity.activity_name!r} attempt {activity.attempt} failed",
+        )
+    step.record(
+        ev.ACTIVITY_TASK_RETRYING,
+        {**attributes, "next_attempt_in_seconds": delay},
+        dedup_key=f"activity:{activity.seq}:attempt:{activity.attempt}:retrying",
+    )
+    step.activity_changes.append(
+        ActivityChange(
+            activity.seq,
+            ActivityState.BACKING_OFF,
+            attempt=activity.attempt + 1,
+            retry_in_seconds=delay,
+        )
+    )
+    return delay

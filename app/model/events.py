@@ -1,0 +1,57 @@
+"""History event types and the attribute shapes each one records.
+
+The first group is the closed set the `mistralai` SDK parses (its WorkflowEventType);
+the second is the engine's own bookkeeping, shown in history but never on the SDK's
+typed event endpoints.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+WORKFLOW_EXECUTION_STARTED = "WORKFLOW_EXECUTION_STARTED"
+WORKFLOW_EXECUTION_COMPLETED = "WORKFLOW_EXECUTION_COMPLETED"
+WORKFLOW_EXECUTION_FAILED = "WORKFLOW_EXECUTION_FAILED"
+WORKFLOW_EXECUTION_CANCELED = "WORKFLOW_EXECUTION_CANCELED"
+WORKFLOW_EXECUTION_CONTINUED_AS_NEW = "WORKFLOW_EXECUTION_CONTINUED_AS_NEW"
+WORKFLOW_TASK_TIMED_OUT = "WORKFLOW_TASK_TIMED_OUT"
+WORKFLOW_TASK_FAILED = "WORKFLOW_TASK_FAILED"
+ACTIVITY_TASK_STARTED = "ACTIVITY_TASK_STARTED"
+ACTIVITY_TASK_COMPLETED = "ACTIVITY_TASK_COMPLETED"
+ACTIVITY_TASK_RETRYING = "ACTIVITY_TASK_RETRYING"
+ACTIVITY_TASK_FAILED = "ACTIVITY_TASK_FAILED"
+
+WORKFLOW_TASK_COMPLETED = "WORKFLOW_TASK_COMPLETED"
+ACTIVITY_TASK_SCHEDULED = "ACTIVITY_TASK_SCHEDULED"
+WORKFLOW_EXECUTION_TIMED_OUT = "WORKFLOW_EXECUTION_TIMED_OUT"
+WORKFLOW_STATUS_CHANGED = "WORKFLOW_STATUS_CHANGED"
+
+ACTIVITY_OUTCOMES = frozenset({ACTIVITY_TASK_COMPLETED, ACTIVITY_TASK_FAILED})
+
+
+@dataclass(frozen=True)
+class HistoryEvent:
+    """One event of a run's history, as replay reads it."""
+
+    event_id: int
+    event_type: str
+    attributes: dict[str, Any]
+
+
+def payload(value: Any) -> dict[str, Any]:
+    """The SDK's JSONPayloadResponse."""
+    return {"type": "json", "value": value}
+
+
+def failure(error_type: str, message: str) -> dict[str, Any]:
+    """The SDK's Failure, plus the error's type."""
+    return {"message": message, "type": error_type}
+
+
+def workflow_task_id(run_id: object, event_id: int) -> str:
+    return f"{run_id}:wt:{event_id}"
+
+
+def activity_task_id(run_id: object, seq: int) -> str:
+    return f"{run_id}:activity:{seq}"

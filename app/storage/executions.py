@@ -1,0 +1,115 @@
+"""Executions: recording a new one, and reading one back with its history."""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import datetime
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+from sqlalchemy import Engine
+
+from app.errors import AlreadyStarted, ExecutionNotFound
+from app.model.statuses import ExecutionStatus
+from app.storage.transactions import autocommit, transaction
+
+EXECUTIONS_KEY = "executions_pkey"
+# Notified, with the execution id, by the transaction that closes a run (record_step).
+CLOSED_CHANNEL = "chainline_execution_closed"
+
+
+@dataclass(frozen=True)
+class ExecutionRecord:
+    execution_id: str
+    workflow_name: str
+    root_execution_id: str
+    parent_execution_id: str | None
+    user_id: str | None
+    run_id: uuid.UUID
+    status: ExecutionStatus
+    start_time: datetime
+    end_time: datetime | None
+    result: Any
+    error: dict[str, Any] | None
+
+    @property
+    def is_open(self) -> bool:
+        return self.end_time is None
+
+
+@dataclass(frozen=True)
+class StoredEvent:
+    run_id: uuid.UUID
+    event_id: int
+    execution_id: str
+    event_type: str
+    attributes: dict[str, Any]
+    event_timestamp: int
+    sequence: int
+
+
+def insert_execution(
+    engine: Engine,
+    *,
+    execution_id: str,
+    run_id: uuid.UUID,
+    workflow_name: str,
+    input_value: Any,
+    started_attributes: dict[str, Any],
+    execution_timeout_seconds: float,
+    random_seed: int,
+    user_id: str | None,
+) -> datetime:
+    """Record the execution, its first run and its STARTED event; returns the start
+    time. A duplicate id raises AlreadyStarted and records nothing."""
+    try:
+        with transaction(engine) as tx:
+            row = tx.fetch_one(
+                "insert_execution",
+                {
+                    "execution_id": execution_id,
+                    "run_id": run_id,
+                    "workflow_name": workflow_name,
+                    "input": Jsonb(input_value),
+                    "user_id": user_id,
+                    "attributes": Jsonb(started_attributes),
+                    "execution_timeout_seconds": execution_timeout_seconds,
+                    "random_seed": random_seed,
+                },
+            )
+    except psycopg.errors.UniqueViolation as exc:
+        if exc.diag.constraint_name != EXECUTIONS_KEY:
+            raise
+        raise AlreadyStarted(f"Execution {execution_id!r} already exists") from exc
+    assert row is not None
+    start_time: datetime = row[0]
+    return start_time
+
+
+def read_execution(engine: Engine, execution_id: str) -> ExecutionRecord:
+    with autocommit(engine) as tx:
+        row = tx.fetch_one("read_execution", {"execution_id": execution_id})
+    if row is None:
+        raise ExecutionNotFound(f"Execution {execution_id!r} not found")
+    (execution_id, workflow_name, root_id, parent_id, user_id, run_id, status, *times) = row
+    start_time, end_time, result, error = times
+    return ExecutionRecord(
+        execution_id=execution_id,
+        workflow_name=workflow_name,
+        root_execution_id=root_id,
+        parent_execution_id=parent_id,
+        user_id=user_id,
+        run_id=run_id,
+        status=ExecutionStatus(status),
+        start_time=start_time,
+        end_time=end_time,
+        result=result,
+        error=error,
+    )
+
+
+def read_events(engine: Engine, run_id: uuid.UUID) -> list[StoredEvent]:
+    with autocommit(engine) as tx:
+        return [StoredEvent(*row) for row in tx.fetch_all("read_events", {"run_id": run_id})]

@@ -1,0 +1,296 @@
+-- Every statement Chainline sends to Postgres, each a named block with a line saying
+-- what it does (loaded once by queries.py, run by name). Times come from Postgres's
+-- clock (clock_timestamp()), never from a host's: hosts' clocks disagree.
+
+-- name: insert_execution
+-- Record a new execution, its first run (RUNNING, due for its first workflow task)
+-- and WORKFLOW_EXECUTION_STARTED; returns the run's start time. Each insert reads the
+-- one before, so that a duplicate id fails on the executions key first.
+WITH execution AS (
+    INSERT INTO executions (execution_id, workflow_name, input, root_execution_id,
+                            current_run_id, user_id)
+    VALUES (%(execution_id)s, %(workflow_name)s, %(input)s, %(execution_id)s,
+            %(run_id)s, %(user_id)s)
+    RETURNING execution_id
+), run AS (
+    INSERT INTO runs (run_id, execution_id, run_number, status, start_time, deadline,
+                      random_seed, last_event_id, workflow_task_due_at)
+    SELECT %(run_id)s, execution.execution_id, 1, 'RUNNING', clock_timestamp(),
+           clock_timestamp() + make_interval(secs => %(execution_timeout_seconds)s),
+           %(random_seed)s, 1, clock_timestamp()
+    FROM execution
+    RETURNING start_time
+), started AS (
+    INSERT INTO events (run_id, event_id, execution_id, event_type, attributes,
+                        event_timestamp)
+    SELECT %(run_id)s, 1, %(execution_id)s, 'WORKFLOW_EXECUTION_STARTED', %(attributes)s,
+           chainline_nanoseconds(run.start_time)
+    FROM run
+)
+SELECT start_time FROM run;
+
+-- name: read_execution
+-- An execution as its latest run shows it.
+SELECT e.execution_id, e.workflow_name, e.root_execution_id, e.parent_execution_id,
+       e.user_id, r.run_id, r.status, r.start_time, r.end_time, r.result, r.error
+FROM executions e JOIN runs r ON r.run_id = e.current_run_id
+WHERE e.execution_id = %(execution_id)s;
+
+-- name: read_history
+-- A run's events in order, as replay reads them.
+SELECT event_id, event_type, attributes
+FROM events WHERE run_id = %(run_id)s ORDER BY event_id;
+
+-- name: read_events
+-- A run's events in order, with what the API shows of each.
+SELECT run_id, event_id, execution_id, event_type, attributes, event_timestamp, sequence
+FROM events WHERE run_id = %(run_id)s ORDER BY event_id;
+
+-- name: peek_workflow_task_due
+-- Without a lock: whether a run may need a workflow task (open, with one due).
+SELECT true FROM runs
+WHERE run_id = %(run_id)s AND workflow_task_due_at IS NOT NULL
+  AND status IN ('RUNNING', 'RETRYING_AFTER_ERROR');
+
+-- name: lock_run
+-- Lock a run, the per-execution lock every writer takes first, and read it.
+SELECT r.run_id, r.execution_id, e.workflow_name, r.status, r.random_seed,
+       r.last_event_id, r.processed_event_id, r.workflow_task_attempt
+FROM runs r JOIN executions e ON e.execution_id = r.execution_id
+WHERE r.run_id = %(run_id)s
+FOR UPDATE OF r;
+
+-- name: lock_run_unless_busy
+-- Lock a run if no one else holds it (the sweeper's way: a locked run is being
+-- worked on, and will be looked at again on the next sweep).
+SELECT r.run_id, r.execution_id, e.workflow_name, r.status, r.random_seed,
+       r.last_event_id, r.processed_event_id, r.workflow_task_attempt
+FROM runs r JOIN executions e ON e.execution_id = r.execution_id
+WHERE r.run_id = %(run_id)s
+FOR UPDATE OF r SKIP LOCKED;
+
+-- name: read_run_clock
+-- Sent after lock_run, so read after the lock was granted: Postgres's time, whether
+-- the run's deadline has passed, and how long until its workflow task is due.
+SELECT clock_timestamp() AS now,
+       deadline <= clock_timestamp() AS overdue,
+       extract(epoch FROM workflow_task_due_at - clock_timestamp())::float8 AS due_in_seconds
+FROM runs WHERE run_id = %(run_id)s;
+
+-- name: read_activity
+-- Sent after lock_run: one activity of the locked run, whether its attempt's deadline
+-- has passed, and whether another activity of the run is retrying.
+SELECT a.seq, a.activity_name, a.input, a.state, a.attempt, a.retry_policy,
+       a.start_to_close_seconds, a.worker_task_id,
+       a.attempt_deadline <= clock_timestamp() AS attempt_late,
+       EXISTS (
+           SELECT 1 FROM activities o
+           WHERE o.run_id = a.run_id AND o.seq <> a.seq AND o.attempt > 1
+             AND o.state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')
+       ) AS others_retrying
+FROM activities a
+WHERE a.run_id = %(run_id)s AND a.seq = %(seq)s;
+
+-- name: any_activity_retrying
+-- Sent after lock_run: whether an activity of the run is between attempts or on a
+-- later one (the run then stays RETRYING_AFTER_ERROR).
+SELECT EXISTS (
+    SELECT 1 FROM activities
+    WHERE run_id = %(run_id)s AND attempt > 1
+      AND state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')
+);
+
+-- name: record_step
+-- Everything one step of a run records, in one statement: its events, new activities
+-- and activity transitions (each guarded by the states it may come from), the run's
+-- counters, status and workflow-task bookkeeping (guarded by the statuses it may come
+-- from, and by the last event id the caller read under the lock). A guard that fails
+-- fails the statement. Returns the task ids of attempts left running by a closing run.
+WITH appended AS (
+    INSERT INTO events (run_id, event_id, execution_id, event_type, attributes,
+                        event_timestamp, dedup_key)
+    SELECT %(run_id)s, e.event_id, %(execution_id)s, e.event_type, e.attributes,
+           -- a nanosecond apart within the statement, so that they sort as they happened
+           chainline_nanoseconds(statement_timestamp()) + e.event_id - %(expected_last_event_id)s,
+           e.dedup_key
+    FROM jsonb_to_recordset(%(events)s::jsonb)
+         AS e(event_id int, event_type text, attributes jsonb, dedup_key text)
+), inserted AS (
+    INSERT INTO activities (run_id, seq, activity_name, input, state, retry_policy,
+                            start_to_close_seconds, scheduled_at)
+    SELECT %(run_id)s, n.seq, n.activity_name, n.input, n.state, n.retry_policy,
+           n.start_to_close_seconds, clock_timestamp()
+    FROM jsonb_to_recordset(%(new_activities)s::jsonb)
+         AS n(seq int, activity_name text, input jsonb, state text, retry_policy jsonb,
+              start_to_close_seconds float8)
+), changes AS (
+    SELECT * FROM jsonb_to_recordset(%(activity_changes)s::jsonb)
+         AS c(seq int, from_states text[], state text, attempt int, retry_in_seconds float8)
+), changed AS (
+    UPDATE activities AS a
+    SET state = c.state,
+        attempt = coalesce(c.attempt, a.attempt),
+        next_attempt_at = clock_timestamp() + make_interval(secs => c.retry_in_seconds),
+        worker_task_id = NULL,
+        attempt_deadline = NULL
+    FROM changes c
+    WHERE a.run_id = %(run_id)s AND a.seq = c.seq AND a.state = ANY(c.from_states)
+    RETURNING a.seq
+), stopping AS (
+    SELECT worker_task_id FROM activities
+    WHERE %(abandon_in_flight)s::boolean AND run_id = %(run_id)s AND state = 'STARTED'
+      AND seq NOT IN (SELECT seq FROM changes)
+), abandoned AS (
+    UPDATE activities
+    SET state = 'ABANDONED', worker_task_id = NULL, attempt_deadline = NULL,
+        next_attempt_at = NULL
+    WHERE %(abandon_in_flight)s::boolean AND run_id = %(run_id)s
+      AND state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')
+      AND seq NOT IN (SELECT seq FROM changes)
+), run AS (
+    UPDATE runs
+    SET last_event_id = %(last_event_id)s,
+        status = %(status)s::text,
+        processed_event_id = coalesce(%(processed_event_id)s::int, processed_event_id),
+        end_time = CASE WHEN %(closing)s::boolean THEN clock_timestamp() END,
+        result = %(result)s::jsonb,
+        error = %(error)s::jsonb,
+        workflow_task_due_at = CASE %(workflow_task)s::text
+            WHEN 'done' THEN NULL
+            WHEN 'due' THEN coalesce(workflow_task_due_at, clock_timestamp())
+            WHEN 'retry' THEN clock_timestamp() + make_interval(secs => %(retry_in_seconds)s::float8)
+            ELSE workflow_task_due_at END,
+        workflow_task_attempt = CASE %(workflow_task)s::text
+            WHEN 'done' THEN 0
+            WHEN 'retry' THEN workflow_task_attempt + 1
+            ELSE workflow_task_attempt END
+    WHERE run_id = %(run_id)s AND last_event_id = %(expected_last_event_id)s
+      AND status = ANY(%(from_statuses)s::text[])
+    RETURNING 1
+)
+SELECT chainline_require(
+           (SELECT count(*) FROM run) = 1
+           AND (SELECT count(*) FROM changed) = (SELECT count(*) FROM changes),
+           %(guard_failure)s),
+       (SELECT coalesce(array_agg(worker_task_id), '{}') FROM stopping) AS stopped_task_ids,
+       CASE WHEN %(closing)s::boolean
+            THEN pg_notify('chainline_execution_closed', %(execution_id)s) END;
+
+-- name: claim_attempt
+-- Claim an activity's due attempt for a worker's task, in one statement: lock the run
+-- (open, within its deadline), move the activity to STARTED with its attempt's
+-- deadline, record ACTIVITY_TASK_STARTED. No row back means nothing was claimed.
+WITH run AS MATERIALIZED (
+    SELECT run_id, execution_id, last_event_id, deadline FROM runs
+    WHERE run_id = %(run_id)s AND status IN ('RUNNING', 'RETRYING_AFTER_ERROR')
+    FOR UPDATE
+), claimed AS (
+    UPDATE activities AS a
+    SET state = 'STARTED',
+        worker_task_id = %(task_id)s,
+        attempt_deadline = clock_timestamp() + make_interval(secs => a.start_to_close_seconds),
+        next_attempt_at = NULL
+    FROM run
+    WHERE a.run_id = run.run_id AND a.seq = %(seq)s
+      AND a.activity_name = %(activity_name)s
+      AND run.deadline > clock_timestamp()
+      AND (a.state = 'SCHEDULED'
+           OR (a.state = 'BACKING_OFF' AND a.next_attempt_at <= clock_timestamp()))
+    RETURNING a.input, a.attempt, a.attempt_deadline
+), started AS (
+    INSERT INTO events (run_id, event_id, execution_id, event_type, attributes,
+                        event_timestamp, dedup_key)
+    SELECT run.run_id, run.last_event_id + 1, run.execution_id, 'ACTIVITY_TASK_STARTED',
+           jsonb_build_object(
+               'task_id', %(event_task_id)s::text,
+               'activity_name', %(activity_name)s::text,
+               'input', jsonb_build_object('type', 'json', 'value', claimed.input),
+               'seq', %(seq)s::int,
+               'attempt', claimed.attempt,
+               'worker_task_id', %(task_id)s::text),
+           chainline_nanoseconds(clock_timestamp()),
+           'activity:' || %(seq)s::int || ':attempt:' || claimed.attempt || ':started'
+    FROM run, claimed
+), bumped AS (
+    UPDATE runs SET last_event_id = runs.last_event_id + 1
+    FROM run, claimed WHERE runs.run_id = run.run_id
+)
+SELECT run.execution_id, claimed.input, claimed.attempt,
+       extract(epoch FROM claimed.attempt_deadline - clock_timestamp())::float8
+           AS seconds_left
+FROM run, claimed;
+
+-- name: explain_claim
+-- Why claim_attempt claimed nothing: the run's and the activity's state.
+SELECT r.status IN ('RUNNING', 'RETRYING_AFTER_ERROR') AS run_open,
+       r.deadline <= clock_timestamp() AS run_overdue,
+       a.state,
+       a.worker_task_id,
+       extract(epoch FROM a.next_attempt_at - clock_timestamp())::float8
+           AS next_attempt_in_seconds
+FROM runs r LEFT JOIN activities a ON a.run_id = r.run_id AND a.seq = %(seq)s
+WHERE r.run_id = %(run_id)s;
+
+-- name: pending_work
+-- What a run still waits on, for sending its messages again: its scheduled activities
+-- (and those due to retry) and whether it needs a workflow task.
+SELECT a.seq, a.activity_name, a.start_to_close_seconds, a.state,
+       greatest(extract(epoch FROM a.next_attempt_at - clock_timestamp()), 0)::float8
+           AS countdown
+FROM activities a
+WHERE a.run_id = %(run_id)s AND a.state IN ('SCHEDULED', 'BACKING_OFF');
+
+-- name: overdue_runs
+-- Open runs past their deadline, oldest deadline first.
+SELECT run_id FROM runs
+WHERE status IN ('RUNNING', 'RETRYING_AFTER_ERROR') AND deadline <= clock_timestamp()
+ORDER BY deadline
+LIMIT %(limit)s;
+
+-- name: late_attempts
+-- Running attempts past their start-to-close deadline, oldest first.
+SELECT run_id, seq FROM activities
+WHERE state = 'STARTED' AND attempt_deadline <= clock_timestamp()
+ORDER BY attempt_deadline
+LIMIT %(limit)s;
+
+-- name: rearm_stalled_workflow_tasks
+-- Runs whose due workflow task has not run for `stalled_seconds` (its message was
+-- lost, or never published): due again now, so that one stall is sent once per sweep.
+UPDATE runs SET workflow_task_due_at = clock_timestamp()
+WHERE run_id IN (
+    SELECT run_id FROM runs
+    WHERE workflow_task_due_at <= clock_timestamp() - make_interval(secs => %(stalled_seconds)s)
+    ORDER BY workflow_task_due_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING run_id;
+
+-- name: rearm_stalled_scheduled_activities
+-- Activities scheduled `stalled_seconds` ago and never claimed (their message was
+-- lost): scheduled again now, and returned to be sent again.
+UPDATE activities SET scheduled_at = clock_timestamp()
+WHERE (run_id, seq) IN (
+    SELECT run_id, seq FROM activities
+    WHERE state = 'SCHEDULED'
+      AND scheduled_at <= clock_timestamp() - make_interval(secs => %(stalled_seconds)s)
+    ORDER BY scheduled_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING run_id, seq, activity_name, start_to_close_seconds;
+
+-- name: rearm_stalled_retries
+-- Activities whose next attempt fell due `stalled_seconds` ago and was never claimed
+-- (its message was lost): due again now, and returned to be sent again.
+UPDATE activities SET next_attempt_at = clock_timestamp()
+WHERE (run_id, seq) IN (
+    SELECT run_id, seq FROM activities
+    WHERE state = 'BACKING_OFF'
+      AND next_attempt_at <= clock_timestamp() - make_interval(secs => %(stalled_seconds)s)
+    ORDER BY next_attempt_at
+    LIMIT %(limit)s
+    FOR UPDATE SKIP LOCKED
+)
+RETURNING run_id, seq, activity_name, start_to_close_seconds;

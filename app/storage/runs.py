@@ -1,0 +1,263 @@
+"""A run's rows under its lock: reading them, and writing one step of the run.
+
+Writers serialise on the run row: `lock_run_state` locks it and reads what a step
+decides on (after the lock is granted, so nothing read is stale); `write_step` records
+the step in one statement. Both go out pipelined with the transaction's other work.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass, field
+from datetime import datetime
+from typing import Any, Literal
+
+from psycopg.types.json import Jsonb
+
+from app.model.activity_states import ActivityState, activity_sources_of
+from app.model.events import HistoryEvent
+from app.model.statuses import OPEN_STATUSES, ExecutionStatus, sources_of
+from app.storage.transactions import Transaction
+
+
+@dataclass(frozen=True)
+class LockedRun:
+    run_id: uuid.UUID
+    execution_id: str
+    workflow_name: str
+    status: ExecutionStatus
+    random_seed: int
+    last_event_id: int
+    processed_event_id: int
+    # Workflow tasks that failed in a row.
+    workflow_task_attempt: int
+
+    @property
+    def is_open(self) -> bool:
+        return self.status in OPEN_STATUSES
+
+
+@dataclass(frozen=True)
+class ActivityRow:
+    seq: int
+    activity_name: str
+    input: Any
+    state: ActivityState
+    attempt: int
+    retry_policy: dict[str, Any]
+    start_to_close_seconds: float
+    worker_task_id: str | None
+    # Whether a running attempt's start-to-close deadline has passed.
+    attempt_late: bool
+    # Whether another activity of the run is retrying.
+    others_retrying: bool
+
+
+@dataclass(frozen=True)
+class RunState:
+    """A locked run and what was read with it, all after the lock was granted."""
+
+    run: LockedRun
+    # Postgres's clock: workflow time, and every deadline, go by it.
+    now: datetime
+    overdue: bool
+    # Until the run's workflow task may run (negative: due); None when none is due.
+    workflow_task_due_in: float | None
+    activity: ActivityRow | None = None
+    history: list[HistoryEvent] | None = None
+    # Whether an activity of the run is retrying (read when no `seq` was given).
+    retrying: bool = False
+
+
+def lock_run_state(
+    tx: Transaction,
+    run_id: uuid.UUID,
+    *,
+    seq: int | None = None,
+    with_history: bool = False,
+    unless_busy: bool = False,
+) -> RunState | None:
+    """Lock the run and read it, with activity `seq` and its history if asked, in one
+    round trip; None if there is no such run (or, `unless_busy`, someone holds it)."""
+    params = {"run_id": run_id, "seq": seq}
+    locking = tx.send("lock_run_unless_busy" if unless_busy else "lock_run", params)
+    clock = tx.send("read_run_clock", params)
+    activity = tx.send("read_activity", params) if seq is not None else None
+    retrying = tx.send("any_activity_retrying", params) if seq is None else None
+    history = tx.send("read_history", params) if with_history else None
+    row = tx.read_one(locking)
+    if row is None:
+        return None
+    run = LockedRun(
+        run_id=row[0],
+        execution_id=row[1],
+        workflow_name=row[2],
+        status=ExecutionStatus(row[3]),
+        random_seed=row[4],
+        last_event_id=row[5],
+        processed_event_id=row[6],
+        workflow_task_attempt=row[7],
+    )
+    clock_row = tx.read_one(clock)
+    assert clock_row is not None, "the run is locked"
+    now, overdue, due_in = clock_row
+    activity_row = tx.read_one(activity) if activity is not None else None
+    retrying_row = tx.read_one(retrying) if retrying is not None else None
+    return RunState(
+        run=run,
+        now=now,
+        overdue=bool(overdue),
+        workflow_task_due_in=due_in,
+        activity=_activity(activity_row) if activity_row is not None else None,
+        history=[HistoryEvent(*e) for e in tx.read_all(history)] if history else None,
+        retrying=bool(retrying_row and retrying_row[0]),
+    )
+
+
+def _activity(row: tuple[Any, ...]) -> ActivityRow:
+    return ActivityRow(
+        seq=row[0],
+        activity_name=row[1],
+        input=row[2],
+        state=ActivityState(row[3]),
+        attempt=row[4],
+        retry_policy=row[5],
+        start_to_close_seconds=row[6],
+        worker_task_id=row[7],
+        attempt_late=bool(row[8]),
+        others_retrying=bool(row[9]),
+    )
+
+
+@dataclass(frozen=True)
+class NewEvent:
+    event_type: str
+    attributes: dict[str, Any]
+    # Names the fact recorded, so that a redelivered message cannot record it twice.
+    dedup_key: str | None = None
+
+
+@dataclass(frozen=True)
+class NewActivity:
+    seq: int
+    activity_name: str
+    input: Any
+    state: ActivityState
+    retry_policy: dict[str, Any]
+    start_to_close_seconds: float
+
+
+@dataclass(frozen=True)
+class ActivityChange:
+    """One activity's transition; only from the states the transition table allows."""
+
+    seq: int
+    state: ActivityState
+    # The next attempt's number, when the change starts waiting for one.
+    attempt: int | None = None
+    # When the next attempt may start (BACKING_OFF only).
+    retry_in_seconds: float | None = None
+
+
+WorkflowTaskChange = Literal["keep", "done", "due", "retry"]
+
+
+@dataclass
+class Step:
+    """What one step of a locked run records, all in one statement (`write_step`)."""
+
+    run: LockedRun
+    events: list[NewEvent] = field(default_factory=list)
+    new_activities: list[NewActivity] = field(default_factory=list)
+    activity_changes: list[ActivityChange] = field(default_factory=list)
+    status: ExecutionStatus | None = None
+    # Closing: the run ends with `status`, its unfinished activities are abandoned.
+    closing: bool = False
+    result: Any = None
+    error: dict[str, Any] | None = None
+    processed_event_id: int | None = None
+    # done: the run needs no workflow task; due: it needs one now; retry: a failed one
+    # is to be tried again in `retry_in_seconds`.
+    workflow_task: WorkflowTaskChange = "keep"
+    retry_in_seconds: float | None = None
+
+    @property
+    def next_event_id(self) -> int:
+        return self.run.last_event_id + len(self.events) + 1
+
+    def record(
+        self, event_type: str, attributes: dict[str, Any], dedup_key: str | None = None
+    ) -> int:
+        """Append an event; returns the id it will have."""
+        event_id = self.next_event_id
+        self.events.append(NewEvent(event_type, attributes, dedup_key))
+        return event_id
+
+
+def write_step(tx: Transaction, step: Step) -> list[str]:
+    """Send the step's one statement; a guard that fails raises IllegalTransition (at
+    once when the step closes the run, else at COMMIT). Returns the task ids of the
+    attempts a closing step left running (read at once), else nothing."""
+    run = step.run
+    new_status = step.status or run.status
+    allowed = sources_of(new_status) if new_status is not run.status else {run.status}
+    events = [
+        {
+            "event_id": run.last_event_id + offset,
+            "event_type": event.event_type,
+            "attributes": event.attributes,
+            "dedup_key": event.dedup_key,
+        }
+        for offset, event in enumerate(step.events, start=1)
+    ]
+    cursor = tx.send(
+        "record_step",
+        {
+            "run_id": run.run_id,
+            "execution_id": run.execution_id,
+            "events": Jsonb(events),
+            "new_activities": Jsonb(
+                [
+                    {
+                        "seq": a.seq,
+                        "activity_name": a.activity_name,
+                        "input": a.input,
+                        "state": a.state.value,
+                        "retry_policy": a.retry_policy,
+                        "start_to_close_seconds": a.start_to_close_seconds,
+                    }
+                    for a in step.new_activities
+                ]
+            ),
+            "activity_changes": Jsonb(
+                [
+                    {
+                        "seq": c.seq,
+                        "from_states": sorted(s.value for s in activity_sources_of(c.state)),
+                        "state": c.state.value,
+                        "attempt": c.attempt,
+                        "retry_in_seconds": c.retry_in_seconds,
+                    }
+                    for c in step.activity_changes
+                ]
+            ),
+            "abandon_in_flight": step.closing,
+            "expected_last_event_id": run.last_event_id,
+            "last_event_id": run.last_event_id + len(events),
+            "from_statuses": sorted(s.value for s in allowed),
+            "status": new_status.value,
+            "closing": step.closing,
+            "result": None if step.result is None else Jsonb(step.result),
+            "error": None if step.error is None else Jsonb(step.error),
+            "processed_event_id": step.processed_event_id,
+            "workflow_task": "done" if step.closing else step.workflow_task,
+            "retry_in_seconds": step.retry_in_seconds,
+            "guard_failure": f"run {run.run_id} changed, or cannot go from {run.status} to "
+            f"{new_status}, or an activity cannot make its transition",
+        },
+    )
+    if not step.closing:
+        return []
+    row = tx.read_one(cursor)
+    assert row is not None
+    return list(row[1])

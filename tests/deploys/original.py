@@ -1,0 +1,16 @@
+"""`deploy-check` as first deployed."""
+
+from __future__ import annotations
+
+from app import workflows
+from tests.deploys.activities import hold, tag
+
+
+@workflows.workflow.define(name="deploy-check")
+class DeployCheck:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str) -> list[str]:
+        first: str = await tag("a")
+        held: str = await hold(folder)
+        last: str = await tag("c")
+        return [first, held, last]

@@ -1,0 +1,51 @@
+"""Celery beat's scheduler, running Chainline's housekeeping in the beat process itself.
+
+The sweep (app/engine/sweeper.py) enforces deadlines: were it a task, it would wait in
+the queue behind activities whenever every worker process is busy, which is exactly
+when deadlines fall due. Here it runs every `sweep_interval_seconds` whatever the
+workers do, and sends what it finds through the broker. Beat's own schedule (none yet,
+schedules of executions are to come) runs as usual.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from typing import Any
+
+from celery.beat import PersistentScheduler
+
+from app.engine.sweeper import sweep
+from app.errors import DatabaseUnavailable
+from app.messaging.dispatcher import get_dispatcher
+from app.settings import get_settings
+from app.storage.db import get_engine
+
+log = logging.getLogger(__name__)
+
+
+class HousekeepingScheduler(PersistentScheduler):
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self._next_sweep = 0.0
+
+    def tick(self, *args: Any, **kwargs: Any) -> float:
+        delay: float = super().tick(*args, **kwargs)
+        if time.monotonic() >= self._next_sweep:
+            settings = get_settings()
+            self._next_sweep = time.monotonic() + settings.sweep_interval_seconds
+            housekeeping(settings.stalled_after_seconds)
+        return max(0.0, min(delay, self._next_sweep - time.monotonic()))
+
+
+def housekeeping(stalled_after_seconds: float) -> None:
+    """One sweep; an error is logged, and the next sweep tries again."""
+    try:
+        follow_ups = sweep(get_engine(), stalled_after_seconds=stalled_after_seconds)
+    except DatabaseUnavailable as exc:
+        log.warning("sweep skipped: %s", exc)
+        return
+    except Exception:
+        log.exception("sweep failed")
+        return
+    get_dispatcher().send(follow_ups)
