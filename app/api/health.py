@@ -8,11 +8,11 @@ from alembic.runtime.migration import MigrationContext
 from alembic.script import ScriptDirectory
 from fastapi import APIRouter
 from fastapi.responses import JSONResponse
-from sqlalchemy import text
 
 from app.messaging.dispatcher import get_dispatcher
 from app.storage.db import get_engine
 from app.storage.migrate import alembic_config
+from app.storage.transactions import autocommit
 
 router = APIRouter()
 
@@ -35,8 +35,8 @@ def readyz() -> dict[str, Any] | JSONResponse:
 
 def _database() -> str:
     try:
-        with get_engine().connect() as conn:
-            conn.execute(text("SELECT 1"))
+        with autocommit(get_engine()) as tx:
+            tx.fetch_one("ping", {})
     except Exception as exc:
         return f"error: {type(exc).__name__}"
     return "ok"

@@ -18,7 +18,6 @@ from app.api.schemas import (
     event_json,
     execution_json,
 )
-from app.api.waiting import ClosedListener
 from app.engine.binding import bind_input
 from app.engine.dispatch import FollowUp
 from app.engine.executions import (
@@ -31,6 +30,7 @@ from app.errors import ChainlineError, DatabaseUnavailable, InvalidPayload
 from app.messaging.dispatcher import get_dispatcher
 from app.model.payloads import encode
 from app.settings import get_settings
+from app.storage.closings import ClosedListener
 from app.storage.db import get_engine
 from app.storage.executions import ExecutionRecord
 from app.workflows.registry import WorkflowDefinition, load_workflow_modules

@@ -32,7 +32,7 @@ import redis
 
 from app.processes import with_scripts_on_path
 from app.settings import REDIS_BROKER_SCHEMES
-from app.storage.executions import CLOSED_CHANNEL
+from app.storage.queries import QUERIES
 
 if TYPE_CHECKING:
     from app.devtools.bench_peer import DbosPeer
@@ -253,7 +253,7 @@ class Probe:
         )
         self.pg = psycopg.connect(servers.database_url, autocommit=True)
         self.listener = psycopg.connect(servers.database_url, autocommit=True)
-        self.listener.execute(f"LISTEN {CLOSED_CHANNEL}")
+        self.listener.execute(QUERIES["listen_for_closings"].text.encode())
         self.may_checkpoint = True
 
     def snapshot(self) -> dict[str, float]:

@@ -46,6 +46,15 @@ FROM events WHERE run_id = %(run_id)s ORDER BY event_id;
 SELECT run_id, event_id, execution_id, event_type, attributes, event_timestamp, sequence
 FROM events WHERE run_id = %(run_id)s ORDER BY event_id;
 
+-- name: listen_for_closings
+-- Be told, on this connection, of every execution's closing: record_step notifies the
+-- channel, with the execution id, as the closing commits.
+LISTEN chainline_execution_closed;
+
+-- name: ping
+-- Whether Postgres answers.
+SELECT 1;
+
 -- name: peek_workflow_task_due
 -- Without a lock: whether a run may need a workflow task (open, with one due).
 SELECT true FROM runs

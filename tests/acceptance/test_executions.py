@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 from typing import Any
 
@@ -20,7 +19,7 @@ from tests.acceptance.conftest import (
     types,
     wait_for_end,
 )
-from tests.support import wait_until
+from tests.support import alive, wait_until
 
 
 def statuses(events_json: list[dict[str, Any]]) -> list[str]:
@@ -171,21 +170,13 @@ def test_execution_timeout_closes_the_run_and_stops_its_activity(
     record = wait_for_end(http, started["execution_id"], timeout=20)
     assert record["status"] == "TIMED_OUT"
     # Its attempt was stopped with the run: the process running it is gone, replaced.
-    wait_until(lambda: not _alive(pid), timeout=15, what=f"process {pid} to be stopped")
+    wait_until(lambda: not alive(pid), timeout=15, what=f"process {pid} to be stopped")
     (tmp_path / "release").write_text("go")
     events_json = history(http, started["execution_id"])
     assert types(events_json)[-1] == "WORKFLOW_EXECUTION_TIMED_OUT"
     assert "ACTIVITY_TASK_COMPLETED" not in types(events_json)
     assert not (tmp_path / "finished").exists()
     assert http.get(f"/v1/workflows/executions/{started['execution_id']}").json() == record
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_now_uuid_random_and_execution_id_are_replay_safe(http: httpx.Client) -> None:

@@ -19,6 +19,7 @@ from typing import Any
 import httpx
 import psycopg
 import pytest
+from celery import Celery
 
 from tests.acceptance.conftest import (
     Stack,
@@ -30,7 +31,7 @@ from tests.acceptance.conftest import (
     wait_for_end,
 )
 from tests.servers import PrivatePostgres, PrivateRedis
-from tests.support import wait_until
+from tests.support import alive, wait_until
 from tests.workflows import calls
 
 SETTINGS = {
@@ -140,6 +141,16 @@ def test_a_finished_activity_never_runs_again_when_redis_forgets(
 # 3. A running attempt is never claimed twice.
 
 
+def _send_duplicate(celery: Celery, started: dict[str, Any], folder: Path) -> None:
+    """The held activity's message again; wait until it is handled, or runs it twice."""
+    duplicate = celery.send_task("activity.counted_and_held", args=[started["run_id"], 2])
+    wait_until(
+        lambda: duplicate.ready() or calls(folder, "calls-held") > 1,
+        timeout=30,
+        what="the duplicate message to be handled",
+    )
+
+
 def test_a_duplicate_message_never_claims_a_running_attempt_again(
     faults: Faults, http: httpx.Client, tmp_path: Path
 ) -> None:
@@ -147,12 +158,7 @@ def test_a_duplicate_message_never_claims_a_running_attempt_again(
     faults.redis.flush()
     celery = faults.stack.celery_client()
     try:
-        duplicate = celery.send_task("activity.counted_and_held", args=[started["run_id"], 2])
-        wait_until(
-            lambda: duplicate.ready() or calls(tmp_path, "calls-held") > 1,
-            timeout=30,
-            what="the duplicate message to be handled",
-        )
+        _send_duplicate(celery, started, tmp_path)
     finally:
         celery.close()
     assert calls(tmp_path, "calls-held") == 1
@@ -182,12 +188,7 @@ def test_a_worker_sharing_the_hostname_leaves_a_running_attempt_alone(
             timeout=60,
             what="the second worker",
         )
-        duplicate = celery.send_task("activity.counted_and_held", args=[runs[0]["run_id"], 2])
-        wait_until(
-            lambda: duplicate.ready() or calls(folders[0], "calls-held") > 1,
-            timeout=30,
-            what="the duplicate message to be handled",
-        )
+        _send_duplicate(celery, runs[0], folders[0])
     finally:
         celery.close()
     assert calls(folders[0], "calls-held") == 1
@@ -263,19 +264,11 @@ def test_execution_timeouts_land_while_every_pool_process_is_busy(
     # The sleepers were stopped, and their pool slots serve other work at once.
     for folder in folders:
         pid = int((folder / "sleeper-pid").read_text())
-        wait_until(lambda p=pid: not _alive(p), timeout=10, what=f"sleeper {pid} to stop")
+        wait_until(lambda p=pid: not alive(p), timeout=10, what=f"sleeper {pid} to stop")
     quick = start(http, "sequential-sum", {"values": [1, 2]})
     assert wait_for_end(http, quick["execution_id"], timeout=10)["status"] == "COMPLETED"
     for folder in folders:
         assert not (folder / "finished").exists()
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    return True
 
 
 def test_one_locked_run_does_not_hold_up_the_timeouts_of_others(

@@ -9,7 +9,7 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from app.api.waiting import RECHECK_SECONDS, ClosedListener
+from app.storage.closings import RECHECK_SECONDS, ClosedListener
 from app.storage.executions import CLOSED_CHANNEL
 
 

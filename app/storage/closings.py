@@ -18,7 +18,7 @@ from contextlib import contextmanager
 
 import psycopg
 
-from app.storage.executions import CLOSED_CHANNEL
+from app.storage.queries import QUERIES
 
 log = logging.getLogger(__name__)
 
@@ -74,7 +74,7 @@ class ClosedListener:
         while not self._closed.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {CLOSED_CHANNEL}")
+                    conn.execute(QUERIES["listen_for_closings"].text.encode())
                     self._listening.set()
                     while not self._closed.is_set():
                         # Back every second, to see whether the listener was closed.
