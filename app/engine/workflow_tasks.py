@@ -36,7 +36,7 @@ from app.model.payloads import storable_text
 from app.model.statuses import ExecutionStatus
 from app.settings import get_settings
 from app.storage.runs import NewActivity, RunState, Step, lock_run_state, write_step
-from app.storage.transactions import Transaction, autocommit, transaction
+from app.storage.transactions import Transaction, transaction
 from app.workflows.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -54,8 +54,6 @@ def retry_delay(failures: int) -> float:
 
 
 def run_workflow_task(engine: Engine, registry: Registry, run_id: uuid.UUID) -> FollowUp:
-    if not _may_need_a_workflow_task(engine, run_id):
-        return FollowUp("nothing to do")
     with transaction(engine) as tx:
         state = lock_run_state(tx, run_id, with_history=True)
         if state is None or not state.run.is_open:
@@ -69,13 +67,6 @@ def run_workflow_task(engine: Engine, registry: Registry, run_id: uuid.UUID) -> 
             return FollowUp("not due yet", retry_in=due_in)
         assert state.history is not None
         return advance(tx, registry, Step(run=state.run), state, retrying=state.retrying)
-
-
-def _may_need_a_workflow_task(engine: Engine, run_id: uuid.UUID) -> bool:
-    """A lock-free look first: a redundant wake-up (a chord's callback after the
-    activities already advanced the run inline) ends here without a write."""
-    with autocommit(engine) as tx:
-        return tx.fetch_one("peek_workflow_task_due", {"run_id": run_id}) is not None
 
 
 class WorkflowTaskFailure(Exception):

@@ -55,12 +55,6 @@ LISTEN chainline_execution_closed;
 -- Whether Postgres answers.
 SELECT 1;
 
--- name: peek_workflow_task_due
--- Without a lock: whether a run may need a workflow task (open, with one due).
-SELECT true FROM runs
-WHERE run_id = %(run_id)s AND workflow_task_due_at IS NOT NULL
-  AND status IN ('RUNNING', 'RETRYING_AFTER_ERROR');
-
 -- name: lock_run
 -- Lock a run, the per-execution lock every writer takes first, and read it.
 SELECT r.run_id, r.execution_id, e.workflow_name, r.status, r.random_seed,
@@ -78,36 +72,30 @@ FROM runs r JOIN executions e ON e.execution_id = r.execution_id
 WHERE r.run_id = %(run_id)s
 FOR UPDATE OF r SKIP LOCKED;
 
--- name: read_run_clock
--- Sent after lock_run, so read after the lock was granted: Postgres's time, whether
--- the run's deadline has passed, and how long until its workflow task is due.
+-- name: read_locked_run
+-- Sent after lock_run, so read after the lock was granted (nothing in it is stale):
+-- Postgres's time, whether the run's deadline has passed, how long until its workflow
+-- task is due, whether an activity other than `seq` is retrying, activity `seq` with
+-- whether its attempt's deadline has passed, and the history when asked for.
 SELECT clock_timestamp() AS now,
-       deadline <= clock_timestamp() AS overdue,
-       extract(epoch FROM workflow_task_due_at - clock_timestamp())::float8 AS due_in_seconds
-FROM runs WHERE run_id = %(run_id)s;
-
--- name: read_activity
--- Sent after lock_run: one activity of the locked run, whether its attempt's deadline
--- has passed, and whether another activity of the run is retrying.
-SELECT a.seq, a.activity_name, a.input, a.state, a.attempt, a.retry_policy,
-       a.start_to_close_seconds, a.worker_task_id,
-       a.attempt_deadline <= clock_timestamp() AS attempt_late,
+       r.deadline <= clock_timestamp() AS overdue,
+       extract(epoch FROM r.workflow_task_due_at - clock_timestamp())::float8
+           AS due_in_seconds,
        EXISTS (
            SELECT 1 FROM activities o
-           WHERE o.run_id = a.run_id AND o.seq <> a.seq AND o.attempt > 1
-             AND o.state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')
-       ) AS others_retrying
-FROM activities a
-WHERE a.run_id = %(run_id)s AND a.seq = %(seq)s;
-
--- name: any_activity_retrying
--- Sent after lock_run: whether an activity of the run is between attempts or on a
--- later one (the run then stays RETRYING_AFTER_ERROR).
-SELECT EXISTS (
-    SELECT 1 FROM activities
-    WHERE run_id = %(run_id)s AND attempt > 1
-      AND state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')
-);
+           WHERE o.run_id = r.run_id AND o.seq IS DISTINCT FROM %(seq)s::int
+             AND o.attempt > 1 AND o.state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')
+       ) AS others_retrying,
+       a.seq, a.activity_name, a.input, a.state, a.attempt, a.retry_policy,
+       a.start_to_close_seconds, a.worker_task_id,
+       a.attempt_deadline <= clock_timestamp() AS attempt_late,
+       CASE WHEN %(with_history)s::boolean THEN (
+           SELECT json_agg(json_build_array(h.event_id, h.event_type, h.attributes)
+                           ORDER BY h.event_id)
+           FROM events h WHERE h.run_id = r.run_id
+       ) END AS history
+FROM runs r LEFT JOIN activities a ON a.run_id = r.run_id AND a.seq = %(seq)s::int
+WHERE r.run_id = %(run_id)s;
 
 -- name: record_step
 -- Everything one step of a run records, in one statement: its events, new activities

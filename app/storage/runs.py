@@ -65,7 +65,7 @@ class RunState:
     workflow_task_due_in: float | None
     activity: ActivityRow | None = None
     history: list[HistoryEvent] | None = None
-    # Whether an activity of the run is retrying (read when no `seq` was given).
+    # Whether an activity of the run (besides `seq`, when given) is retrying.
     retrying: bool = False
 
 
@@ -79,14 +79,13 @@ def lock_run_state(
 ) -> RunState | None:
     """Lock the run and read it, with activity `seq` and its history if asked, in one
     round trip; None if there is no such run (or, `unless_busy`, someone holds it)."""
-    params = {"run_id": run_id, "seq": seq}
-    locking = tx.send("lock_run_unless_busy" if unless_busy else "lock_run", params)
-    clock = tx.send("read_run_clock", params)
-    activity = tx.send("read_activity", params) if seq is not None else None
-    retrying = tx.send("any_activity_retrying", params) if seq is None else None
-    history = tx.send("read_history", params) if with_history else None
+    locking = tx.send("lock_run_unless_busy" if unless_busy else "lock_run", {"run_id": run_id})
+    reading = tx.send(
+        "read_locked_run", {"run_id": run_id, "seq": seq, "with_history": with_history}
+    )
     row = tx.read_one(locking)
-    if row is None:
+    read = tx.read_one(reading)
+    if row is None or read is None:
         return None
     run = LockedRun(
         run_id=row[0],
@@ -98,34 +97,33 @@ def lock_run_state(
         processed_event_id=row[6],
         workflow_task_attempt=row[7],
     )
-    clock_row = tx.read_one(clock)
-    assert clock_row is not None, "the run is locked"
-    now, overdue, due_in = clock_row
-    activity_row = tx.read_one(activity) if activity is not None else None
-    retrying_row = tx.read_one(retrying) if retrying is not None else None
+    now, overdue, due_in, others_retrying, *activity_columns, history = read
+    activity = None
+    if activity_columns[0] is not None:
+        activity = _activity(activity_columns, others_retrying=bool(others_retrying))
     return RunState(
         run=run,
         now=now,
         overdue=bool(overdue),
         workflow_task_due_in=due_in,
-        activity=_activity(activity_row) if activity_row is not None else None,
-        history=[HistoryEvent(*e) for e in tx.read_all(history)] if history else None,
-        retrying=bool(retrying_row and retrying_row[0]),
+        activity=activity,
+        history=None if history is None else [HistoryEvent(*e) for e in history],
+        retrying=bool(others_retrying),
     )
 
 
-def _activity(row: tuple[Any, ...]) -> ActivityRow:
+def _activity(columns: list[Any], *, others_retrying: bool) -> ActivityRow:
     return ActivityRow(
-        seq=row[0],
-        activity_name=row[1],
-        input=row[2],
-        state=ActivityState(row[3]),
-        attempt=row[4],
-        retry_policy=row[5],
-        start_to_close_seconds=row[6],
-        worker_task_id=row[7],
-        attempt_late=bool(row[8]),
-        others_retrying=bool(row[9]),
+        seq=columns[0],
+        activity_name=columns[1],
+        input=columns[2],
+        state=ActivityState(columns[3]),
+        attempt=columns[4],
+        retry_policy=columns[5],
+        start_to_close_seconds=columns[6],
+        worker_task_id=columns[7],
+        attempt_late=bool(columns[8]),
+        others_retrying=others_retrying,
     )
 
 

@@ -93,7 +93,7 @@ def test_a_run_advances_step_by_step_to_completion(engine: Engine, registry: Reg
             assert activity.seq == 2
         else:
             assert follow_up.reason == "completed" and not follow_up.dispatches
-    assert run_workflow_task(engine, registry, run_id).reason == "nothing to do"
+    assert run_workflow_task(engine, registry, run_id).reason == "run closed"
     history = get_history(engine, run_id)
     assert [e.event_id for e in history] == list(range(1, len(history) + 1))
     assert history[-1].event_type == ev.WORKFLOW_EXECUTION_COMPLETED
