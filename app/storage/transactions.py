@@ -35,6 +35,9 @@ UNAVAILABLE_STATES = frozenset(
         "57P01",  # admin_shutdown
         "57P02",  # crash_shutdown
         "57P03",  # cannot_connect_now
+        # query_canceled: a statement timeout, which our bounded statements meet only
+        # waiting for a lock that a stuck process holds (until Postgres drops it).
+        "57014",
     }
 )
 

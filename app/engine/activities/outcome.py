@@ -103,9 +103,13 @@ def _record(
         activity = state.activity
         if activity is None or not _is_current(activity, attempt):
             if again and activity is not None and activity.state is not ActivityState.STARTED:
-                # Most likely recorded by the try whose reply was lost: send what the
-                # run waits on again (sending twice is harmless).
-                return FollowUp("outcome recorded earlier", dispatches=_resend(tx, state))
+                # Recorded by the try whose reply was lost, or timed out meanwhile:
+                # either way, what the run waits on may not have been sent (sending
+                # twice is harmless).
+                return FollowUp(
+                    "the attempt is no longer current; sent what the run waits on",
+                    dispatches=_resend(tx, state),
+                )
             return FollowUp("outcome discarded: the attempt is no longer current")
         if state.overdue:
             timed_out = time_out_run(tx, state)
