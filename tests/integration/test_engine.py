@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import time
 import uuid
+from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import replace
 from typing import Any
 
@@ -175,17 +177,97 @@ def test_an_outcome_after_the_run_s_deadline_times_the_run_out_instead(
 
 
 def test_an_outcome_is_tried_until_the_deadline_and_the_code_is_not_run_again(
-    engine: Engine, registry: Registry
+    engine: Engine, registry: Registry, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     attempt = _claim_first(engine, registry, "sequential-sum", {"values": [1]})
     nowhere = make_engine("postgresql://postgres@127.0.0.1:1/nowhere")
     short = replace(attempt, deadline=time.monotonic() + 1)
+    monkeypatch.setattr("app.engine.activities.outcome.REPORT_LOSS_FOR_SECONDS", 1.0)
     try:
         follow_up = record_outcome(nowhere, registry, short, Succeeded(1))
     finally:
         nowhere.dispose()
-    assert follow_up.reason.startswith("outcome not recorded")
+    assert follow_up.reason == "outcome not recorded: Postgres unavailable"
     assert _types(engine, attempt.run_id)[-1] == ev.ACTIVITY_TASK_STARTED
+
+
+@pytest.fixture
+def outage(database_url: str) -> Iterator[tuple[Engine, Callable[[bool], None]]]:
+    """An engine of a role of its own, and a switch that cuts it off Postgres (its
+    connections closed, new ones refused as "too many connections") and lets it back."""
+    role = f"outage_{uuid.uuid4().hex[:8]}"
+    admin_url = libpq_url(database_url)
+    with psycopg.connect(admin_url, autocommit=True) as admin:
+        admin.execute(f"CREATE ROLE {role} LOGIN")
+        admin.execute(f"GRANT ALL ON ALL TABLES IN SCHEMA public TO {role}")
+        admin.execute(f"GRANT ALL ON ALL SEQUENCES IN SCHEMA public TO {role}")
+    engine = make_engine(database_url.replace("postgres@", f"{role}@"))
+
+    def cut_off(down: bool) -> None:
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f"ALTER ROLE {role} CONNECTION LIMIT {0 if down else -1}")
+            if down:
+                admin.execute(
+                    "SELECT pg_terminate_backend(pid) FROM pg_stat_activity WHERE usename = %s",
+                    (role,),
+                )
+
+    try:
+        yield engine, cut_off
+    finally:
+        engine.dispose()
+        with psycopg.connect(admin_url, autocommit=True) as admin:
+            admin.execute(f"DROP OWNED BY {role}")
+            admin.execute(f"DROP ROLE {role}")
+
+
+def test_an_outcome_lost_to_an_outage_past_the_deadline_is_reported_as_such(
+    engine: Engine, registry: Registry, outage: tuple[Engine, Callable[[bool], None]]
+) -> None:
+    cut_off_engine, cut_off = outage
+    attempt = _claim_first(engine, registry, "sequential-sum", {"values": [1]})
+    short = replace(attempt, deadline=time.monotonic() + 1)
+    cut_off(True)
+    recording = ThreadPoolExecutor(1).submit(
+        record_outcome, cut_off_engine, registry, short, Succeeded(1)
+    )
+    time.sleep(2)  # the outage outlasts the attempt's deadline
+    cut_off(False)
+    follow_up = recording.result(timeout=30)
+    assert follow_up.retry_in is not None
+    history = get_history(engine, attempt.run_id)
+    assert ev.ACTIVITY_TASK_COMPLETED not in [e.event_type for e in history]
+    (retrying,) = [e for e in history if e.event_type == ev.ACTIVITY_TASK_RETRYING]
+    assert retrying.attributes["failure"]["type"] == "OutcomeNotRecorded"
+
+
+def test_an_outcome_postgres_refuses_is_reported_as_not_recorded(
+    engine: Engine, registry: Registry
+) -> None:
+    attempt = _claim_first(engine, registry, "sequential-sum", {"values": [1]})
+    # A write that fails for a reason other than an outage (as a bug would).
+    _sql(
+        engine,
+        f"""CREATE FUNCTION refuse_{attempt.run_id.hex}() RETURNS trigger AS $$
+        BEGIN
+            IF NEW.run_id = '{attempt.run_id}' AND NEW.event_type = 'ACTIVITY_TASK_COMPLETED'
+            THEN RAISE EXCEPTION 'refused' USING ERRCODE = '22000'; END IF;
+            RETURN NEW;
+        END $$ LANGUAGE plpgsql;
+        CREATE TRIGGER refuse_{attempt.run_id.hex} BEFORE INSERT ON events
+        FOR EACH ROW EXECUTE FUNCTION refuse_{attempt.run_id.hex}()""",
+    )
+    try:
+        follow_up = record_outcome(engine, registry, attempt, run_attempt(attempt))
+    finally:
+        _sql(engine, f"DROP TRIGGER refuse_{attempt.run_id.hex} ON events")
+        _sql(engine, f"DROP FUNCTION refuse_{attempt.run_id.hex}()")
+    assert follow_up.retry_in is not None
+    (retrying,) = [
+        e for e in get_history(engine, attempt.run_id) if e.event_type == ev.ACTIVITY_TASK_RETRYING
+    ]
+    failure = retrying.attributes["failure"]
+    assert failure["type"] == "OutcomeNotRecorded" and "refused" in failure["message"]
 
 
 def test_the_sweeper_times_out_overdue_runs_and_stops_their_attempts(

@@ -18,6 +18,7 @@ from __future__ import annotations
 import logging
 import time
 import uuid
+from collections.abc import Callable
 from dataclasses import replace
 
 from sqlalchemy import Engine
@@ -39,55 +40,84 @@ log = logging.getLogger(__name__)
 FIRST_PAUSE_SECONDS = 0.1
 LONGEST_PAUSE_SECONDS = 5.0
 LOG_EVERY_SECONDS = 60.0
+# Past the attempt's deadline, how long the worker still tries to say that it could not
+# write the outcome (the sweeper may time the attempt out first; either is the truth).
+# Well inside the task's hard time limit (broker.TIME_LIMIT_MARGIN_SECONDS).
+REPORT_LOSS_FOR_SECONDS = 30.0
 
 
 def record_outcome(
     engine: Engine, registry: Registry, attempt: Attempt, outcome: Outcome
 ) -> FollowUp:
     """Record the outcome and run the next workflow task inline; keep trying through a
-    database outage until the attempt's deadline."""
+    database outage until the attempt's deadline. A write that fails otherwise, or that
+    the deadline overtakes, is reported as OutcomeNotRecorded, for a retry."""
+    try:
+        recorded = _keep_trying(
+            lambda again: _record(engine, registry, attempt, outcome, again=again),
+            attempt,
+            until=attempt.deadline,
+            what="the outcome",
+        )
+    except Exception as exc:
+        log.exception("could not record the outcome of run %s", attempt.run_id)
+        why = f"writing it failed: {type(exc).__name__}: {exc}"
+    else:
+        if recorded is not None:
+            return recorded
+        why = "Postgres could not be reached before the attempt's start_to_close deadline"
+    lost = failed(
+        "OutcomeNotRecorded", f"attempt {attempt.attempt} finished, but its outcome was lost: {why}"
+    )
+    reported = _keep_trying(
+        lambda again: _record(engine, None, attempt, lost, again=again),
+        attempt,
+        until=time.monotonic() + REPORT_LOSS_FOR_SECONDS,
+        what="that its outcome was lost",
+    )
+    if reported is None:
+        log.error(
+            "gave up recording run %s activity %s attempt %s; the sweeper will time it out",
+            attempt.run_id,
+            attempt.seq,
+            attempt.attempt,
+        )
+        return FollowUp("outcome not recorded: Postgres unavailable")
+    return reported
+
+
+def _keep_trying(
+    write: Callable[[bool], FollowUp], attempt: Attempt, *, until: float, what: str
+) -> FollowUp | None:
+    """`write(again)` until it goes through, backing off while Postgres is out of reach
+    (`again`: an earlier try may have committed, its reply lost); None once `until`
+    (monotonic) has passed."""
     pause = FIRST_PAUSE_SECONDS
     logged_at: float | None = None
     again = False
     while True:
         try:
-            return _record(engine, registry, attempt, outcome, again=again)
+            return write(again)
         except DatabaseUnavailable as exc:
-            # The try may have committed and lost only its reply: the next one checks.
             again = True
             now = time.monotonic()
-            if now >= attempt.deadline:
-                break
+            if now >= until:
+                return None
             if logged_at is None or now - logged_at >= LOG_EVERY_SECONDS:
                 logged_at = now
                 log.warning(
-                    "could not record the outcome of run %s activity %s attempt %s (%s: %s);"
-                    " trying again until its deadline, %.0fs from now",
+                    "could not record %s of run %s activity %s attempt %s (%s: %s);"
+                    " trying again for %.0fs",
+                    what,
                     attempt.run_id,
                     attempt.seq,
                     attempt.attempt,
                     type(exc.__cause__).__name__,
                     exc.__cause__,
-                    attempt.deadline - now,
+                    until - now,
                 )
-            time.sleep(min(pause, max(attempt.deadline - now, 0.0)))
+            time.sleep(min(pause, until - now))
             pause = min(pause * 2, LONGEST_PAUSE_SECONDS)
-    lost = failed(
-        "OutcomeNotRecorded",
-        f"attempt {attempt.attempt} finished, but its outcome could not be written"
-        " before its start_to_close deadline",
-    )
-    try:
-        return _record(engine, None, attempt, lost, again=True)
-    except DatabaseUnavailable:
-        log.error(
-            "gave up recording the outcome of run %s activity %s attempt %s at its deadline;"
-            " the sweeper will time it out",
-            attempt.run_id,
-            attempt.seq,
-            attempt.attempt,
-        )
-        return FollowUp("outcome not recorded: Postgres unavailable past the deadline")
 
 
 def _record(
