@@ -31,7 +31,7 @@ from tests.acceptance.conftest import (
     wait_for_end,
 )
 from tests.servers import PrivatePostgres, PrivateRedis
-from tests.support import alive, wait_until
+from tests.support import alive, libpq_url, wait_until
 from tests.workflows import calls
 
 SETTINGS = {
@@ -89,6 +89,14 @@ def _count(events: list[dict[str, Any]], event_type: str, seq: int | None = None
 def _completed_once_each(events: list[dict[str, Any]], activities: int) -> None:
     for seq in range(1, activities + 1):
         assert _count(events, "ACTIVITY_TASK_COMPLETED", seq) == 1, types(events)
+
+
+def _folders(root: Path, *names: str) -> list[Path]:
+    """A folder per execution, for the files its activities count into."""
+    folders = [root / name for name in names]
+    for folder in folders:
+        folder.mkdir()
+    return folders
 
 
 def _held(http: httpx.Client, folder: Path) -> dict[str, Any]:
@@ -173,9 +181,7 @@ def test_a_worker_sharing_the_hostname_leaves_a_running_attempt_alone(
     # Two executions keep both processes of the first worker busy, so that the
     # duplicate goes to the second: a container with the same hostname and pids of
     # its own (a PID namespace), where the first worker's pids do not exist.
-    folders = [tmp_path / "one", tmp_path / "two"]
-    for folder in folders:
-        folder.mkdir()
+    folders = _folders(tmp_path, "one", "two")
     runs = [_held(http, folder) for folder in folders]
     stack = faults.stack
     stack.start(
@@ -246,11 +252,8 @@ def test_an_outcome_waits_out_a_read_only_postgres(
 def test_execution_timeouts_land_while_every_pool_process_is_busy(
     faults: Faults, http: httpx.Client, tmp_path: Path
 ) -> None:
-    folders = [tmp_path / "one", tmp_path / "two"]
-    runs = []
-    for folder in folders:
-        folder.mkdir()
-        runs.append(start(http, "overdue-sleeper", {"folder": str(folder), "seconds": 20}))
+    folders = _folders(tmp_path, "one", "two")
+    runs = [start(http, "overdue-sleeper", {"folder": str(f), "seconds": 20}) for f in folders]
     for folder in folders:
         wait_until(lambda f=folder: (f / "sleeper-pid").exists(), what="a sleeper to start")
     for started in runs:
@@ -274,11 +277,9 @@ def test_execution_timeouts_land_while_every_pool_process_is_busy(
 def test_one_locked_run_does_not_hold_up_the_timeouts_of_others(
     faults: Faults, http: httpx.Client, tmp_path: Path
 ) -> None:
-    folders = [tmp_path / "locked", tmp_path / "free"]
-    for folder in folders:
-        folder.mkdir()
+    folders = _folders(tmp_path, "locked", "free")
     locked, free = (start(http, "short-deadline", {"folder": str(f)}) for f in folders)
-    with psycopg.connect(_libpq(faults.database_url)) as holder:
+    with psycopg.connect(libpq_url(faults.database_url)) as holder:
         # A transaction holding the run's lock, as a stuck writer would.
         holder.execute("SELECT 1 FROM runs WHERE run_id = %s FOR UPDATE", (locked["run_id"],))
         record = wait_for_end(http, free["execution_id"], timeout=20)
@@ -291,10 +292,6 @@ def test_one_locked_run_does_not_hold_up_the_timeouts_of_others(
     assert wait_for_end(http, locked["execution_id"], timeout=20)["status"] == "TIMED_OUT"
     for folder in folders:
         (folder / "release").write_text("go")
-
-
-def _libpq(database_url: str) -> str:
-    return database_url.replace("postgresql+psycopg://", "postgresql://")
 
 
 # 5 and 6. A workflow task that fails is recorded once and retried, so that deploying a
@@ -395,11 +392,8 @@ def test_a_workflow_unknown_to_the_worker_runs_once_it_is_deployed(
 def _start_held_runs(
     http: httpx.Client, root: Path, count: int
 ) -> list[tuple[Path, dict[str, Any]]]:
-    runs = []
-    for index in range(count):
-        folder = root / f"run-{index}"
-        folder.mkdir()
-        runs.append((folder, start(http, "counted-then-held", {"folder": str(folder)})))
+    folders = _folders(root, *(f"run-{index}" for index in range(count)))
+    runs = [(f, start(http, "counted-then-held", {"folder": str(f)})) for f in folders]
     # Two run their held activity; the others wait in the queue, or earlier.
     wait_until(
         lambda: sum((folder / "started").exists() for folder, _ in runs) >= 2,
