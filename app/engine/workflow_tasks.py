@@ -41,8 +41,8 @@ from app.workflows.registry import Registry
 
 log = logging.getLogger(__name__)
 
-# A workflow task whose message came this much before it was due still runs (clocks of
-# the hosts that hold the message and of Postgres differ by that much at least).
+# A workflow task due within this long runs now: its message's countdown, measured on a
+# host's clock, may end a little before Postgres's due time.
 EARLY_SLACK_SECONDS = 0.05
 RETRY_INITIAL_SECONDS = 1.0
 RETRY_MAXIMUM_SECONDS = 60.0
@@ -56,7 +56,9 @@ def retry_delay(failures: int) -> float:
 def run_workflow_task(engine: Engine, registry: Registry, run_id: uuid.UUID) -> FollowUp:
     with transaction(engine) as tx:
         state = lock_run_state(tx, run_id, with_history=True)
-        if state is None or not state.run.is_open:
+        if state is None:
+            return FollowUp("unknown run")
+        if not state.run.is_open:
             return FollowUp("run closed")
         due_in = state.workflow_task_due_in
         if due_in is None:
@@ -70,6 +72,8 @@ def run_workflow_task(engine: Engine, registry: Registry, run_id: uuid.UUID) -> 
 
 
 class WorkflowTaskFailure(Exception):
+    """Why a workflow task could not advance its run: recorded, then tried again."""
+
     def __init__(self, error_type: str, message: str) -> None:
         super().__init__(message)
         self.error_type = error_type
@@ -231,4 +235,6 @@ def _fail_workflow_task(
     return FollowUp(
         f"workflow task failed; trying again in {delay:g}s",
         dispatches=(Dispatch(run.run_id, countdown=delay),),
+        # It ran: a chained workflow task has nothing to add to the retry just sent.
+        advanced=True,
     )
