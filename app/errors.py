@@ -73,3 +73,24 @@ class ServiceUnavailable(ChainlineError):
 
 class DatabaseUnavailable(ServiceUnavailable):
     """Postgres is unreachable, restarting or read-only; the work itself is fine."""
+
+
+class TooManyWaiting(ServiceUnavailable):
+    """Too many requests already wait for results on this API process: try again
+    shortly, or start without wait_for_result and poll the execution."""
+
+    code = "WF_1201"
+
+
+class StillRunning(ChainlineError):
+    """The execution did not finish within the wait; it goes on."""
+
+    code = "WF_1104"
+    http_status = 408
+
+
+class NotImplementedYet(ChainlineError):
+    """Chainline does not implement this route yet."""
+
+    code = "WF_1300"
+    http_status = 501

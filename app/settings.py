@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     # Worker pool size; unset means Celery's default (one process per core).
     worker_concurrency: int | None = None
     api_host: str = "127.0.0.1"
+    # Requests that may wait for results (wait_for_result) at once, per API process; more
+    # are refused with 503 before they start anything.
+    max_waiting_requests: int = 500
     # "user:password" (comma-separated for several); Flower refuses to start without it.
     flower_basic_auth: str = ""
     flower_port: int = 5555

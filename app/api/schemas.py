@@ -1,12 +1,19 @@
-"""Request bodies and the JSON shapes the `mistralai` SDK parses."""
+"""Request bodies, and the JSON shapes the `mistralai` SDK parses (documented in OpenAPI).
+
+The routes answer plain dicts built here (validating each answer against its model
+would cost every request); the models document the same shapes, and the schemathesis
+run checks that answers match them.
+"""
 
 from __future__ import annotations
 
+import math
 from datetime import datetime
 from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.model.statuses import ExecutionStatus
 from app.storage.executions import ExecutionRecord, StoredEvent
 
 # URL-safe, since the SDK puts ids into paths unescaped.
@@ -14,6 +21,8 @@ EXECUTION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
 # Ids that would collide with the batch endpoints under /v1/workflows/executions/.
 RESERVED_EXECUTION_IDS = frozenset({"cancel", "terminate"})
 LOCAL_TENANT = "local"
+# The longest wait_for_result may wait.
+MAX_WAIT_SECONDS = 3600.0
 
 
 class WorkflowExecutionRequest(BaseModel):
@@ -22,7 +31,7 @@ class WorkflowExecutionRequest(BaseModel):
     execution_id: str | None = Field(default=None, pattern=EXECUTION_ID_PATTERN)
     input: Any = None
     wait_for_result: bool = False
-    timeout_seconds: float | None = Field(default=None, gt=0, le=3600)
+    timeout_seconds: float | None = Field(default=None, gt=0, le=MAX_WAIT_SECONDS)
     deployment_name: str | None = None
     task_queue: str | None = None
 
@@ -32,6 +41,84 @@ class WorkflowExecutionRequest(BaseModel):
         if value in RESERVED_EXECUTION_IDS:
             raise ValueError(f"{value!r} is reserved by the HTTP API")
         return value
+
+    @field_validator("timeout_seconds", mode="before")
+    @classmethod
+    def _finite(cls, value: Any) -> Any:
+        # JSON has no NaN or Infinity; Python's parser lets them through.
+        if isinstance(value, float) and not math.isfinite(value):
+            raise ValueError("must be a finite number")
+        return value
+
+
+class Error(BaseModel):
+    """Every error Chainline answers, but validation errors (FastAPI's shape)."""
+
+    detail: str
+    code: str
+
+
+class WorkflowBasic(BaseModel):
+    id: str
+    name: str
+    display_name: str
+    description: str | None
+    archived: bool
+
+
+class WorkflowList(BaseModel):
+    workflows: list[WorkflowBasic]
+    next_cursor: str | None
+
+
+class WorkflowFull(WorkflowBasic):
+    type: str
+    customer_id: str
+    workspace_id: str
+    active: bool
+
+
+class WorkflowGet(BaseModel):
+    workflow: WorkflowFull
+
+
+class Execution(BaseModel):
+    workflow_name: str
+    execution_id: str
+    root_execution_id: str
+    parent_execution_id: str | None
+    status: ExecutionStatus
+    start_time: datetime
+    end_time: datetime | None
+    result: Any
+    error: dict[str, Any] | None
+    run_id: str
+    user_id: str | None
+    total_duration_ms: int | None
+
+
+class ExecutionResult(BaseModel):
+    """wait_for_result's answer once the execution completed."""
+
+    workflow_name: str
+    execution_id: str
+    result: Any
+
+
+class Event(BaseModel):
+    event_id: str
+    event_timestamp: int
+    root_workflow_exec_id: str
+    parent_workflow_exec_id: str | None
+    workflow_exec_id: str
+    workflow_run_id: str
+    workflow_name: str
+    event_type: str
+    attributes: dict[str, Any]
+
+
+class History(BaseModel):
+    events: list[Event]
 
 
 def iso(value: datetime | None) -> str | None:

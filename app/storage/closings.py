@@ -1,20 +1,18 @@
-"""Waiting for executions to close, woken by Postgres NOTIFY instead of polling.
+"""Hearing of executions closing, from Postgres NOTIFY instead of polling.
 
 The transaction that closes a run sends NOTIFY on `chainline_execution_closed` with the
-execution id; one listener thread per API process wakes the requests waiting for it.
-A waiter registered before its execution's work is dispatched cannot miss that
-notification (short of the listener reconnecting), so it reads the execution only once
-woken; a periodic re-check covers notifications lost while the listener reconnects.
+execution id (record_step). One listener thread per process holds the LISTEN connection
+and calls the wake-up of every subscriber to that execution. A subscriber registered
+before its execution's work is dispatched cannot miss that notification (short of the
+listener reconnecting), so callers need a periodic re-check only for that case.
 """
 
 from __future__ import annotations
 
 import logging
 import threading
-import time
 from collections import defaultdict
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 
 import psycopg
 
@@ -25,33 +23,45 @@ log = logging.getLogger(__name__)
 RECHECK_SECONDS = 1.0
 LISTEN_WAIT_SECONDS = 2.0
 
+Wake = Callable[[], None]
+
+
+class Subscription:
+    """One subscriber's interest in one execution's closing; `cancel` it when done."""
+
+    def __init__(self, listener: ClosedListener, execution_id: str, wake: Wake) -> None:
+        self._listener = listener
+        self.execution_id = execution_id
+        self.wake = wake
+
+    def cancel(self) -> None:
+        self._listener._unsubscribe(self)
+
 
 class ClosedListener:
     def __init__(self, dsn: str) -> None:
         self._dsn = dsn
-        self._waiters: dict[str, set[threading.Event]] = defaultdict(set)
+        self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
         self._lock = threading.Lock()
         self._thread: threading.Thread | None = None
         self._listening = threading.Event()
         self._closed = threading.Event()
 
-    @contextmanager
-    def watching(self, execution_id: str) -> Iterator[Closing]:
-        """Listen for the execution's closing from now on, while the block runs."""
+    def subscribe(self, execution_id: str, wake: Wake) -> Subscription:
+        """Call `wake` (from the listener's thread) when the execution closes."""
         self._ensure_started()
-        # Only a new listener makes this wait: its LISTEN must be on before the work
-        # it waits for goes out. Should Postgres not answer, the re-checks still do.
-        self._listening.wait(LISTEN_WAIT_SECONDS)
-        closing = Closing()
+        subscription = Subscription(self, execution_id, wake)
         with self._lock:
-            self._waiters[execution_id].add(closing.notified)
-        try:
-            yield closing
-        finally:
-            with self._lock:
-                self._waiters[execution_id].discard(closing.notified)
-                if not self._waiters[execution_id]:
-                    del self._waiters[execution_id]
+            self._subscribers[execution_id].add(subscription)
+        return subscription
+
+    def is_listening(self) -> bool:
+        return self._listening.is_set()
+
+    def wait_listening(self, timeout: float = LISTEN_WAIT_SECONDS) -> bool:
+        """Whether LISTEN is on (only a new listener makes this wait): before it is,
+        a closing could go unheard. Should Postgres not answer, re-checks still do."""
+        return self._listening.wait(timeout)
 
     def close(self) -> None:
         """Stop listening: the thread ends, and its connection closes, within a second."""
@@ -59,6 +69,14 @@ class ClosedListener:
         thread = self._thread
         if thread is not None:
             thread.join(timeout=RECHECK_SECONDS * 2)
+
+    def _unsubscribe(self, subscription: Subscription) -> None:
+        with self._lock:
+            subscribers = self._subscribers.get(subscription.execution_id)
+            if subscribers is not None:
+                subscribers.discard(subscription)
+                if not subscribers:
+                    del self._subscribers[subscription.execution_id]
 
     def _ensure_started(self) -> None:
         with self._lock:
@@ -89,25 +107,6 @@ class ClosedListener:
 
     def _wake(self, execution_id: str) -> None:
         with self._lock:
-            for event in self._waiters.get(execution_id, ()):
-                event.set()
-
-
-class Closing:
-    """One execution's closing, as a waiter registered with `ClosedListener.watching`."""
-
-    def __init__(self) -> None:
-        self.notified = threading.Event()
-
-    def wait(self, timeout: float, is_closed: Callable[[], bool]) -> bool:
-        """Until notified that the execution closed (True), or `timeout` passes (the
-        last `is_closed()`); `is_closed()` is asked every RECHECK_SECONDS meanwhile."""
-        deadline = time.monotonic() + timeout
-        while True:
-            remaining = deadline - time.monotonic()
-            if self.notified.wait(max(0.0, min(remaining, RECHECK_SECONDS))):
-                return True  # sent by the transaction that closed the run, at its commit
-            if is_closed():
-                return True
-            if remaining <= RECHECK_SECONDS:
-                return False
+            subscribers = list(self._subscribers.get(execution_id, ()))
+        for subscription in subscribers:
+            subscription.wake()

@@ -19,7 +19,16 @@ from app.model.retry import RetryPolicy
 
 # Route words under /v1/workflows that a workflow name would shadow.
 RESERVED_WORKFLOW_NAMES = frozenset(
-    {"archive", "unarchive", "registrations", "runs", "schedules", "events", "executions"}
+    {
+        "archive",
+        "unarchive",
+        "registrations",
+        "runs",
+        "schedules",
+        "events",
+        "executions",
+        "deployments",
+    }
 )
 DEFAULT_EXECUTION_TIMEOUT = timedelta(hours=1)
 DEFAULT_START_TO_CLOSE_TIMEOUT = timedelta(minutes=5)

@@ -102,7 +102,12 @@ class Stack:
 
 @contextmanager
 def launch_stack(
-    database_url: str, broker_url: str, logs: Path, settings: Mapping[str, str] = {}
+    database_url: str,
+    broker_url: str,
+    logs: Path,
+    settings: Mapping[str, str] = {},
+    headers: Mapping[str, str] = {},
+    probe: tuple[str, Any, Any] = ("sequential-sum", {"values": [1]}, {"total": 1}),
 ) -> Iterator[Stack]:
     """Migrate, start api, worker and beat, and check that an execution goes through."""
     tag = uuid.uuid4().hex[:10]
@@ -134,12 +139,13 @@ def launch_stack(
             running.start(name)
         wait_until(lambda: _api_up(running.base_url), timeout=30, what="the API")
         # One execution through the whole stack proves the worker consumes the queue.
-        with httpx.Client(base_url=running.base_url, timeout=30) as client:
+        workflow, input_value, result = probe
+        with httpx.Client(base_url=running.base_url, headers=dict(headers), timeout=30) as client:
             reply = client.post(
-                "/v1/workflows/sequential-sum/execute",
-                json={"input": {"values": [1]}, "wait_for_result": True, "timeout_seconds": 60},
+                f"/v1/workflows/{workflow}/execute",
+                json={"input": input_value, "wait_for_result": True, "timeout_seconds": 60},
             )
-        assert reply.json().get("result") == {"total": 1}, reply.text
+        assert reply.json().get("result") == result, reply.text
         yield running
     finally:
         running.stop()
@@ -161,7 +167,7 @@ def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
 
 def _api_up(base_url: str) -> bool:
     try:
-        return httpx.get(base_url + "/v1/workflows", timeout=1).status_code == 200
+        return httpx.get(base_url + "/healthz", timeout=1).status_code == 200
     except httpx.HTTPError:
         return False
 

@@ -214,6 +214,13 @@ def test_an_outcome_waits_out_a_postgres_outage_instead_of_running_again(
     faults.postgres.stop()
     try:
         (tmp_path / "release").write_text("go")
+        # The API says so, as JSON, and asks to be tried again.
+        for reply in (
+            http.post("/v1/workflows/sequential-sum/execute", json={"input": {"values": [1]}}),
+            http.get(f"/v1/workflows/executions/{started['execution_id']}"),
+        ):
+            assert reply.status_code == 503, reply.text
+            assert reply.json()["code"] == "WF_1200" and reply.headers["retry-after"]
         time.sleep(30)  # the outage: longer than any fixed number of quick retries
     finally:
         faults.postgres.start()

@@ -1,7 +1,10 @@
-"""Waiting for an execution to close, woken by a real Postgres NOTIFY."""
+"""Hearing of an execution's closing from a real Postgres NOTIFY, and waiting for it on
+the event loop (wait_for_result)."""
 
 from __future__ import annotations
 
+import asyncio
+import threading
 import time
 import uuid
 from collections.abc import Iterator
@@ -9,8 +12,10 @@ from collections.abc import Iterator
 import psycopg
 import pytest
 
-from app.storage.closings import RECHECK_SECONDS, ClosedListener
+from app.api.waiting import Waited, Waiters
+from app.storage.closings import ClosedListener
 from app.storage.executions import CLOSED_CHANNEL
+from tests.support import libpq_url
 
 
 def _notify_closed(dsn: str, execution_id: str) -> None:
@@ -20,51 +25,82 @@ def _notify_closed(dsn: str, execution_id: str) -> None:
 
 @pytest.fixture
 def listener(database_url: str) -> Iterator[ClosedListener]:
-    listener = ClosedListener(database_url)
+    listener = ClosedListener(libpq_url(database_url))
     yield listener
     listener.close()
 
 
-def test_a_registered_waiter_is_woken_by_the_notification_without_reading(
+def test_a_subscriber_is_woken_by_its_execution_s_notification_only(
     database_url: str, listener: ClosedListener
 ) -> None:
     execution_id = uuid.uuid4().hex
-    reads: list[str] = []
-
-    with listener.watching(execution_id) as closing:
-        _notify_closed(database_url, uuid.uuid4().hex)  # another execution's
-        _notify_closed(database_url, execution_id)
-        started = time.monotonic()
-        assert closing.wait(30, lambda: reads.append("read") is not None)
-
-    assert time.monotonic() - started < RECHECK_SECONDS
-    assert reads == []
+    woken = threading.Event()
+    subscription = listener.subscribe(execution_id, woken.set)
+    assert listener.wait_listening()
+    _notify_closed(database_url, uuid.uuid4().hex)  # another execution's
+    assert not woken.wait(0.3)
+    _notify_closed(database_url, execution_id)
+    assert woken.wait(5)
+    subscription.cancel()
 
 
-def test_without_a_notification_the_re_check_finds_the_execution_closed(
-    listener: ClosedListener,
+async def _no(*_: object) -> bool:
+    return False
+
+
+def test_a_waiter_on_the_event_loop_is_woken_by_the_notification(
+    database_url: str, listener: ClosedListener
 ) -> None:
-    answers = iter([False, True])
+    execution_id = uuid.uuid4().hex
+    waiters = Waiters(listener, limit=10)
 
-    with listener.watching(uuid.uuid4().hex) as closing:
-        started = time.monotonic()
-        assert closing.wait(30, lambda: next(answers))
+    async def wait() -> tuple[Waited, float]:
+        async with waiters.subscribed(execution_id) as closing:
+            await asyncio.to_thread(_notify_closed, database_url, execution_id)
+            started = time.monotonic()
+            waited = await closing.wait(30, is_closed=_no, client_gone=_no)
+            return waited, time.monotonic() - started
 
-    assert RECHECK_SECONDS * 2 <= time.monotonic() - started < 30
+    waited, elapsed = asyncio.run(wait())
+    assert waited is Waited.CLOSED and elapsed < 5
+
+
+def test_a_waiter_stops_when_its_client_goes(listener: ClosedListener) -> None:
+    waiters = Waiters(listener, limit=10)
+
+    async def gone() -> bool:
+        return True
+
+    async def wait() -> Waited:
+        async with waiters.subscribed(uuid.uuid4().hex) as closing:
+            return await closing.wait(30, is_closed=_no, client_gone=gone)
+
+    started = time.monotonic()
+    assert asyncio.run(wait()) is Waited.CLIENT_GONE
+    assert time.monotonic() - started < 5
 
 
 def test_a_waiter_gives_up_at_its_timeout(listener: ClosedListener) -> None:
-    with listener.watching(uuid.uuid4().hex) as closing:
-        started = time.monotonic()
-        assert not closing.wait(0.2, lambda: False)
+    waiters = Waiters(listener, limit=10)
 
-    assert 0.2 <= time.monotonic() - started < RECHECK_SECONDS
+    async def wait() -> Waited:
+        async with waiters.subscribed(uuid.uuid4().hex) as closing:
+            return await closing.wait(0.2, is_closed=_no, client_gone=_no)
+
+    assert asyncio.run(wait()) is Waited.TIMED_OUT
+
+
+def test_waiters_are_capped() -> None:
+    waiters = Waiters(ClosedListener("postgresql://unused"), limit=2)
+    assert waiters.reserve() and waiters.reserve()
+    assert not waiters.reserve()
+    waiters.release()
+    assert waiters.reserve()
 
 
 def test_a_closed_listener_stops_its_thread_and_connection(database_url: str) -> None:
-    listener = ClosedListener(database_url)
-    with listener.watching(uuid.uuid4().hex):
-        pass
+    listener = ClosedListener(libpq_url(database_url))
+    listener.subscribe(uuid.uuid4().hex, lambda: None).cancel()
     thread = listener._thread
     assert thread is not None and thread.is_alive()
 

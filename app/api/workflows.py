@@ -1,0 +1,219 @@
+"""/v1/workflows: the registered workflows, and starting executions of them."""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Path, Query, Request
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+from starlette.concurrency import run_in_threadpool
+
+from app.api.access import bearer, caller
+from app.api.responses import errors
+from app.api.schemas import (
+    LOCAL_TENANT,
+    Execution,
+    ExecutionResult,
+    WorkflowExecutionRequest,
+    WorkflowGet,
+    WorkflowList,
+    execution_json,
+)
+from app.api.waiting import Waiters
+from app.engine.binding import bind_input
+from app.engine.dispatch import FollowUp
+from app.engine.executions import get_execution, new_execution_id, start_execution
+from app.errors import InvalidPayload, StillRunning, TooManyWaiting
+from app.messaging.dispatcher import get_dispatcher
+from app.model.payloads import encode
+from app.settings import get_settings
+from app.storage.closings import ClosedListener
+from app.storage.db import get_engine
+from app.storage.executions import ExecutionRecord
+from app.workflows.registry import WorkflowDefinition, load_workflow_modules
+
+registry = load_workflow_modules(get_settings().workflow_modules)
+
+# How long wait_for_result waits when the caller does not say.
+DEFAULT_WAIT_SECONDS = 60.0
+
+router = APIRouter(dependencies=[Depends(bearer)])
+# The routes under /v1/workflows/{workflow_name}: included last, after every literal path
+# (executions, runs...) that the parameter would otherwise catch.
+named_router = APIRouter(dependencies=[Depends(bearer)])
+
+# The workflows of this deployment, as examples of the path parameter (clients and
+# test generators start from them).
+WorkflowName = Annotated[
+    str,
+    Path(
+        description="A workflow registered here (GET /v1/workflows lists them)",
+        openapi_examples={name: {"value": name} for name in sorted(registry.workflows)},
+    ),
+]
+
+
+@lru_cache(maxsize=1)
+def waiters() -> Waiters:
+    settings = get_settings()
+    listener = ClosedListener(
+        settings.database_url.replace("postgresql+psycopg://", "postgresql://")
+    )
+    return Waiters(listener, settings.max_waiting_requests)
+
+
+def _basic(definition: WorkflowDefinition) -> dict[str, Any]:
+    return {
+        "id": definition.name,
+        "name": definition.name,
+        "display_name": definition.display_name or definition.name,
+        "description": definition.description,
+        "archived": False,
+    }
+
+
+# response_model=None: the routes answer plain dicts, which FastAPI would otherwise
+# validate against their models, in its thread pool for plain functions; `responses`
+# documents the models all the same.
+@router.get(
+    "/v1/workflows", response_model=None, responses={200: {"model": WorkflowList}, **errors(422)}
+)
+def list_workflows(
+    limit: Annotated[int, Query(ge=1, le=1000)] = 50,
+    cursor: str | None = None,
+    order: str = "asc",
+) -> dict[str, Any]:
+    names = sorted(registry.workflows, reverse=order == "desc")
+    if cursor:
+        names = [n for n in names if (n < cursor if order == "desc" else n > cursor)]
+    page = names[:limit]
+    next_cursor = page[-1] if len(names) > limit else None
+    return {"workflows": [_basic(registry.workflows[n]) for n in page], "next_cursor": next_cursor}
+
+
+@named_router.get(
+    "/v1/workflows/{workflow_name}",
+    response_model=None,
+    # 501: a name that is one of the words of the SDK's own routes is answered by that
+    # route (GET /v1/workflows/runs is not a workflow named "runs").
+    responses={200: {"model": WorkflowGet}, **errors(404, 501)},
+)
+def read_workflow(workflow_name: WorkflowName) -> dict[str, Any]:
+    definition = registry.workflow(workflow_name)
+    return {
+        "workflow": {
+            **_basic(definition),
+            "type": "code",
+            "customer_id": LOCAL_TENANT,
+            "workspace_id": LOCAL_TENANT,
+            "active": True,
+        }
+    }
+
+
+def _validate_input(definition: WorkflowDefinition, value: Any) -> Any:
+    """The input encoded as stored; a 422 naming the field for anything else."""
+    try:
+        encoded = encode(value, "input")
+    except InvalidPayload as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", "input"), "msg": exc.detail, "type": "value_error"}]
+        ) from None
+    try:
+        bind_input(definition.entrypoint, encoded)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [
+                {**error, "loc": ("body", "input", *error["loc"])}
+                for error in exc.errors(include_url=False, include_context=False)
+            ]
+        ) from None
+    return encoded
+
+
+@named_router.post(
+    "/v1/workflows/{workflow_name}/execute",
+    response_model=None,
+    responses={
+        200: {
+            "model": ExecutionResult | Execution,
+            "description": "The execution started (RUNNING); with wait_for_result, its"
+            " result once COMPLETED, or its record once it ended otherwise",
+        },
+        **errors(404, 408, 409, 413, 422, 501),
+    },
+)
+async def execute_workflow(
+    workflow_name: WorkflowName,
+    body: WorkflowExecutionRequest,
+    request: Request,
+    user: Annotated[str | None, Depends(caller)],
+) -> dict[str, Any]:
+    definition = registry.workflow(workflow_name)
+    input_value = _validate_input(definition, body.input)
+    waiting = waiters()
+    # Refused before anything starts, so that trying again later is safe.
+    if body.wait_for_result and not waiting.reserve():
+        raise TooManyWaiting()
+    try:
+        return await _start(definition, body, input_value, user, request, waiting)
+    finally:
+        if body.wait_for_result:
+            waiting.release()
+
+
+async def _start(
+    definition: WorkflowDefinition,
+    body: WorkflowExecutionRequest,
+    input_value: Any,
+    user: str | None,
+    request: Request,
+    waiting: Waiters,
+) -> dict[str, Any]:
+    engine = get_engine()
+    record, first_task = await run_in_threadpool(
+        lambda: start_execution(
+            engine,
+            definition,
+            execution_id=body.execution_id or new_execution_id(),
+            input_value=input_value,
+            user_id=user,
+        )
+    )
+    started = [FollowUp("started", dispatches=(first_task,))]
+    if not body.wait_for_result:
+        await run_in_threadpool(get_dispatcher().send, started)
+        return execution_json(record)
+
+    async def is_closed() -> bool:
+        current = await run_in_threadpool(get_execution, engine, record.execution_id)
+        return not current.is_open
+
+    timeout = body.timeout_seconds or DEFAULT_WAIT_SECONDS
+    # Subscribed before the work goes out: its closing cannot come first.
+    async with waiting.subscribed(record.execution_id) as closing:
+        await run_in_threadpool(get_dispatcher().send, started)
+        waited = await closing.wait(
+            timeout, is_closed=is_closed, client_gone=request.is_disconnected
+        )
+    final = await run_in_threadpool(get_execution, engine, record.execution_id)
+    if final.is_open:
+        raise StillRunning(
+            f"Execution {record.execution_id!r} is still {final.status.value} after"
+            f" {timeout:g}s ({waited.value}); it goes on: GET"
+            f" /v1/workflows/executions/{record.execution_id} tells when it ends"
+        )
+    return _execution_result(final)
+
+
+def _execution_result(record: ExecutionRecord) -> dict[str, Any]:
+    """wait_for_result's answer: the short form once completed, else the record."""
+    if record.status.value == "COMPLETED":
+        return {
+            "workflow_name": record.workflow_name,
+            "execution_id": record.execution_id,
+            "result": record.result,
+        }
+    return execution_json(record)
