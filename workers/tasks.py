@@ -33,6 +33,12 @@ RETRY_WHILE_UNAVAILABLE: dict[str, Any] = {
 }
 
 
+class AttemptFailed(Exception):
+    """The activity attempt this task ran failed: the task fails too, so that Flower and
+    Celery's counts show it as a failure (its next attempt, if any, is a task of its
+    own). Declared in `throws`, Celery logs it without a traceback."""
+
+
 def _again_in(task: Task[Any, Any], seconds: float) -> NoReturn:
     """Deliver this message again in `seconds` (it carries work not due yet)."""
     if seconds > MAX_COUNTDOWN_SECONDS:
@@ -44,6 +50,9 @@ def _follow(task: Task[Any, Any], follow_up: FollowUp) -> str:
     get_dispatcher().send([follow_up])
     if follow_up.retry_in is not None:
         _again_in(task, follow_up.retry_in)
+    if follow_up.failure is not None:
+        failure = follow_up.failure
+        raise AttemptFailed(f"{failure['type']}: {failure['message']} ({follow_up.reason})")
     return follow_up.reason
 
 
@@ -70,8 +79,9 @@ def run_activity_message(task: Task[Any, Any], run_id: str, seq: int, activity_n
             _again_in(task, attempt.retry_in)
         return attempt.reason
     follow_up = record_outcome(engine, registry, attempt, run_attempt(attempt))
-    if follow_up.advanced:
-        # The workflow task already ran inline; the chain's own would find nothing to do.
+    if follow_up.advanced or follow_up.failure is not None:
+        # The workflow task already ran inline, or the next attempt went out with its
+        # own: the chained one would find nothing to do.
         task.request.chain = None
     return _follow(task, follow_up)
 
@@ -82,6 +92,7 @@ def _register_activity_task(activity_name: str) -> None:
         bind=True,
         # Its main process reports an attempt whose pool process died (requests.py).
         Request="workers.requests:ActivityRequest",
+        throws=(AttemptFailed,),
         **RETRY_WHILE_UNAVAILABLE,
     )
     def activity_task(self: Task[Any, Any], run_id: str, seq: int, ticket: object = None) -> str:

@@ -36,8 +36,9 @@ class FollowUp:
     """The outcome of a piece of engine work, and what to do once it has committed.
 
     `retry_in`: the message being handled should be delivered again after that many
-    seconds (it carries the activity's next attempt). `advanced`: the run's workflow
-    task already ran, so a chained one has nothing to do.
+    seconds (its work is not due yet). `advanced`: the run's workflow task already ran,
+    so a chained one has nothing to do. `failure`: the attempt this message ran was
+    recorded as failed (`ev.failure` of it), so that its task ends as a failure too.
     """
 
     reason: str
@@ -46,3 +47,4 @@ class FollowUp:
     stop_task_ids: tuple[str, ...] = ()
     retry_in: float | None = None
     advanced: bool = False
+    failure: dict[str, str] | None = None

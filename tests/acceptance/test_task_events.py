@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import os
 import signal
 import subprocess
 import threading
+import time
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
@@ -167,3 +169,49 @@ def test_a_worker_publishes_task_events_in_batches_and_the_rest_on_shutdown(
     assert [len(batch) for batch in batches] == [24, 6]
     for event_type in WORKER_EVENTS:
         assert len({e["uuid"] for b in batches for e in b if e["type"] == event_type}) == tasks
+
+
+def test_each_attempt_is_a_task_of_its_own_and_a_failed_attempt_a_failed_task(
+    stack: Stack, http: httpx.Client, tmp_path: Path
+) -> None:
+    secret = f"api_token-{uuid.uuid4().hex}"
+    folder = tmp_path / secret
+    folder.mkdir()
+    with listening(stack.celery_client()) as log:
+        started = http.post(
+            "/v1/workflows/flaky/execute",
+            json={"execution_id": execution_id(), "input": {"folder": str(folder), "failures": 2}},
+        ).json()
+        assert wait_for_end(http, started["execution_id"])["status"] == "COMPLETED"
+        run_id = started["run_id"]
+
+        def attempts() -> dict[str, list[str]] | None:
+            tasks = {
+                e["uuid"]
+                for e in log.task_events()
+                if e["type"] == "task-received"
+                and e["name"] == "activity.flaky"
+                and run_id in e.get("args", "")
+            }
+            by_task: dict[str, list[str]] = {task_id: [] for task_id in tasks}
+            for event in log.task_events():
+                if event["uuid"] in by_task:
+                    by_task[event["uuid"]].append(event["type"])
+            ended = [t for t in by_task.values() if {"task-failed", "task-succeeded"} & set(t)]
+            return by_task if len(ended) == 3 else None
+
+        by_task = wait_until(attempts, timeout=20, what="three attempts' task events")
+        everything = json.dumps(log.publishes)
+    outcomes = sorted(
+        "failed" if "task-failed" in types else "succeeded" for types in by_task.values()
+    )
+    assert outcomes == ["failed", "failed", "succeeded"]
+    # Nothing of the activity's input reaches a message or an event, retries included.
+    assert secret not in everything
+
+
+def test_housekeeping_is_not_a_task_on_the_operator_s_list(stack: Stack) -> None:
+    with listening(stack.celery_client()) as log:
+        time.sleep(3)  # three sweeps at the default interval
+        names = {e.get("name") for e in log.task_events()}
+    assert not any(name and "sweep" in name for name in names)

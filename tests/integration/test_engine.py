@@ -154,7 +154,10 @@ def test_a_late_result_is_discarded_and_recorded_as_a_timeout(
         r=attempt.run_id,
     )
     follow_up = record_outcome(engine, registry, attempt, run_attempt(attempt))
-    assert follow_up.retry_in is not None  # add retries by the default policy
+    # add retries by the default policy: its next attempt goes out as a message of its own.
+    assert follow_up.failure is not None and follow_up.failure["type"] == "StartToCloseTimeout"
+    (retry,) = _activities(follow_up)
+    assert retry.seq == 1 and follow_up.dispatches[0].countdown == 1.0
     history = get_history(engine, attempt.run_id)
     assert ev.ACTIVITY_TASK_COMPLETED not in [e.event_type for e in history]
     (retrying,) = [e for e in history if e.event_type == ev.ACTIVITY_TASK_RETRYING]
@@ -234,7 +237,7 @@ def test_an_outcome_lost_to_an_outage_past_the_deadline_is_reported_as_such(
     time.sleep(2)  # the outage outlasts the attempt's deadline
     cut_off(False)
     follow_up = recording.result(timeout=30)
-    assert follow_up.retry_in is not None
+    assert follow_up.failure is not None and _activities(follow_up)
     history = get_history(engine, attempt.run_id)
     assert ev.ACTIVITY_TASK_COMPLETED not in [e.event_type for e in history]
     (retrying,) = [e for e in history if e.event_type == ev.ACTIVITY_TASK_RETRYING]
@@ -262,7 +265,7 @@ def test_an_outcome_postgres_refuses_is_reported_as_not_recorded(
     finally:
         _sql(engine, f"DROP TRIGGER refuse_{attempt.run_id.hex} ON events")
         _sql(engine, f"DROP FUNCTION refuse_{attempt.run_id.hex}()")
-    assert follow_up.retry_in is not None
+    assert follow_up.failure is not None and _activities(follow_up)
     (retrying,) = [
         e for e in get_history(engine, attempt.run_id) if e.event_type == ev.ACTIVITY_TASK_RETRYING
     ]
@@ -454,7 +457,8 @@ def test_a_retried_activity_that_succeeds_settles_the_run_back_to_running(
 ) -> None:
     attempt = _claim_first(engine, registry, "flaky", {"folder": str(tmp_path), "failures": 1})
     first = record_outcome(engine, registry, attempt, run_attempt(attempt))
-    assert first.retry_in == pytest.approx(0.1)
+    assert first.failure is not None and first.failure["type"] == "ConnectionError"
+    assert first.dispatches[0].countdown == pytest.approx(0.1)
     assert _execution(engine, attempt.run_id).status is ExecutionStatus.RETRYING_AFTER_ERROR
     _sql(
         engine, "UPDATE activities SET next_attempt_at = now() WHERE run_id = :r", r=attempt.run_id

@@ -177,17 +177,33 @@ def _write(
     step = Step(run=state.run)
     if isinstance(outcome, Succeeded):
         record_activity_success(step, activity, outcome.result)
+        failure = None
     else:
-        delay = record_activity_failure(
-            step, activity, outcome.failure, retryable=outcome.retryable
-        )
+        failure = outcome.failure
+        delay = record_activity_failure(step, activity, failure, retryable=outcome.retryable)
         if delay is not None:
             write_step(tx, step)
-            return FollowUp(f"attempt failed; retrying in {delay:g}s", retry_in=delay)
+            # The next attempt is a message of its own: each attempt its own task.
+            return FollowUp(
+                f"attempt failed; retrying in {delay:g}s",
+                dispatches=(_next_attempt(state.run.run_id, activity, delay),),
+                failure=failure,
+            )
     if registry is None:
         write_step(tx, step)
-        return FollowUp("outcome recorded", dispatches=(Dispatch(state.run.run_id),))
-    return advance(tx, registry, step, state, retrying=activity.others_retrying)
+        return FollowUp(
+            "outcome recorded", dispatches=(Dispatch(state.run.run_id),), failure=failure
+        )
+    return replace(
+        advance(tx, registry, step, state, retrying=activity.others_retrying), failure=failure
+    )
+
+
+def _next_attempt(run_id: uuid.UUID, activity: ActivityRow, delay: float) -> Dispatch:
+    retry = ActivityDispatch(
+        run_id, activity.seq, activity.activity_name, activity.start_to_close_seconds
+    )
+    return Dispatch(run_id, (retry,), countdown=delay)
 
 
 def _resend(tx: Transaction, state: RunState) -> tuple[Dispatch, ...]:
@@ -254,10 +270,7 @@ def _fail_running_attempt(
     write_step(tx, step)
     if delay is None:
         return FollowUp("attempt failed for good", dispatches=(Dispatch(run_id),))
-    retry = ActivityDispatch(
-        run_id, activity.seq, activity.activity_name, activity.start_to_close_seconds
-    )
     return FollowUp(
         f"attempt failed; retrying in {delay:g}s",
-        dispatches=(Dispatch(run_id, (retry,), countdown=delay),),
+        dispatches=(_next_attempt(run_id, activity, delay),),
     )
