@@ -8,13 +8,19 @@ import os
 import signal
 import sys
 import time
+from collections.abc import Callable
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any, NoReturn
 
 import click
 import httpx
 
-from app.processes import with_scripts_on_path
+from app.processes import (
+    make_current_folder_importable,
+    with_current_folder_importable,
+    with_scripts_on_path,
+)
 
 DEFAULT_BASE_URL = "http://127.0.0.1:8000"
 CELERY_APP = "workers.celery_app"
@@ -63,6 +69,30 @@ def _emit(data: Any, as_json: bool, human: str) -> None:
 json_option = click.option("--json", "as_json", is_flag=True, help="Print JSON for scripts.")
 
 
+def _connection_options(command: Callable[..., Any]) -> Callable[..., Any]:
+    """`--base-url` and `--api-key`, accepted before the subcommand and after it."""
+
+    def remember(ctx: click.Context, param: click.Parameter, value: str | None) -> None:
+        # Given after the subcommand, it wins over the group's (and its environment's).
+        if value is not None:
+            ctx.ensure_object(dict)[str(param.name)] = value
+
+    command = click.option(
+        "--api-key",
+        default=None,
+        expose_value=False,
+        callback=remember,
+        help="Bearer token (env CHAINLINE_API_KEY).",
+    )(command)
+    return click.option(
+        "--base-url",
+        default=None,
+        expose_value=False,
+        callback=remember,
+        help=f"The API to talk to (env CHAINLINE_BASE_URL, default {DEFAULT_BASE_URL}).",
+    )(command)
+
+
 @click.group()
 @click.option(
     "--base-url",
@@ -84,6 +114,7 @@ def _api(ctx: click.Context) -> Api:
 
 @main.command()
 @json_option
+@_connection_options
 @click.pass_context
 def workflows(ctx: click.Context, as_json: bool) -> None:
     """List the registered workflows."""
@@ -92,14 +123,30 @@ def workflows(ctx: click.Context, as_json: bool) -> None:
     _emit(listing, as_json, "\n".join(rows) or "(no workflows registered)")
 
 
+class InputError(click.ClickException):
+    """`--input` cannot be used: one line, exit code 2 as for other usage errors."""
+
+    exit_code = 2
+
+    def format_message(self) -> str:
+        return f"--input: {self.message}"
+
+
 def _read_input(raw: str | None) -> Any:
     if raw is None:
         return None
-    text = Path(raw[1:]).read_text() if raw.startswith("@") else raw
+    text = raw
+    if raw.startswith("@"):
+        try:
+            text = Path(raw[1:]).read_text()
+        except OSError as exc:
+            raise InputError(f"cannot read {raw[1:]}: {exc.strerror}") from None
+        except UnicodeDecodeError:
+            raise InputError(f"cannot read {raw[1:]}: not UTF-8 text") from None
     try:
         return json.loads(text)
     except json.JSONDecodeError as exc:
-        raise click.BadParameter(f"not valid JSON: {exc}", param_hint="--input") from exc
+        raise InputError(f"not valid JSON: {exc}") from None
 
 
 def _describe_execution(record: dict[str, Any]) -> str:
@@ -141,6 +188,7 @@ def _wait(api: Api, execution_id: str, timeout: float) -> dict[str, Any]:
 @click.option("--wait", is_flag=True, help="Wait for the execution to finish.")
 @click.option("--timeout", default=300.0, show_default=True, help="Seconds --wait waits.")
 @json_option
+@_connection_options
 @click.pass_context
 def run(
     ctx: click.Context,
@@ -158,6 +206,9 @@ def run(
         body["execution_id"] = execution_id
     record = api.call("POST", f"/v1/workflows/{workflow}/execute", json=body)
     if wait:
+        # On stderr, so stdout stays the result alone; a Ctrl-C'd wait still says which
+        # execution goes on.
+        click.echo(f"started {record['execution_id']}", err=True)
         record = _wait(api, record["execution_id"], timeout)
         human = (
             json.dumps(record["result"])
@@ -174,6 +225,7 @@ def run(
 @main.command()
 @click.argument("execution_id")
 @json_option
+@_connection_options
 @click.pass_context
 def get(ctx: click.Context, execution_id: str, as_json: bool) -> None:
     """Show one execution."""
@@ -184,6 +236,7 @@ def get(ctx: click.Context, execution_id: str, as_json: bool) -> None:
 @main.command()
 @click.argument("execution_id")
 @json_option
+@_connection_options
 @click.pass_context
 def history(ctx: click.Context, execution_id: str, as_json: bool) -> None:
     """Show an execution's history, oldest event first."""
@@ -196,8 +249,14 @@ def history(ctx: click.Context, execution_id: str, as_json: bool) -> None:
             detail += f" (attempt {attributes['attempt']})"
         if "failure" in attributes:
             detail += f" {attributes['failure'].get('type')}: {attributes['failure']['message']}"
-        rows.append(f"{event['event_id']:>4}  {event['event_type']:<30} {detail}".rstrip())
+        at = _event_time(event["event_timestamp"])
+        rows.append(f"{at}  {event['event_type']:<30} {detail}".rstrip())
     _emit(events, as_json, "\n".join(rows))
+
+
+def _event_time(nanoseconds: int) -> str:
+    moment = datetime.fromtimestamp(nanoseconds / 1e9, tz=UTC)
+    return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
 # Process commands: the Procfile runs these, so every deploy starts processes one way.
@@ -205,7 +264,21 @@ def history(ctx: click.Context, execution_id: str, as_json: bool) -> None:
 
 def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
     env = with_scripts_on_path(env if env is not None else os.environ)
-    os.execvpe(argv[0], argv, env)
+    os.execvpe(argv[0], argv, with_current_folder_importable(env))
+
+
+def _check_workflows(modules: str | None = None) -> None:
+    """Import every CHAINLINE_WORKFLOWS module before starting anything, so a typo is one
+    line here instead of a traceback in each process."""
+    from app.settings import get_settings
+    from app.workflows.registry import WorkflowModuleError, load_workflow_modules
+
+    make_current_folder_importable()
+    names = get_settings().workflow_modules if modules is None else modules.split(",")
+    try:
+        load_workflow_modules([name.strip() for name in names if name.strip()])
+    except WorkflowModuleError as exc:
+        raise click.ClickException(str(exc)) from None
 
 
 @main.command()
@@ -224,6 +297,8 @@ def api(host: str, port: int) -> None:
     """Serve the HTTP API."""
     import uvicorn
 
+    _check_workflows()
+
     uvicorn.run("app.api.main:app", host=host, port=port, log_level="info")
 
 
@@ -231,6 +306,7 @@ def api(host: str, port: int) -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(celery_args: tuple[str, ...]) -> None:
     """Run a Celery worker (extra arguments go to `celery worker`)."""
+    _check_workflows()
     _exec(["celery", "-A", CELERY_APP, "worker", "--loglevel=INFO", *celery_args])
 
 
@@ -238,6 +314,7 @@ def worker(celery_args: tuple[str, ...]) -> None:
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def beat(celery_args: tuple[str, ...]) -> None:
     """Run Celery beat: the sweeper, timeouts, and (later) schedules."""
+    _check_workflows()
     _exec(["celery", "-A", CELERY_APP, "beat", "--loglevel=INFO", *celery_args])
 
 
@@ -252,6 +329,7 @@ def flower() -> None:
             "refusing to run Flower without credentials: "
             "set CHAINLINE_FLOWER_BASIC_AUTH=user:password"
         )
+    _check_workflows()
     # Through the environment, so the password does not show in `ps`.
     env = {**os.environ, "FLOWER_BASIC_AUTH": settings.flower_basic_auth}
     _exec(
@@ -284,8 +362,9 @@ def dev(data_dir: Path, host: str, port: int, flower_port: int) -> None:
 
     Set CHAINLINE_DATABASE_URL / CHAINLINE_BROKER_URL to use your own servers instead.
     """
-    from app.devtools.devstack import DevStack, DevStackError
+    from app.devtools.devstack import DEFAULT_WORKFLOWS, DevStack, DevStackError
 
+    _check_workflows(os.environ.get("CHAINLINE_WORKFLOWS") or DEFAULT_WORKFLOWS)
     try:
         stack = DevStack(data_dir=data_dir, host=host, port=port, flower_port=flower_port)
         sys.exit(stack.run())

@@ -3,17 +3,19 @@
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 from pathlib import Path
 
 import httpx
 
 from tests.acceptance.conftest import Stack, execution_id
+from tests.support import CHAINLINE
 
 
 def chainline(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run(
-        ["chainline", "--base-url", stack.base_url, *args],
+        [CHAINLINE, "--base-url", stack.base_url, *args],
         capture_output=True,
         text=True,
         timeout=60,
@@ -32,6 +34,11 @@ def test_run_wait_prints_the_result(stack: Stack, tmp_path: Path) -> None:
     done = chainline(stack, "run", "sequential-sum", "--input", '{"values": [2, 3]}', "--wait")
     assert done.returncode == 0, done.stderr
     assert json.loads(done.stdout) == {"total": 5}
+    # Which execution it was, on stderr so that stdout stays the result alone.
+    started = re.fullmatch(r"started (\S+)\n", done.stderr)
+    assert started is not None, done.stderr
+    shown = json.loads(chainline(stack, "get", started.group(1), "--json").stdout)
+    assert shown["result"] == {"total": 5}
     input_file = tmp_path / "input.json"
     input_file.write_text('{"values": [4]}')
     chosen = execution_id()
@@ -62,8 +69,10 @@ def test_get_history_and_workflows(stack: Stack) -> None:
     assert "status     COMPLETED" in shown.stdout
     assert json.loads(chainline(stack, "get", chosen, "--json").stdout)["status"] == "COMPLETED"
     events = chainline(stack, "history", chosen).stdout.splitlines()
-    assert "WORKFLOW_EXECUTION_STARTED" in events[0]
-    assert "WORKFLOW_EXECUTION_COMPLETED" in events[-1]
+    when = r"\d{4}-\d\d-\d\dT\d\d:\d\d:\d\d\.\d{3}Z"
+    assert re.match(when + "  WORKFLOW_EXECUTION_STARTED", events[0]), events[0]
+    assert re.match(when + "  WORKFLOW_EXECUTION_COMPLETED", events[-1]), events[-1]
+    assert all(re.match(when + "  [A-Z_]+", line) for line in events), events
     assert "sequential-sum" in chainline(stack, "workflows").stdout
 
 
@@ -82,7 +91,7 @@ def test_failures_are_one_line_and_a_non_zero_exit(stack: Stack) -> None:
     bad_json = chainline(stack, "run", "sequential-sum", "--input", "{nope")
     assert bad_json.returncode == 2 and "not valid JSON" in bad_json.stderr
     unreachable = subprocess.run(
-        ["chainline", "--base-url", "http://127.0.0.1:9", "workflows"],
+        [CHAINLINE, "--base-url", "http://127.0.0.1:9", "workflows"],
         capture_output=True,
         text=True,
         timeout=30,
@@ -90,3 +99,37 @@ def test_failures_are_one_line_and_a_non_zero_exit(stack: Stack) -> None:
     assert unreachable.returncode == 1
     assert unreachable.stderr.startswith("Error: cannot reach the Chainline API")
     assert "Traceback" not in missing.stderr + invalid.stderr + unreachable.stderr
+
+
+def test_connection_options_work_after_the_subcommand_too(stack: Stack) -> None:
+    listed = subprocess.run(
+        [CHAINLINE, "workflows", "--base-url", stack.base_url, "--json"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        env={**stack.env, "CHAINLINE_BASE_URL": "http://127.0.0.1:9"},
+    )
+    assert listed.returncode == 0, listed.stderr
+    assert "sequential-sum" in {w["name"] for w in json.loads(listed.stdout)["workflows"]}
+    # After the subcommand it wins over the one before it.
+    overridden = subprocess.run(
+        [CHAINLINE, "--base-url", stack.base_url, "get", "x", "--base-url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        timeout=30,
+    )
+    assert overridden.stderr.startswith(
+        "Error: cannot reach the Chainline API at http://127.0.0.1:9"
+    )
+
+
+def test_an_unreadable_input_file_is_one_line(stack: Stack, tmp_path: Path) -> None:
+    missing = chainline(stack, "run", "sequential-sum", "--input", f"@{tmp_path}/missing.json")
+    assert missing.returncode == 2
+    assert missing.stderr == (
+        f"Error: --input: cannot read {tmp_path}/missing.json: No such file or directory\n"
+    )
+    (tmp_path / "binary.json").write_bytes(b"\xff\xfe")
+    binary = chainline(stack, "run", "sequential-sum", "--input", f"@{tmp_path}/binary.json")
+    assert binary.returncode == 2
+    assert binary.stderr == f"Error: --input: cannot read {tmp_path}/binary.json: not UTF-8 text\n"
