@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import os
+import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
@@ -101,8 +103,32 @@ def _refuse_a_second(what: str, existing: Any, new: Any) -> None:
 registry = Registry()
 
 
+class WorkflowModuleError(Exception):
+    """A module named in CHAINLINE_WORKFLOWS cannot be imported; the message is one line."""
+
+
 def load_workflow_modules(module_names: list[str]) -> Registry:
     """Import each module so its decorators register their definitions."""
     for module_name in module_names:
-        importlib.import_module(module_name)
+        try:
+            importlib.import_module(module_name)
+        except Exception as exc:
+            raise WorkflowModuleError(_import_failure(module_name, exc)) from exc
     return registry
+
+
+def _import_failure(module_name: str, exc: Exception) -> str:
+    """Why `module_name` did not import, in one line: the error and where it was raised."""
+    said = f"cannot import workflow module {module_name!r} (CHAINLINE_WORKFLOWS)"
+    missing = exc.name if isinstance(exc, ModuleNotFoundError) else None
+    if missing is not None and (module_name == missing or module_name.startswith(missing + ".")):
+        return (
+            f"{said}: no module named {missing!r} here; run from the folder that holds "
+            "it, or add that folder to PYTHONPATH"
+        )
+    reason = f"{type(exc).__name__}: {exc}".replace("\n", " ")
+    frames = traceback.extract_tb(exc.__traceback__)
+    inside_importlib = f"{os.sep}importlib{os.sep}"
+    ours = [frame for frame in frames if inside_importlib not in frame.filename]
+    where = f" at {ours[-1].filename}:{ours[-1].lineno}" if ours else ""
+    return f"{said}: {reason}{where}"

@@ -1,10 +1,13 @@
-"""The PATH Chainline gives the commands it starts."""
+"""The PATH and PYTHONPATH Chainline gives the commands it starts."""
 
 from __future__ import annotations
 
 import os
+from pathlib import Path
 
-from app.processes import scripts_dir, with_scripts_on_path
+import pytest
+
+from app.processes import scripts_dir, with_current_folder_importable, with_scripts_on_path
 
 
 def test_scripts_dir_goes_first_and_the_rest_of_path_is_kept_once() -> None:
@@ -19,3 +22,15 @@ def test_scripts_dir_goes_first_and_the_rest_of_path_is_kept_once() -> None:
 
 def test_an_environment_without_path_still_finds_the_scripts() -> None:
     assert with_scripts_on_path({})["PATH"].split(os.pathsep)[0] == scripts_dir()
+
+
+def test_the_current_folder_goes_first_on_pythonpath(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.chdir(tmp_path)
+    env = {"PYTHONPATH": os.pathsep.join(["/srv/lib", str(tmp_path)])}
+
+    paths = with_current_folder_importable(env)["PYTHONPATH"].split(os.pathsep)
+
+    assert paths == [str(tmp_path), "/srv/lib"]
+    assert with_current_folder_importable({})["PYTHONPATH"] == str(tmp_path)

@@ -7,6 +7,7 @@ import subprocess
 import sys
 import warnings
 from datetime import timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -16,7 +17,12 @@ from app.errors import InvalidDefinition
 from app.model.retry import RetryPolicy
 from app.workflows import compat
 from app.workflows.compat import NoEffectWarning
-from app.workflows.registry import ActivityDefinition, Registry
+from app.workflows.registry import (
+    ActivityDefinition,
+    Registry,
+    WorkflowModuleError,
+    load_workflow_modules,
+)
 
 # As mistralai-workflows 3.16.0 declares them (core/workflow.py, core/activity.py).
 MISTRAL_DEFINE = [
@@ -110,3 +116,37 @@ def test_importing_two_modules_with_one_activity_name_fails() -> None:
     assert imported.returncode != 0
     assert "tests.duplicates.first.send_report" in imported.stderr
     assert "tests.duplicates.second.send_report" in imported.stderr
+
+
+def test_a_missing_workflow_module_is_one_line_saying_where_to_run_from() -> None:
+    with pytest.raises(WorkflowModuleError) as raised:
+        load_workflow_modules(["shop_flows_that_do_not_exist"])
+    message = str(raised.value)
+    assert message == (
+        "cannot import workflow module 'shop_flows_that_do_not_exist' (CHAINLINE_WORKFLOWS): "
+        "no module named 'shop_flows_that_do_not_exist' here; run from the folder that holds "
+        "it, or add that folder to PYTHONPATH"
+    )
+
+
+def test_a_workflow_module_that_raises_names_the_error_and_its_line(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    (tmp_path / "shop_flows_broken.py").write_text("import json\n\nLIMIT = 1 / 0\n")
+    (tmp_path / "shop_flows_needs.py").write_text("import a_library_nobody_installed\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+
+    with pytest.raises(WorkflowModuleError) as raised:
+        load_workflow_modules(["shop_flows_broken"])
+    assert str(raised.value) == (
+        "cannot import workflow module 'shop_flows_broken' (CHAINLINE_WORKFLOWS): "
+        f"ZeroDivisionError: division by zero at {tmp_path}/shop_flows_broken.py:3"
+    )
+    # A module it imports is missing, not the workflow module itself: no hint about folders.
+    with pytest.raises(WorkflowModuleError) as raised:
+        load_workflow_modules(["shop_flows_needs"])
+    assert str(raised.value) == (
+        "cannot import workflow module 'shop_flows_needs' (CHAINLINE_WORKFLOWS): "
+        "ModuleNotFoundError: No module named 'a_library_nobody_installed' "
+        f"at {tmp_path}/shop_flows_needs.py:1"
+    )
