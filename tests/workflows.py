@@ -124,6 +124,30 @@ class CaughtFailure:
         return {"caught": None, "message": ""}
 
 
+@workflows.activity(
+    start_to_close_timeout=timedelta(seconds=10),
+    retry_policy_max_attempts=5,
+    retry_policy_initial_interval=FAST_RETRY,
+    non_retryable_error_types=("PermissionError",),
+)
+def refuses(how: str) -> None:
+    """Fails in a way no retry can fix: said by the error, or by the error's type."""
+    if how == "non_retryable":
+        raise workflows.WorkflowError("card declined", type="CardDeclined", non_retryable=True)
+    raise PermissionError("not allowed")
+
+
+@workflows.workflow.define(name="refused")
+class Refused:
+    @workflows.workflow.entrypoint
+    async def run(self, how: str) -> dict[str, Any]:
+        try:
+            await refuses(how)
+        except workflows.ActivityError as error:
+            return {"type": error.cause.type, "attempts": error.attempt}
+        return {"type": None, "attempts": 0}
+
+
 @workflows.workflow.define(name="raises")
 class Raises:
     @workflows.workflow.entrypoint

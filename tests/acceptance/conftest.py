@@ -24,6 +24,7 @@ from celery import Celery
 
 from app.devtools.devstack import free_port, procfile_commands
 from app.messaging.broker import create_celery_app
+from app.processes import with_scripts_on_path
 from app.settings import Settings
 from tests.support import (
     BROKER_URL,
@@ -112,19 +113,23 @@ def launch_stack(
     """Migrate, start api, worker and beat, and check that an execution goes through."""
     tag = uuid.uuid4().hex[:10]
     port = free_port()
-    env = {
-        **os.environ,
-        "PYTHONPATH": str(REPO),
-        "PORT": str(port),
-        "CHAINLINE_DATABASE_URL": database_url,
-        "CHAINLINE_BROKER_URL": broker_url,
-        "CHAINLINE_BROKER_KEY_PREFIX": f"chainline-test-{tag}:",
-        "CHAINLINE_QUEUE": f"chainline-test-{tag}",
-        "CHAINLINE_WORKFLOWS": "tests.workflows",
-        "CHAINLINE_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD_BYTES),
-        "CHAINLINE_BEAT_SCHEDULE_FILE": str(logs / "beat-schedule"),
-        **settings,
-    }
+    # The Procfile says `chainline ...`: the one installed beside this Python, found even
+    # when the tests run as `.venv/bin/python -m pytest` with no virtualenv activated.
+    env = with_scripts_on_path(
+        {
+            **os.environ,
+            "PYTHONPATH": str(REPO),
+            "PORT": str(port),
+            "CHAINLINE_DATABASE_URL": database_url,
+            "CHAINLINE_BROKER_URL": broker_url,
+            "CHAINLINE_BROKER_KEY_PREFIX": f"chainline-test-{tag}:",
+            "CHAINLINE_QUEUE": f"chainline-test-{tag}",
+            "CHAINLINE_WORKFLOWS": "tests.workflows",
+            "CHAINLINE_MAX_PAYLOAD_BYTES": str(MAX_PAYLOAD_BYTES),
+            "CHAINLINE_BEAT_SCHEDULE_FILE": str(logs / "beat-schedule"),
+            **settings,
+        }
+    )
     running = Stack(base_url=f"http://127.0.0.1:{port}", env=env, logs=logs)
     try:
         release = subprocess.run(

@@ -95,7 +95,7 @@ def test_bench_stopped_with_sigterm_leaves_no_process_behind() -> None:
     env = {k: v for k, v in os.environ.items() if not k.startswith("CHAINLINE_")}
     env.update(CHAINLINE_DATABASE_URL=ADMIN_DATABASE_URL, CHAINLINE_BROKER_URL=BROKER_URL)
     bench = subprocess.Popen(
-        ["chainline", "bench", "-n", "200", "--rounds", "50", "--no-peer"],
+        [CHAINLINE, "bench", "-n", "200", "--rounds", "50", "--no-peer"],
         env=env,
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,

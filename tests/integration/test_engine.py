@@ -472,3 +472,18 @@ def test_a_retried_activity_that_succeeds_settles_the_run_back_to_running(
         if e.event_type == ev.WORKFLOW_STATUS_CHANGED
     ]
     assert changes == [("RUNNING", "RETRYING_AFTER_ERROR"), ("RETRYING_AFTER_ERROR", "RUNNING")]
+
+
+@pytest.mark.parametrize(
+    ("how", "error_type"),
+    [("non_retryable", "CardDeclined"), ("by_type", "PermissionError")],
+)
+def test_a_non_retryable_failure_is_final_at_the_first_attempt(
+    engine: Engine, registry: Registry, how: str, error_type: str
+) -> None:
+    attempt = _claim_first(engine, registry, "refused", {"how": how})
+    follow_up = record_outcome(engine, registry, attempt, run_attempt(attempt))
+    assert follow_up.failure is not None and follow_up.failure["type"] == error_type
+    assert follow_up.reason == "completed"  # no retry: the workflow went on at once
+    assert _execution(engine, attempt.run_id).result == {"type": error_type, "attempts": 1}
+    assert _types(engine, attempt.run_id).count(ev.ACTIVITY_TASK_STARTED) == 1
