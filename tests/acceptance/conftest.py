@@ -21,11 +21,13 @@ from typing import Any
 import httpx
 import pytest
 from celery import Celery
+from sqlalchemy import create_engine, func, select
 
 from app.devtools.devstack import free_port, procfile_commands
 from app.messaging.broker import create_celery_app
 from app.processes import with_scripts_on_path
-from app.settings import Settings
+from app.settings import Settings, normalize_database_url
+from app.storage import schema
 from tests.support import (
     BROKER_URL,
     create_database,
@@ -82,6 +84,22 @@ class Stack:
 
     def log(self, name: str) -> str:
         return (self.logs / f"{name}.log").read_text(errors="replace")
+
+    def row_counts(self) -> tuple[int, int]:
+        """How many executions and events Postgres holds: a refused request adds none."""
+        engine = create_engine(normalize_database_url(self.env["CHAINLINE_DATABASE_URL"]))
+        try:
+            with engine.connect() as conn:
+                return (
+                    int(
+                        conn.execute(
+                            select(func.count()).select_from(schema.executions)
+                        ).scalar_one()
+                    ),
+                    int(conn.execute(select(func.count()).select_from(schema.events)).scalar_one()),
+                )
+        finally:
+            engine.dispose()
 
     def celery_client(self) -> Celery:
         return create_celery_app(

@@ -11,25 +11,9 @@ import httpx
 import pytest
 from mistralai.client import Mistral
 from mistralai.client.errors import SDKError
-from sqlalchemy import create_engine, func, select
 
 from app.api.access import key_id
-from app.settings import normalize_database_url
-from app.storage.schema import events, executions
 from tests.acceptance.conftest import Stack, execution_id, wait_for_end
-
-
-def _rows(stack: Stack) -> tuple[int, int]:
-    engine = create_engine(normalize_database_url(stack.env["CHAINLINE_DATABASE_URL"]))
-    try:
-        with engine.connect() as conn:
-            return (
-                int(conn.execute(select(func.count()).select_from(executions)).scalar_one()),
-                int(conn.execute(select(func.count()).select_from(events)).scalar_one()),
-            )
-    finally:
-        engine.dispose()
-
 
 # Raw bodies, as a client could send them: JSON escapes Python's parser lets through.
 BAD_BODIES = [
@@ -45,7 +29,7 @@ BAD_BODIES = [
 def test_bad_input_is_a_422_naming_the_field_and_changes_nothing(
     stack: Stack, http: httpx.Client, body: bytes, field: list[str]
 ) -> None:
-    before = _rows(stack)
+    before = stack.row_counts()
     reply = http.post(
         "/v1/workflows/sequential-sum/execute",
         content=body,
@@ -53,7 +37,7 @@ def test_bad_input_is_a_422_naming_the_field_and_changes_nothing(
     )
     assert reply.status_code == 422, reply.text
     assert reply.json()["detail"][0]["loc"][: len(field)] == field
-    assert _rows(stack) == before
+    assert stack.row_counts() == before
     # The same keep-alive connection goes on serving.
     assert http.get("/healthz").json() == {"status": "ok"}
 

@@ -115,6 +115,22 @@ def running_dev(
             dev.process.wait(timeout=10)
 
 
+def dev_refused(
+    data_dir: Path, env: dict[str, str], *options: str, cwd: Path | None = None
+) -> subprocess.CompletedProcess[str]:
+    """A `chainline dev` expected to refuse to start (on a fresh port unless told)."""
+    if "--port" not in options:
+        options = ("--port", str(free_port()), *options)
+    return subprocess.run(
+        [CHAINLINE, "dev", "--data-dir", str(data_dir), *options],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        env=env,
+        cwd=cwd,
+    )
+
+
 def _all_gone(processes: list[psutil.Process]) -> bool:
     return not [p for p in processes if p.is_running() and p.status() != psutil.STATUS_ZOMBIE]
 
@@ -155,13 +171,7 @@ def test_dev_on_embedded_servers_runs_hello_world_and_stops_clean(tmp_path: Path
 
         wait_until(workers_shown, timeout=30, what="flower to show the worker")
 
-        second = subprocess.run(
-            [CHAINLINE, "dev", "--data-dir", str(data_dir), "--port", str(free_port())],
-            capture_output=True,
-            text=True,
-            timeout=60,
-            env=dev.env,
-        )
+        second = dev_refused(data_dir, dev.env)
         assert second.returncode != 0
         assert f"{data_dir.resolve()} is in use by processes still holding its lock" in (
             second.stderr
@@ -250,13 +260,7 @@ def test_dev_killed_outright_names_the_processes_still_holding_its_data(
             dev.process.wait(timeout=10)
             # Its children live on: honcho's relays, forked with the lock open, among them.
             survivors = {p.pid for p in processes if p.is_running()} - {dev.process.pid}
-            again = subprocess.run(
-                [CHAINLINE, "dev", "--data-dir", str(data_dir), "--port", str(free_port())],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env=dev.env,
-            )
+            again = dev_refused(data_dir, dev.env)
             assert again.returncode == 1
             named = [int(pid) for pid in re.findall(r"pid (\d+) \(", again.stderr)]
             assert named, again.stderr
@@ -280,26 +284,14 @@ def test_dev_refuses_busy_ports_and_broken_workflows_before_starting_anything(
         for option in ("--port", "--flower-port"):
             other = "--flower-port" if option == "--port" else "--port"
             ports = [option, str(busy), other, str(free_port())]
-            refused = subprocess.run(
-                [CHAINLINE, "dev", "--data-dir", str(data_dir), *ports],
-                capture_output=True,
-                text=True,
-                timeout=60,
-                env=_clean_env(),
-            )
+            refused = dev_refused(data_dir, _clean_env(), *ports)
             assert refused.returncode == 1
             assert refused.stderr == (
                 f"Error: port {busy} is already in use: stop what listens there "
                 f"or pass {option} with a free one\n"
             )
-    broken = subprocess.run(
-        [CHAINLINE, "dev", "--data-dir", str(data_dir), "--port", str(free_port())],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        env=_clean_env(CHAINLINE_WORKFLOWS="workers.workflows.examples,shop_flows"),
-        cwd=tmp_path,
-    )
+    env = _clean_env(CHAINLINE_WORKFLOWS="workers.workflows.examples,shop_flows")
+    broken = dev_refused(data_dir, env, cwd=tmp_path)
     assert broken.returncode == 1
     assert broken.stderr == (
         "Error: cannot import workflow module 'shop_flows' (CHAINLINE_WORKFLOWS): no module "

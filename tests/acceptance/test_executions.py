@@ -6,10 +6,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
-from sqlalchemy import create_engine, func, select
 
-from app.settings import normalize_database_url
-from app.storage.schema import events, executions
 from tests.acceptance.conftest import (
     MAX_PAYLOAD_BYTES,
     Stack,
@@ -207,48 +204,36 @@ def test_wait_for_result_that_fails_returns_the_record(http: httpx.Client) -> No
     assert reply.json()["status"] == "FAILED"
 
 
-def _count_rows(stack: Stack) -> tuple[int, int]:
-    engine = create_engine(normalize_database_url(stack.env["CHAINLINE_DATABASE_URL"]))
-    try:
-        with engine.connect() as conn:
-            return (
-                int(conn.execute(select(func.count()).select_from(executions)).scalar_one()),
-                int(conn.execute(select(func.count()).select_from(events)).scalar_one()),
-            )
-    finally:
-        engine.dispose()
-
-
 def test_duplicate_execution_id_is_409_and_changes_nothing(
     stack: Stack, http: httpx.Client
 ) -> None:
     started = start(http, "sequential-sum", {"values": [1]})
     wait_for_end(http, started["execution_id"])
     before = http.get(f"/v1/workflows/executions/{started['execution_id']}").json()
-    rows_before = _count_rows(stack)
+    rows_before = stack.row_counts()
     reply = http.post(
         "/v1/workflows/sequential-sum/execute",
         json={"execution_id": started["execution_id"], "input": {"values": [100]}},
     )
     assert reply.status_code == 409
     assert reply.json()["code"] == "WF_1101"
-    assert _count_rows(stack) == rows_before
+    assert stack.row_counts() == rows_before
     assert http.get(f"/v1/workflows/executions/{started['execution_id']}").json() == before
 
 
 def test_unknown_workflow_is_404_and_writes_nothing(stack: Stack, http: httpx.Client) -> None:
-    rows_before = _count_rows(stack)
+    rows_before = stack.row_counts()
     reply = http.post("/v1/workflows/no-such-workflow/execute", json={"input": {}})
     assert reply.status_code == 404
     assert reply.json()["code"] == "WF_1100"
     assert http.get("/v1/workflows/no-such-workflow").status_code == 404
-    assert _count_rows(stack) == rows_before
+    assert stack.row_counts() == rows_before
 
 
 def test_bad_input_is_422_in_fastapi_shape_and_writes_nothing(
     stack: Stack, http: httpx.Client
 ) -> None:
-    rows_before = _count_rows(stack)
+    rows_before = stack.row_counts()
     reply = http.post(
         "/v1/workflows/order-approval/execute",
         json={"execution_id": execution_id(), "input": {"order_id": "o", "amount": "lots"}},
@@ -275,18 +260,18 @@ def test_bad_input_is_422_in_fastapi_shape_and_writes_nothing(
         json={"execution_id": "cancel", "input": {"values": []}},
     )
     assert reserved.status_code == 422
-    assert _count_rows(stack) == rows_before
+    assert stack.row_counts() == rows_before
 
 
 def test_oversized_input_is_413_and_writes_nothing(stack: Stack, http: httpx.Client) -> None:
-    rows_before = _count_rows(stack)
+    rows_before = stack.row_counts()
     reply = http.post(
         "/v1/workflows/sequential-sum/execute",
         json={"input": {"values": [1] * MAX_PAYLOAD_BYTES}},
     )
     assert reply.status_code == 413
     assert reply.json()["code"] == "WF_1002"
-    assert _count_rows(stack) == rows_before
+    assert stack.row_counts() == rows_before
 
 
 def test_an_oversized_activity_result_fails_without_retrying(http: httpx.Client) -> None:
