@@ -90,9 +90,14 @@ def time_out_run(tx: Transaction, state: RunState) -> FollowUp:
     return FollowUp("run timed out", stop_task_ids=tuple(stopped))
 
 
-def record_activity_success(step: Step, activity: ActivityRow, result: Any) -> None:
-    """The current attempt succeeded: the activity is done, and the workflow task due."""
-    if status_of(step) is ExecutionStatus.RETRYING_AFTER_ERROR and not activity.others_retrying:
+def record_activity_success(
+    step: Step, activity: ActivityRow, result: Any, *, others_retrying: bool
+) -> None:
+    """The current attempt succeeded: the activity is done, and the workflow task due.
+
+    The run goes back to RUNNING unless another of its activities is still retrying.
+    """
+    if status_of(step) is ExecutionStatus.RETRYING_AFTER_ERROR and not others_retrying:
         change_status(step, ExecutionStatus.RUNNING, "activity retry succeeded")
     step.record(
         ev.ACTIVITY_TASK_COMPLETED,

@@ -49,8 +49,6 @@ class ActivityRow:
     worker_task_id: str | None
     # Whether a running attempt's start-to-close deadline has passed.
     attempt_late: bool
-    # Whether another activity of the run is retrying.
-    others_retrying: bool
 
 
 @dataclass(frozen=True)
@@ -100,7 +98,7 @@ def lock_run_state(
     now, overdue, due_in, others_retrying, *activity_columns, history = read
     activity = None
     if activity_columns[0] is not None:
-        activity = _activity(activity_columns, others_retrying=bool(others_retrying))
+        activity = _activity(activity_columns)
     return RunState(
         run=run,
         now=now,
@@ -112,7 +110,7 @@ def lock_run_state(
     )
 
 
-def _activity(columns: list[Any], *, others_retrying: bool) -> ActivityRow:
+def _activity(columns: list[Any]) -> ActivityRow:
     return ActivityRow(
         seq=columns[0],
         activity_name=columns[1],
@@ -123,7 +121,6 @@ def _activity(columns: list[Any], *, others_retrying: bool) -> ActivityRow:
         start_to_close_seconds=columns[6],
         worker_task_id=columns[7],
         attempt_late=bool(columns[8]),
-        others_retrying=others_retrying,
     )
 
 

@@ -176,7 +176,7 @@ def _write(
 ) -> FollowUp:
     step = Step(run=state.run)
     if isinstance(outcome, Succeeded):
-        record_activity_success(step, activity, outcome.result)
+        record_activity_success(step, activity, outcome.result, others_retrying=state.retrying)
         failure = None
     else:
         failure = outcome.failure
@@ -194,9 +194,7 @@ def _write(
         return FollowUp(
             "outcome recorded", dispatches=(Dispatch(state.run.run_id),), failure=failure
         )
-    return replace(
-        advance(tx, registry, step, state, retrying=activity.others_retrying), failure=failure
-    )
+    return replace(advance(tx, registry, step, state, retrying=state.retrying), failure=failure)
 
 
 def _next_attempt(run_id: uuid.UUID, activity: ActivityRow, delay: float) -> Dispatch:
