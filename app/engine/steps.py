@@ -90,6 +90,12 @@ def time_out_run(tx: Transaction, state: RunState) -> FollowUp:
     return FollowUp("run timed out", stop_task_ids=tuple(stopped))
 
 
+def settle_retrying(step: Step, others_retrying: bool, reason: str) -> None:
+    """A run RETRYING_AFTER_ERROR is RUNNING again once none of its activities retries."""
+    if status_of(step) is ExecutionStatus.RETRYING_AFTER_ERROR and not others_retrying:
+        change_status(step, ExecutionStatus.RUNNING, reason)
+
+
 def record_activity_success(
     step: Step, activity: ActivityRow, result: Any, *, others_retrying: bool
 ) -> None:
@@ -97,8 +103,7 @@ def record_activity_success(
 
     The run goes back to RUNNING unless another of its activities is still retrying.
     """
-    if status_of(step) is ExecutionStatus.RETRYING_AFTER_ERROR and not others_retrying:
-        change_status(step, ExecutionStatus.RUNNING, "activity retry succeeded")
+    settle_retrying(step, others_retrying, "activity retry succeeded")
     step.record(
         ev.ACTIVITY_TASK_COMPLETED,
         {

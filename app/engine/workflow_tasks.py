@@ -27,7 +27,7 @@ from app.engine.replay import (
     Replayer,
     ScheduleActivity,
 )
-from app.engine.steps import change_status, close_run, status_of, time_out_run
+from app.engine.steps import close_run, settle_retrying, time_out_run
 from app.engine.time_limits import Limit, WorkflowTaskTimeout
 from app.model import events as ev
 from app.model.activity_states import ActivityState
@@ -68,7 +68,7 @@ def run_workflow_task(engine: Engine, registry: Registry, run_id: uuid.UUID) -> 
         if due_in > EARLY_SLACK_SECONDS:
             return FollowUp("not due yet", retry_in=due_in)
         assert state.history is not None
-        return advance(tx, registry, Step(run=state.run), state, retrying=state.retrying)
+        return advance(tx, registry, Step(run=state.run), state)
 
 
 class WorkflowTaskFailure(Exception):
@@ -80,9 +80,7 @@ class WorkflowTaskFailure(Exception):
         self.message = message
 
 
-def advance(
-    tx: Transaction, registry: Registry, step: Step, state: RunState, *, retrying: bool
-) -> FollowUp:
+def advance(tx: Transaction, registry: Registry, step: Step, state: RunState) -> FollowUp:
     """Replay the locked run, with what `step` has appended so far, and write the step
     with the new commands; returns what to dispatch."""
     run = step.run
@@ -127,8 +125,7 @@ def advance(
             error=failure,
         )
         return FollowUp("failed", stop_task_ids=tuple(stopped), advanced=True)
-    if status_of(step) is ExecutionStatus.RETRYING_AFTER_ERROR and not retrying:
-        change_status(step, ExecutionStatus.RUNNING, "retried activity settled")
+    settle_retrying(step, state.retrying, "retried activity settled")
     write_step(tx, step)
     if not scheduled:
         return FollowUp("waiting", advanced=True)

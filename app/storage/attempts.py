@@ -28,7 +28,6 @@ class ClaimRefusal:
     run_open: bool = False
     run_overdue: bool = False
     state: ActivityState | None = None
-    worker_task_id: str | None = None
     next_attempt_in_seconds: float | None = None
 
 
@@ -62,13 +61,12 @@ def explain_claim(tx: Transaction, run_id: uuid.UUID, seq: int) -> ClaimRefusal:
     row = tx.fetch_one("explain_claim", {"run_id": run_id, "seq": seq})
     if row is None:
         return ClaimRefusal(run_exists=False)
-    run_open, run_overdue, state, worker_task_id, next_attempt_in = row
+    run_open, run_overdue, state, next_attempt_in = row
     return ClaimRefusal(
         run_exists=True,
         run_open=bool(run_open),
         run_overdue=bool(run_overdue),
         state=None if state is None else ActivityState(state),
-        worker_task_id=worker_task_id,
         next_attempt_in_seconds=next_attempt_in,
     )
 
@@ -78,14 +76,10 @@ class PendingActivity:
     seq: int
     activity_name: str
     start_to_close_seconds: float
-    state: ActivityState
     # Seconds until it may be tried (0 when it may be tried now).
     countdown: float
 
 
 def pending_activities(tx: Transaction, run_id: uuid.UUID) -> list[PendingActivity]:
     """The run's activities waiting for an attempt to be claimed."""
-    return [
-        PendingActivity(seq, name, stc, ActivityState(state), countdown)
-        for seq, name, stc, state, countdown in tx.fetch_all("pending_work", {"run_id": run_id})
-    ]
+    return [PendingActivity(*row) for row in tx.fetch_all("pending_work", {"run_id": run_id})]

@@ -36,11 +36,6 @@ SELECT e.execution_id, e.workflow_name, e.root_execution_id, e.parent_execution_
 FROM executions e JOIN runs r ON r.run_id = e.current_run_id
 WHERE e.execution_id = %(execution_id)s;
 
--- name: read_history
--- A run's events in order, as replay reads them.
-SELECT event_id, event_type, attributes
-FROM events WHERE run_id = %(run_id)s ORDER BY event_id;
-
 -- name: read_events
 -- A run's events in order, with what the API shows of each.
 SELECT run_id, event_id, execution_id, event_type, attributes, event_timestamp, sequence
@@ -86,7 +81,7 @@ SELECT clock_timestamp() AS now,
            WHERE o.run_id = r.run_id AND o.seq IS DISTINCT FROM %(seq)s::int
              AND o.attempt > 1 AND o.state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')
        ) AS others_retrying,
-       a.seq, a.activity_name, a.input, a.state, a.attempt, a.retry_policy,
+       a.seq, a.activity_name, a.state, a.attempt, a.retry_policy,
        a.start_to_close_seconds, a.worker_task_id,
        a.attempt_deadline <= clock_timestamp() AS attempt_late,
        CASE WHEN %(with_history)s::boolean THEN (
@@ -222,7 +217,6 @@ FROM run, claimed;
 SELECT r.status IN ('RUNNING', 'RETRYING_AFTER_ERROR') AS run_open,
        r.deadline <= clock_timestamp() AS run_overdue,
        a.state,
-       a.worker_task_id,
        extract(epoch FROM a.next_attempt_at - clock_timestamp())::float8
            AS next_attempt_in_seconds
 FROM runs r LEFT JOIN activities a ON a.run_id = r.run_id AND a.seq = %(seq)s
@@ -230,8 +224,8 @@ WHERE r.run_id = %(run_id)s;
 
 -- name: pending_work
 -- What a run still waits on, for sending its messages again: its scheduled activities
--- (and those due to retry) and whether it needs a workflow task.
-SELECT a.seq, a.activity_name, a.start_to_close_seconds, a.state,
+-- and those due to retry.
+SELECT a.seq, a.activity_name, a.start_to_close_seconds,
        greatest(extract(epoch FROM a.next_attempt_at - clock_timestamp()), 0)::float8
            AS countdown
 FROM activities a

@@ -41,7 +41,6 @@ class LockedRun:
 class ActivityRow:
     seq: int
     activity_name: str
-    input: Any
     state: ActivityState
     attempt: int
     retry_policy: dict[str, Any]
@@ -111,16 +110,16 @@ def lock_run_state(
 
 
 def _activity(columns: list[Any]) -> ActivityRow:
+    seq, name, state, attempt, retry_policy, start_to_close, task_id, late = columns
     return ActivityRow(
-        seq=columns[0],
-        activity_name=columns[1],
-        input=columns[2],
-        state=ActivityState(columns[3]),
-        attempt=columns[4],
-        retry_policy=columns[5],
-        start_to_close_seconds=columns[6],
-        worker_task_id=columns[7],
-        attempt_late=bool(columns[8]),
+        seq=seq,
+        activity_name=name,
+        state=ActivityState(state),
+        attempt=attempt,
+        retry_policy=retry_policy,
+        start_to_close_seconds=start_to_close,
+        worker_task_id=task_id,
+        attempt_late=bool(late),
     )
 
 

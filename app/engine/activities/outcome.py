@@ -194,7 +194,7 @@ def _write(
         return FollowUp(
             "outcome recorded", dispatches=(Dispatch(state.run.run_id),), failure=failure
         )
-    return replace(advance(tx, registry, step, state, retrying=state.retrying), failure=failure)
+    return replace(advance(tx, registry, step, state), failure=failure)
 
 
 def _next_attempt(run_id: uuid.UUID, activity: ActivityRow, delay: float) -> Dispatch:
@@ -258,9 +258,11 @@ def _fail_running_attempt(
     """Record a running attempt failed without its worker; the workflow task, if the
     activity failed for good, goes out as a message (this process runs no workflow code)."""
     activity = state.activity
-    if activity is None or activity.state is not ActivityState.STARTED:
-        return FollowUp("the attempt is no longer current")
-    if activity.worker_task_id != task_id:
+    if (
+        activity is None
+        or activity.state is not ActivityState.STARTED
+        or activity.worker_task_id != task_id
+    ):
         return FollowUp("the attempt is no longer current")
     run_id = state.run.run_id
     step = Step(run=state.run)
