@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import ClassVar
+
 
 class ChainlineError(Exception):
     """Something went wrong in Chainline."""
 
     code = "WF_1000"
     http_status = 400
+    # Sent with the error's HTTP answer.
+    headers: ClassVar[Mapping[str, str]] = {}
 
     def __init__(self, detail: str | None = None) -> None:
         self.detail = detail or (self.__doc__ or "").strip()
@@ -43,6 +48,14 @@ class IllegalTransition(ChainlineError):
     http_status = 409
 
 
+class Unauthorized(ChainlineError):
+    """Invalid or missing API key."""
+
+    code = "WF_1401"
+    http_status = 401
+    headers: ClassVar[Mapping[str, str]] = {"WWW-Authenticate": "Bearer"}
+
+
 class PayloadTooLarge(ChainlineError):
     """The payload is larger than the limit."""
 
@@ -69,6 +82,7 @@ class ServiceUnavailable(ChainlineError):
 
     code = "WF_1200"
     http_status = 503
+    headers: ClassVar[Mapping[str, str]] = {"Retry-After": "5"}
 
 
 class DatabaseUnavailable(ServiceUnavailable):

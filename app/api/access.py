@@ -9,13 +9,13 @@ whether its length was declared or it came in chunks. The app gets the body repl
 from __future__ import annotations
 
 import hashlib
-import json
-from typing import Any
 
 from fastapi import Request
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.api.responses import error_response
+from app.errors import PayloadTooLarge, Unauthorized
 from app.settings import get_settings
 
 # What a request's JSON may add around the payloads it carries (2 MB each at most).
@@ -31,7 +31,7 @@ def key_id(token: str) -> str:
     return "key-" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
-def caller(request: Request) -> str | None:
+async def caller(request: Request) -> str | None:
     """The calling key's id (None when the API accepts any caller and none was sent)."""
     found: str | None = request.state.caller
     return found
@@ -53,17 +53,6 @@ def _declared_length(scope: Scope) -> int | None:
     return None
 
 
-async def _answer(send: Send, status: int, body: dict[str, Any], headers: dict[str, str]) -> None:
-    payload = json.dumps(body).encode()
-    raw_headers = [
-        (b"content-type", b"application/json"),
-        (b"content-length", b"%d" % len(payload)),
-        *((k.encode(), v.encode()) for k, v in headers.items()),
-    ]
-    await send({"type": "http.response.start", "status": status, "headers": raw_headers})
-    await send({"type": "http.response.body", "body": payload})
-
-
 class Guard:
     def __init__(self, app: ASGIApp) -> None:
         self.app = app
@@ -77,17 +66,11 @@ class Guard:
         if scope["path"] == "/v1" or scope["path"].startswith("/v1/"):
             accepted = settings.accepted_api_keys
             if accepted and token not in accepted:
-                await _answer(
-                    send,
-                    401,
-                    {
-                        "detail": "invalid or missing API key: send one of CHAINLINE_API_KEYS"
-                        " as 'Authorization: Bearer <key>' (the CLI's --api-key, or"
-                        " CHAINLINE_API_KEY)",
-                        "code": "WF_1401",
-                    },
-                    {"www-authenticate": "Bearer"},
+                refusal = Unauthorized(
+                    "invalid or missing API key: send one of CHAINLINE_API_KEYS as"
+                    " 'Authorization: Bearer <key>' (the CLI's --api-key, or CHAINLINE_API_KEY)"
                 )
+                await error_response(refusal)(scope, receive, send)
                 return
         scope.setdefault("state", {})["caller"] = key_id(token) if token else None
         if scope["method"] not in METHODS_WITH_BODIES:
@@ -106,16 +89,11 @@ class Guard:
             elif not message.get("more_body", False):
                 break
         if body is None:
-            await _answer(
-                send,
-                413,
-                {
-                    "detail": f"the request body is larger than {limit} bytes: each input"
-                    f" may be CHAINLINE_MAX_PAYLOAD_BYTES ({settings.max_payload_bytes})",
-                    "code": "WF_1002",
-                },
-                {"connection": "close"},
+            too_large = PayloadTooLarge(
+                f"the request body is larger than {limit} bytes: each input"
+                f" may be CHAINLINE_MAX_PAYLOAD_BYTES ({settings.max_payload_bytes})"
             )
+            await error_response(too_large, {"connection": "close"})(scope, receive, send)
             return
         await self.app(scope, _replaying(body, receive), send)
 

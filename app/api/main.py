@@ -18,9 +18,8 @@ from fastapi_offline import FastAPIOffline
 
 from app.api import executions, health, unimplemented, workflows
 from app.api.access import Guard
-from app.errors import ChainlineError, ServiceUnavailable
-
-RETRY_AFTER_SECONDS = 5
+from app.api.responses import error_response
+from app.errors import ChainlineError
 
 app = FastAPIOffline(
     title="Chainline",
@@ -39,12 +38,7 @@ app.include_router(workflows.named_router)
 
 @app.exception_handler(ChainlineError)
 async def _chainline_error(_: Request, exc: ChainlineError) -> JSONResponse:
-    headers = None
-    if isinstance(exc, ServiceUnavailable):
-        headers = {"Retry-After": str(RETRY_AFTER_SECONDS)}
-    return JSONResponse(
-        {"detail": exc.detail, "code": exc.code}, status_code=exc.http_status, headers=headers
-    )
+    return error_response(exc)
 
 
 @app.exception_handler(RequestValidationError)

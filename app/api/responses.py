@@ -1,10 +1,14 @@
-"""The error answers each route can give, as OpenAPI documents them."""
+"""Chainline's error answers, and those each route can give as OpenAPI documents them."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
+from fastapi.responses import JSONResponse
+
 from app.api.schemas import Error
+from app.errors import ChainlineError
 
 _DESCRIPTIONS = {
     401: "Missing or invalid API key",
@@ -27,3 +31,12 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         if status != 422:
             documented[status]["model"] = Error
     return documented
+
+
+def error_response(error: ChainlineError, headers: Mapping[str, str] = {}) -> JSONResponse:
+    """`{"detail", "code"}` with the error's status and headers (and `headers`)."""
+    return JSONResponse(
+        {"detail": error.detail, "code": error.code},
+        status_code=error.http_status,
+        headers={**error.headers, **headers},
+    )

@@ -28,7 +28,7 @@ from app.engine.executions import get_execution, new_execution_id, start_executi
 from app.errors import InvalidPayload, StillRunning, TooManyWaiting
 from app.messaging.dispatcher import get_dispatcher
 from app.model.payloads import encode
-from app.settings import get_settings
+from app.settings import get_settings, libpq_url
 from app.storage.closings import ClosedListener
 from app.storage.db import get_engine
 from app.storage.executions import ExecutionRecord
@@ -58,9 +58,7 @@ WorkflowName = Annotated[
 @lru_cache(maxsize=1)
 def waiters() -> Waiters:
     settings = get_settings()
-    listener = ClosedListener(
-        settings.database_url.replace("postgresql+psycopg://", "postgresql://")
-    )
+    listener = ClosedListener(libpq_url(settings.database_url))
     return Waiters(listener, settings.max_waiting_requests)
 
 
@@ -173,28 +171,27 @@ async def _start(
     waiting: Waiters,
 ) -> dict[str, Any]:
     engine = get_engine()
-    record, first_task = await run_in_threadpool(
-        lambda: start_execution(
-            engine,
-            definition,
-            execution_id=body.execution_id or new_execution_id(),
-            input_value=input_value,
-            user_id=user,
+    execution_id = body.execution_id or new_execution_id()
+
+    def start_and_send() -> ExecutionRecord:
+        # One trip to the thread pool: record the execution, then publish its first task.
+        record, first_task = start_execution(
+            engine, definition, execution_id=execution_id, input_value=input_value, user_id=user
         )
-    )
-    started = [FollowUp("started", dispatches=(first_task,))]
+        get_dispatcher().send([FollowUp("started", dispatches=(first_task,))])
+        return record
+
     if not body.wait_for_result:
-        await run_in_threadpool(get_dispatcher().send, started)
-        return execution_json(record)
+        return execution_json(await run_in_threadpool(start_and_send))
 
     async def is_closed() -> bool:
-        current = await run_in_threadpool(get_execution, engine, record.execution_id)
+        current = await run_in_threadpool(get_execution, engine, execution_id)
         return not current.is_open
 
     timeout = body.timeout_seconds or DEFAULT_WAIT_SECONDS
     # Subscribed before the work goes out: its closing cannot come first.
-    async with waiting.subscribed(record.execution_id) as closing:
-        await run_in_threadpool(get_dispatcher().send, started)
+    async with waiting.subscribed(execution_id) as closing:
+        record = await run_in_threadpool(start_and_send)
         waited = await closing.wait(
             timeout, is_closed=is_closed, client_gone=request.is_disconnected
         )
