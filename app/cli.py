@@ -270,13 +270,13 @@ def _exec(argv: list[str], env: dict[str, str] | None = None) -> NoReturn:
 def _check_workflows(modules: str | None = None) -> None:
     """Import every CHAINLINE_WORKFLOWS module before starting anything, so a typo is one
     line here instead of a traceback in each process."""
-    from app.settings import get_settings
+    from app.settings import Settings, get_settings
     from app.workflows.registry import WorkflowModuleError, load_workflow_modules
 
     make_current_folder_importable()
-    names = get_settings().workflow_modules if modules is None else modules.split(",")
+    settings = get_settings() if modules is None else Settings(workflows=modules)
     try:
-        load_workflow_modules([name.strip() for name in names if name.strip()])
+        load_workflow_modules(settings.workflow_modules)
     except WorkflowModuleError as exc:
         raise click.ClickException(str(exc)) from None
 
@@ -362,9 +362,9 @@ def dev(data_dir: Path, host: str, port: int, flower_port: int) -> None:
 
     Set CHAINLINE_DATABASE_URL / CHAINLINE_BROKER_URL to use your own servers instead.
     """
-    from app.devtools.devstack import DEFAULT_WORKFLOWS, DevStack, DevStackError
+    from app.devtools.devstack import DevStack, DevStackError, chosen_workflows
 
-    _check_workflows(os.environ.get("CHAINLINE_WORKFLOWS") or DEFAULT_WORKFLOWS)
+    _check_workflows(chosen_workflows(os.environ))
     try:
         stack = DevStack(data_dir=data_dir, host=host, port=port, flower_port=flower_port)
         sys.exit(stack.run())

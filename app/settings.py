@@ -16,6 +16,11 @@ def normalize_database_url(url: str) -> str:
     return url
 
 
+def libpq_url(url: str) -> str:
+    """A database URL as psycopg (libpq) takes it: without SQLAlchemy's driver name."""
+    return url.replace("postgresql+psycopg://", "postgresql://", 1)
+
+
 # URLs that kombu's Redis transport serves as a broker.
 REDIS_BROKER_SCHEMES = ("redis://", "rediss://")
 

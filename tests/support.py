@@ -51,11 +51,6 @@ def wait_until(
         time.sleep(interval)
 
 
-def libpq_url(database_url: str) -> str:
-    """A database URL as psycopg takes it (SQLAlchemy's names the driver)."""
-    return database_url.replace("postgresql+psycopg://", "postgresql://")
-
-
 def alive(pid: int) -> bool:
     try:
         os.kill(pid, 0)

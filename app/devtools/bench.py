@@ -31,7 +31,7 @@ import psycopg
 import redis
 
 from app.processes import with_scripts_on_path
-from app.settings import REDIS_BROKER_SCHEMES
+from app.settings import REDIS_BROKER_SCHEMES, libpq_url
 from app.storage.queries import QUERIES
 
 if TYPE_CHECKING:
@@ -99,7 +99,7 @@ def _servers(work_dir: Path) -> Iterator[Servers]:
     try:
         admin_url = os.environ.get("CHAINLINE_DATABASE_URL") or embedded_pg.start()
         broker_url = os.environ.get("CHAINLINE_BROKER_URL") or embedded_redis.start()
-        admin_url = admin_url.replace("postgresql+psycopg://", "postgresql://")
+        admin_url = libpq_url(admin_url)
         postmaster = embedded_pg.server.get_pid() if embedded_pg.server else None
         redis_pid = embedded_redis.process.pid if embedded_redis.process else None
         with _scratch_database(admin_url, "chainline_bench") as database_url:
@@ -366,6 +366,7 @@ def _run_contenders(
     with ExitStack() as peer_scope:
         peer: DbosPeer | None = None
         dbos_sweep: dict[int, float] = {}
+        best = 0
         if peer_skipped is None:
             dbos_sweep = _sweep_dbos(config, servers, work_dir, log)
             best = max(dbos_sweep, key=lambda level: dbos_sweep[level])
@@ -396,7 +397,7 @@ def _run_contenders(
     if peer_skipped is not None:
         report["dbos"] = {"skipped": peer_skipped}
     else:
-        report["dbos"]["worker_concurrency"] = max(dbos_sweep, key=lambda k: dbos_sweep[k])
+        report["dbos"]["worker_concurrency"] = best
         report["dbos"]["sweep_executions_per_s"] = {str(k): v for k, v in dbos_sweep.items()}
     _wait_idle(probe, stack, config.timeout)
     report["latency"] = _latency(stack, config)

@@ -8,7 +8,7 @@ from functools import lru_cache
 
 import psycopg
 
-from app.settings import get_settings
+from app.settings import get_settings, libpq_url
 from workers.celery_app import app
 
 RAW_NOOP_TASK = "bench.raw_noop"
@@ -39,8 +39,7 @@ def raw_noop(step: int) -> int:
 @lru_cache(maxsize=1)
 def _connection() -> psycopg.Connection[tuple[object, ...]]:
     # One per pool process, opened there (after the fork).
-    url = get_settings().database_url.replace("postgresql+psycopg://", "postgresql://")
-    return psycopg.connect(url)
+    return psycopg.connect(libpq_url(get_settings().database_url))
 
 
 @app.task(name=DURABLE_STEP_TASK)

@@ -18,6 +18,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any
@@ -35,6 +36,11 @@ READY_TIMEOUT_SECONDS = 120.0
 
 class DevStackError(Exception):
     """The dev stack cannot start."""
+
+
+def chosen_workflows(env: Mapping[str, str]) -> str:
+    """The workflow modules the dev stack runs: CHAINLINE_WORKFLOWS, or the examples."""
+    return env.get("CHAINLINE_WORKFLOWS") or DEFAULT_WORKFLOWS
 
 
 def find_procfile() -> Path:
@@ -246,7 +252,7 @@ class DevStack:
             env["CHAINLINE_DATABASE_URL"] = postgres.start()
         if not env.get("CHAINLINE_BROKER_URL"):
             env["CHAINLINE_BROKER_URL"] = redis.start()
-        env["CHAINLINE_WORKFLOWS"] = env.get("CHAINLINE_WORKFLOWS") or DEFAULT_WORKFLOWS
+        env["CHAINLINE_WORKFLOWS"] = chosen_workflows(env)
         env.setdefault("CHAINLINE_FLOWER_BASIC_AUTH", self._flower_credentials())
         env["CHAINLINE_API_HOST"] = self.host
         env["PORT"] = str(self.port)

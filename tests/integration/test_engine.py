@@ -22,9 +22,9 @@ from app.engine.sweeper import sweep
 from app.engine.workflow_tasks import run_workflow_task
 from app.model import events as ev
 from app.model.statuses import ExecutionStatus
+from app.settings import libpq_url
 from app.storage.db import make_engine
 from app.workflows.registry import Registry
-from tests.support import libpq_url
 
 
 def _start(engine: Engine, registry: Registry, name: str, value: object) -> uuid.UUID:

@@ -13,9 +13,9 @@ import psycopg
 import pytest
 
 from app.api.waiting import Waited, Waiters
+from app.settings import libpq_url
 from app.storage.closings import ClosedListener
 from app.storage.executions import CLOSED_CHANNEL
-from tests.support import libpq_url
 
 
 def _notify_closed(dsn: str, execution_id: str) -> None:

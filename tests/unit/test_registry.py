@@ -73,8 +73,12 @@ def test_a_keyword_with_no_effect_warns_once(monkeypatch: pytest.MonkeyPatch) ->
         warnings.simplefilter("always")
         workflows.activity(rate_limit=object())
         workflows.activity(rate_limit=object())
-    assert [w.category for w in caught] == [NoEffectWarning]
+        workflows.workflow.define(name="unit-technical", is_technical=True)
+    assert [w.category for w in caught] == [NoEffectWarning, NoEffectWarning]
     assert "rate_limit" in str(caught[0].message)
+    assert "is_technical" in str(caught[1].message)
+    # Each points at the user's line that gave the keyword, not into Chainline.
+    assert [w.filename for w in caught] == [__file__, __file__]
 
 
 def _function_of(module: str) -> Any:
