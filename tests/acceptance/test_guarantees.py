@@ -21,6 +21,7 @@ import psycopg
 import pytest
 from celery import Celery
 
+from app.settings import libpq_url
 from tests.acceptance.conftest import (
     Stack,
     execution_id,
@@ -31,7 +32,7 @@ from tests.acceptance.conftest import (
     wait_for_end,
 )
 from tests.servers import PrivatePostgres, PrivateRedis
-from tests.support import alive, libpq_url, wait_until
+from tests.support import alive, wait_until
 from tests.workflows import calls
 
 SETTINGS = {
