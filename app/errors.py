@@ -41,6 +41,31 @@ class AlreadyStarted(ChainlineError):
     http_status = 409
 
 
+class HandlerNotFound(NotFound):
+    """The workflow has no handler of that name."""
+
+
+class ExecutionClosed(ChainlineError):
+    """The execution has ended: it takes no signals, updates, cancel or terminate."""
+
+    code = "WF_1102"
+    http_status = 409
+
+
+class UpdateRejected(ChainlineError):
+    """The workflow's update handler rejected the update; the execution goes on."""
+
+    code = "WF_1105"
+    http_status = 400
+
+
+class QueryFailed(ChainlineError):
+    """The workflow's query handler could not answer."""
+
+    code = "WF_1106"
+    http_status = 400
+
+
 class IllegalTransition(ChainlineError):
     """The status change is not allowed from the current status."""
 

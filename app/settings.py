@@ -41,6 +41,11 @@ class Settings(BaseSettings):
     # How often beat sweeps (times out runs and attempts past their deadlines, sends lost
     # work again): a deadline is enforced within about this long of falling due.
     sweep_interval_seconds: float = 1.0
+    # How often beat looks for due timers: a timer fires within about this long of its
+    # due time (an indexed query that finds nothing costs well under a millisecond).
+    timer_poll_seconds: float = 0.1
+    # How long an update's caller waits for the workflow to handle it.
+    update_wait_seconds: float = 60.0
     # How long work may wait for its message before the sweeper sends it again.
     stalled_after_seconds: float = 30.0
     # How long workflow code may run in one workflow task (Temporal's default).

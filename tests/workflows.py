@@ -362,3 +362,132 @@ class UnstorableResult:
     @workflows.workflow.entrypoint
     async def run(self, folder: str, kind: str) -> Any:
         return await unstorable(folder, kind)
+
+
+# Workflows that are talked to while they run: signals, queries, updates, timers, cancel.
+
+
+@workflows.activity(start_to_close_timeout=timedelta(seconds=10))
+def reserve(folder: str, item: str) -> str:
+    _count_call(folder, "calls-reserve")
+    return f"reservation-{item}"
+
+
+@workflows.activity(start_to_close_timeout=timedelta(seconds=10))
+def release_reservation(folder: str, reservation: str) -> str:
+    _count_call(folder, "calls-release")
+    return f"released {reservation}"
+
+
+@workflows.workflow.define(name="approval-saga", execution_timeout=timedelta(minutes=5))
+class ApprovalSaga:
+    """Reserves, then waits for a decision (a signal) with a timeout; releases the
+    reservation (its compensation) unless approved."""
+
+    def __init__(self) -> None:
+        self.decision: str | None = None
+        self.notes: list[str] = []
+        self.limit = 100
+
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str, item: str, wait_seconds: float = 60) -> dict[str, Any]:
+        reservation: str = await reserve(folder, item)
+        try:
+            await workflows.workflow.wait_condition(
+                lambda: self.decision is not None, timeout=timedelta(seconds=wait_seconds)
+            )
+        except TimeoutError:
+            self.decision = "timed out"
+        if self.decision != "approve":
+            released: str = await release_reservation(folder, reservation)
+            return {"outcome": released, "decision": self.decision, "notes": self.notes}
+        return {"outcome": "approved", "notes": self.notes, "limit": self.limit}
+
+    @workflows.workflow.signal(name="decide", description="approve or reject")
+    async def decide(self, decision: str) -> None:
+        self.decision = decision
+
+    @workflows.workflow.signal(name="note")
+    async def note(self, text: str) -> None:
+        self.notes.append(text)
+
+    @workflows.workflow.query(name="status")
+    def status(self) -> dict[str, Any]:
+        return {"decision": self.decision, "notes": self.notes, "limit": self.limit}
+
+    @workflows.workflow.update(name="set-limit")
+    async def set_limit(self, limit: int) -> dict[str, int]:
+        if limit <= 0:
+            raise workflows.WorkflowError("the limit must be positive", type="BadLimit")
+        old, self.limit = self.limit, limit
+        return {"old": old, "new": limit}
+
+
+@workflows.workflow.define(name="sleeper", execution_timeout=timedelta(minutes=5))
+class Sleeper:
+    """Sleeps on a durable timer; cancelled, it runs a clean-up activity, then lets the
+    cancellation end it (or, `catch`, ends as it says)."""
+
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str, seconds: float, catch: bool = False) -> dict[str, Any]:
+        try:
+            await workflows.workflow.sleep(timedelta(seconds=seconds))
+        except asyncio.CancelledError:
+            cleaned: str = await counted(folder, "cleanup")
+            if catch:
+                return {"cancelled": True, "cleaned": cleaned}
+            raise
+        return {"slept": seconds, "woke_at": workflows.workflow.now().isoformat()}
+
+
+@workflows.workflow.define(name="held-for-cancel", execution_timeout=timedelta(minutes=5))
+class HeldForCancel:
+    """Waits on an activity the test holds; cancelled, it compensates and says so."""
+
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str) -> dict[str, Any]:
+        try:
+            held: str = await counted_and_held(folder)
+        except asyncio.CancelledError:
+            cleaned: str = await counted(folder, "cleanup")
+            return {"cancelled": True, "cleaned": cleaned}
+        return {"cancelled": False, "held": held}
+
+
+@workflows.workflow.define(name="signal-counter", execution_timeout=timedelta(minutes=5))
+class SignalCounter:
+    """Collects `expected` signals, each with its number, then returns them in order."""
+
+    def __init__(self) -> None:
+        self.received: list[int] = []
+
+    @workflows.workflow.entrypoint
+    async def run(self, expected: int) -> list[int]:
+        await workflows.workflow.wait_condition(lambda: len(self.received) >= expected)
+        return self.received
+
+    @workflows.workflow.signal(name="add")
+    async def add_one(self, number: int) -> None:
+        self.received.append(number)
+
+    @workflows.workflow.query(name="received")
+    def so_far(self) -> list[int]:
+        return self.received
+
+    @workflows.workflow.update(name="add-and-double")
+    async def add_and_double(self, number: int) -> int:
+        doubled: int = await add(number, number)
+        self.received.append(number)
+        return doubled
+
+
+@workflows.workflow.define(name="query-misuse")
+class QueryMisuse:
+    @workflows.workflow.entrypoint
+    async def run(self) -> None:
+        await workflows.workflow.wait_condition(lambda: False)
+
+    @workflows.workflow.query(name="sneaky")
+    def sneaky(self) -> str:
+        add(1, 2)  # a query may not schedule anything
+        return "should not get here"

@@ -1,5 +1,6 @@
 """Celery beat's scheduler, running Chainline's housekeeping in the beat process itself.
 
+Durable timers (app/engine/timers.py) are fired here too, every `timer_poll_seconds`.
 The sweep (app/engine/sweeper.py) enforces deadlines: were it a task, it would wait in
 the queue behind activities whenever every worker process is busy, which is exactly
 when deadlines fall due. Here it runs every `sweep_interval_seconds` whatever the
@@ -16,6 +17,7 @@ from typing import Any
 from celery.beat import PersistentScheduler
 
 from app.engine.sweeper import sweep
+from app.engine.timers import fire_timers
 from app.errors import DatabaseUnavailable
 from app.messaging.dispatcher import get_dispatcher
 from app.settings import get_settings
@@ -28,14 +30,32 @@ class HousekeepingScheduler(PersistentScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._next_sweep = 0.0
+        self._next_timers = 0.0
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         delay: float = super().tick(*args, **kwargs)
+        settings = get_settings()
+        if time.monotonic() >= self._next_timers:
+            self._next_timers = time.monotonic() + settings.timer_poll_seconds
+            fire_due_timers()
         if time.monotonic() >= self._next_sweep:
-            settings = get_settings()
             self._next_sweep = time.monotonic() + settings.sweep_interval_seconds
             housekeeping(settings.stalled_after_seconds)
-        return max(0.0, min(delay, self._next_sweep - time.monotonic()))
+        wake_at = min(self._next_sweep, self._next_timers)
+        return max(0.0, min(delay, wake_at - time.monotonic()))
+
+
+def fire_due_timers() -> None:
+    """Fire the timers that are due; an error is logged, and the next poll tries again."""
+    try:
+        follow_ups = fire_timers(get_engine())
+    except DatabaseUnavailable as exc:
+        log.warning("timers not fired: %s", exc)
+        return
+    except Exception:
+        log.exception("firing timers failed")
+        return
+    get_dispatcher().send(follow_ups)
 
 
 def housekeeping(stalled_after_seconds: float) -> None:

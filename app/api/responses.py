@@ -11,10 +11,11 @@ from app.api.schemas import Error
 from app.errors import ChainlineError
 
 _DESCRIPTIONS = {
+    400: "The workflow's handler rejected the update, or could not answer the query",
     401: "Missing or invalid API key",
-    404: "No such workflow or execution",
-    408: "The execution did not finish within the wait (it goes on)",
-    409: "An execution with this id already exists",
+    404: "No such workflow, execution or handler",
+    408: "The execution, or the update, did not finish within the wait (it goes on)",
+    409: "An execution with this id already exists, or the execution has ended",
     413: "A payload, or the request, is over the size limit",
     422: "Invalid input (FastAPI's detail list; Chainline's errors name the field)",
     501: "Not implemented by Chainline yet",

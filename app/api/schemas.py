@@ -44,6 +44,42 @@ class WorkflowExecutionRequest(BaseModel):
         return value
 
 
+class HandlerInvocation(BaseModel):
+    """The body of a signal, query or update (the SDK's *InvocationBody)."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    name: str = Field(min_length=1, max_length=200)
+    input: dict[str, Any] | None = None
+
+
+class SignalAccepted(BaseModel):
+    message: str
+
+
+class QueryResult(BaseModel):
+    query_name: str
+    result: Any
+
+
+class UpdateResult(BaseModel):
+    update_name: str
+    result: Any
+
+
+class BatchExecutionBody(BaseModel):
+    execution_ids: list[str] = Field(max_length=1000)
+
+
+class BatchExecutionResult(BaseModel):
+    status: str
+    error: str | None = None
+
+
+class BatchExecutionResponse(BaseModel):
+    results: dict[str, BatchExecutionResult]
+
+
 class Error(BaseModel):
     """Every error Chainline answers, but validation errors (FastAPI's shape)."""
 

@@ -6,11 +6,11 @@ from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
-from fastapi.exceptions import RequestValidationError
-from pydantic import ValidationError
 from starlette.concurrency import run_in_threadpool
 
 from app.api.access import bearer, caller
+from app.api.deployment import registry
+from app.api.inputs import validated_input
 from app.api.responses import errors
 from app.api.schemas import (
     LOCAL_TENANT,
@@ -22,19 +22,15 @@ from app.api.schemas import (
     execution_json,
 )
 from app.api.waiting import Waiters
-from app.engine.binding import bind_input
 from app.engine.dispatch import FollowUp
 from app.engine.executions import get_execution, new_execution_id, start_execution
-from app.errors import InvalidPayload, StillRunning, TooManyWaiting
+from app.errors import StillRunning, TooManyWaiting
 from app.messaging.dispatcher import get_dispatcher
-from app.model.payloads import encode
 from app.settings import get_settings, libpq_url
 from app.storage.closings import ClosedListener
 from app.storage.db import get_engine
 from app.storage.executions import ExecutionRecord
-from app.workflows.registry import WorkflowDefinition, load_workflow_modules
-
-registry = load_workflow_modules(get_settings().workflow_modules)
+from app.workflows.registry import WorkflowDefinition
 
 # How long wait_for_result waits when the caller does not say.
 DEFAULT_WAIT_SECONDS = 60.0
@@ -111,26 +107,6 @@ def read_workflow(workflow_name: WorkflowName) -> dict[str, Any]:
     }
 
 
-def _validate_input(definition: WorkflowDefinition, value: Any) -> Any:
-    """The input encoded as stored; a 422 naming the field for anything else."""
-    try:
-        encoded = encode(value, "input")
-    except InvalidPayload as exc:
-        raise RequestValidationError(
-            [{"loc": ("body", "input"), "msg": exc.detail, "type": "value_error"}]
-        ) from None
-    try:
-        bind_input(definition.entrypoint, encoded)
-    except ValidationError as exc:
-        raise RequestValidationError(
-            [
-                {**error, "loc": ("body", "input", *error["loc"])}
-                for error in exc.errors(include_url=False, include_context=False)
-            ]
-        ) from None
-    return encoded
-
-
 @named_router.post(
     "/v1/workflows/{workflow_name}/execute",
     response_model=None,
@@ -150,7 +126,7 @@ async def execute_workflow(
     user: Annotated[str | None, Depends(caller)],
 ) -> dict[str, Any]:
     definition = registry.workflow(workflow_name)
-    input_value = _validate_input(definition, body.input)
+    input_value = validated_input(definition.entrypoint, body.input)
     waiting = waiters()
     # Refused before anything starts, so that trying again later is safe.
     if body.wait_for_result and not waiting.reserve():

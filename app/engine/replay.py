@@ -17,7 +17,9 @@ records either as its failure and is tried again later (workflow_tasks.py).
 from __future__ import annotations
 
 import asyncio
+import inspect
 import json
+import logging
 import random
 from collections import deque
 from collections.abc import Callable, Coroutine
@@ -27,14 +29,21 @@ from typing import Any
 
 from app.engine.binding import bind_input, call_arguments, result_from_json
 from app.engine.time_limits import TimeLimitExceeded
-from app.errors import InvalidPayload, PayloadTooLarge
+from app.errors import InvalidPayload, PayloadTooLarge, QueryFailed
 from app.model import events as ev
 from app.model.events import HistoryEvent
 from app.model.payloads import digest, encode, storable_text
 from app.model.retry import RetryPolicy
 from app.workflows.context import current_runtime
 from app.workflows.errors import ActivityError
-from app.workflows.registry import ActivityDefinition, Registry, WorkflowDefinition
+from app.workflows.registry import (
+    ActivityDefinition,
+    HandlerDefinition,
+    Registry,
+    WorkflowDefinition,
+)
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -48,6 +57,41 @@ class ScheduleActivity:
 
 
 @dataclass(frozen=True)
+class StartTimer:
+    seq: int
+    seconds: float
+    summary: str | None = None
+
+
+@dataclass(frozen=True)
+class CancelTimer:
+    seq: int
+
+
+@dataclass(frozen=True)
+class CancelActivity:
+    """An activity the code stopped waiting for (its awaiting task was cancelled)."""
+
+    seq: int
+    activity_name: str
+
+
+@dataclass(frozen=True)
+class CompleteUpdate:
+    update_id: str
+    update_name: str
+    result: Any
+
+
+@dataclass(frozen=True)
+class RejectUpdate:
+    update_id: str
+    update_name: str
+    error_type: str
+    message: str
+
+
+@dataclass(frozen=True)
 class CompleteWorkflow:
     result: Any
 
@@ -58,7 +102,26 @@ class FailWorkflow:
     message: str
 
 
-Command = ScheduleActivity | CompleteWorkflow | FailWorkflow
+@dataclass(frozen=True)
+class CancelWorkflow:
+    """The code let a cancellation request end it."""
+
+    message: str
+
+
+Command = (
+    ScheduleActivity
+    | StartTimer
+    | CancelTimer
+    | CancelActivity
+    | CompleteUpdate
+    | RejectUpdate
+    | CompleteWorkflow
+    | FailWorkflow
+    | CancelWorkflow
+)
+ClosingCommand = CompleteWorkflow | FailWorkflow | CancelWorkflow
+CLOSING_COMMANDS = (CompleteWorkflow, FailWorkflow, CancelWorkflow)
 
 
 @dataclass(frozen=True)
@@ -86,7 +149,75 @@ class _ActivityCall:
         )
 
 
-_Produced = _ActivityCall | CompleteWorkflow | FailWorkflow
+_Produced = _ActivityCall | Command
+
+
+@dataclass(frozen=True)
+class _Identity:
+    """What replay compares of a command with the event that recorded it."""
+
+    event_type: str
+    key: str
+    # None when not compared (histories recorded before inputs were).
+    input_digest: str | None
+    description: str
+
+
+def _identity(command: Command) -> _Identity | None:
+    """A command's identity, None for the closing ones (never compared: they end it)."""
+    match command:
+        case ScheduleActivity(seq=seq, activity_name=name, input=data):
+            return _Identity(
+                ev.ACTIVITY_TASK_SCHEDULED,
+                f"{seq}:{name}",
+                command.input_digest,
+                f"activity #{seq} {name!r} {_preview(data)}",
+            )
+        case StartTimer(seq=seq, seconds=seconds):
+            return _Identity(ev.TIMER_STARTED, str(seq), None, f"timer #{seq} ({seconds:g}s)")
+        case CancelTimer(seq=seq):
+            return _Identity(ev.TIMER_CANCELED, str(seq), None, f"cancel timer #{seq}")
+        case CancelActivity(seq=seq, activity_name=name):
+            return _Identity(
+                ev.ACTIVITY_TASK_CANCEL_REQUESTED,
+                f"{seq}:{name}",
+                None,
+                f"cancel activity #{seq} {name!r}",
+            )
+        case CompleteUpdate(update_id=update_id):
+            return _Identity(
+                ev.WORKFLOW_EXECUTION_UPDATE_COMPLETED,
+                update_id,
+                None,
+                f"complete update {update_id}",
+            )
+        case RejectUpdate(update_id=update_id):
+            return _Identity(
+                ev.WORKFLOW_EXECUTION_UPDATE_REJECTED, update_id, None, f"reject update {update_id}"
+            )
+    return None
+
+
+def _recorded_identity(event: HistoryEvent) -> _Identity:
+    a = event.attributes
+    kind = event.event_type
+    if kind == ev.ACTIVITY_TASK_SCHEDULED:
+        seq, name = int(a["seq"]), str(a["activity_name"])
+        return _Identity(
+            kind,
+            f"{seq}:{name}",
+            a.get("input_digest"),
+            f"activity #{seq} {name!r} {_preview(a.get('input', {}).get('value'))}",
+        )
+    if kind == ev.TIMER_STARTED:
+        return _Identity(kind, str(a["seq"]), None, f"timer #{a['seq']} ({a['seconds']:g}s)")
+    if kind == ev.TIMER_CANCELED:
+        return _Identity(kind, str(a["seq"]), None, f"cancel timer #{a['seq']}")
+    if kind == ev.ACTIVITY_TASK_CANCEL_REQUESTED:
+        seq, name = int(a["seq"]), str(a["activity_name"])
+        return _Identity(kind, f"{seq}:{name}", None, f"cancel activity #{seq} {name!r}")
+    verb = "complete" if kind == ev.WORKFLOW_EXECUTION_UPDATE_COMPLETED else "reject"
+    return _Identity(kind, str(a["update_id"]), None, f"{verb} update {a['update_id']}")
 
 
 class NonDeterminismError(Exception):
@@ -143,8 +274,8 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
         self, delay: float, callback: Callable[..., object], *args: Any, context: Any = None
     ) -> asyncio.TimerHandle:
         raise RuntimeError(
-            "asyncio timers are not replay-safe in workflow code; "
-            "use an activity, or workflows.workflow.sleep() once durable timers land"
+            "asyncio timers are not replay-safe in workflow code; use "
+            "workflows.workflow.sleep() or wait_condition(..., timeout=), durable timers"
         )
 
     def call_at(  # type: ignore[override]
@@ -166,47 +297,41 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
             asyncio.events._set_running_loop(previous)
 
 
-@dataclass(frozen=True)
-class _RecordedCall:
-    seq: int
-    activity_name: str
-    # None in histories written before inputs were compared.
-    input_digest: str | None
-    input: Any
-
-
 @dataclass
 class _Activation:
     processed_event_id: int
     task_time: datetime
-    recorded: list[_RecordedCall] = field(default_factory=list)
+    recorded: list[_Identity] = field(default_factory=list)
 
 
 def _split_activations(history: list[HistoryEvent]) -> list[_Activation]:
     activations: list[_Activation] = []
     for event in history:
-        attributes = event.attributes
         if event.event_type == ev.WORKFLOW_TASK_COMPLETED:
+            attributes = event.attributes
             activations.append(
                 _Activation(
                     processed_event_id=int(attributes["processed_event_id"]),
                     task_time=datetime.fromisoformat(attributes["task_time"]),
                 )
             )
-        elif event.event_type == ev.ACTIVITY_TASK_SCHEDULED and activations:
-            activations[-1].recorded.append(
-                _RecordedCall(
-                    seq=int(attributes["seq"]),
-                    activity_name=str(attributes["activity_name"]),
-                    input_digest=attributes.get("input_digest"),
-                    input=attributes.get("input", {}).get("value"),
-                )
-            )
+        elif event.event_type in ev.COMMANDS and activations:
+            activations[-1].recorded.append(_recorded_identity(event))
     return activations
 
 
+class _ReadOnly(Exception):
+    """Raised by the runtime when a query handler asks for a command."""
+
+
 class Replayer:
-    """Replays one run; also the runtime that the SDK's workflow functions call."""
+    """Replays one run; also the runtime that the SDK's workflow functions call.
+
+    Each activation first applies the events it consumed, in history order (an
+    activity's outcome, a timer that fired, a signal, an update, a cancellation
+    request: one `_apply_*` method each), then runs the workflow code until every task
+    of it waits on something not in history yet, re-checking the conditions it waits on.
+    """
 
     def __init__(
         self,
@@ -223,10 +348,19 @@ class Replayer:
         self.rng = random.Random(random_seed)
         self.history = history
         self.loop = DeterministicLoop()  # type: ignore[abstract]
+        self.instance: Any = None
         self._task_time: datetime | None = None
         self._next_seq = 1
         self._pending: dict[int, tuple[asyncio.Future[Any], ActivityDefinition]] = {}
+        self._timers: dict[int, asyncio.Future[None]] = {}
+        self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
+        self._handler_tasks: list[asyncio.Task[Any]] = []
         self._commands: list[_Produced] = []
+        self._main: asyncio.Task[Any] | None = None
+        self._cancel_requested = False
+        self._read_only = False
+
+    # The runtime, as workflow code sees it (app/workflows/context.py).
 
     def now(self) -> datetime:
         assert self._task_time is not None
@@ -235,14 +369,67 @@ class Replayer:
     def schedule_activity(
         self, definition: ActivityDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> asyncio.Future[Any]:
-        seq = self._next_seq
-        self._next_seq += 1
+        self._refuse_if_read_only(f"call activity {definition.name!r}")
+        seq = self._take_seq()
         future = self.loop.create_future()
         self._pending[seq] = (future, definition)
         self._commands.append(_ActivityCall(seq, definition, args, kwargs))
+
+        def on_done(done: asyncio.Future[Any]) -> None:
+            if done.cancelled() and self._pending.pop(seq, None) is not None:
+                self._commands.append(CancelActivity(seq, definition.name))
+
+        future.add_done_callback(on_done)
         return future
 
-    def _deliver(self, event: HistoryEvent) -> None:
+    def start_timer(self, seconds: float, summary: str | None) -> asyncio.Future[None]:
+        self._refuse_if_read_only("sleep")
+        future: asyncio.Future[None] = self.loop.create_future()
+        if seconds <= 0:
+            future.set_result(None)
+            return future
+        seq = self._take_seq()
+        self._timers[seq] = future
+        self._commands.append(StartTimer(seq, seconds, summary))
+
+        def on_done(done: asyncio.Future[None]) -> None:
+            if done.cancelled() and self._timers.pop(seq, None) is not None:
+                self._commands.append(CancelTimer(seq))
+
+        future.add_done_callback(on_done)
+        return future
+
+    def condition(self, predicate: Callable[[], bool]) -> asyncio.Future[None]:
+        self._refuse_if_read_only("wait")
+        future: asyncio.Future[None] = self.loop.create_future()
+        self._conditions.append((predicate, future))
+        return future
+
+    def _take_seq(self) -> int:
+        seq = self._next_seq
+        self._next_seq += 1
+        return seq
+
+    def _refuse_if_read_only(self, what: str) -> None:
+        if self._read_only:
+            raise _ReadOnly(f"a query may not {what}")
+
+    # Applying history, one kind of event each.
+
+    def _apply(self, event: HistoryEvent) -> None:
+        kind = event.event_type
+        if kind in ev.ACTIVITY_OUTCOMES:
+            self._apply_activity_outcome(event)
+        elif kind == ev.TIMER_FIRED:
+            self._apply_timer_fired(event)
+        elif kind == ev.WORKFLOW_EXECUTION_SIGNALED:
+            self._apply_signal(event)
+        elif kind == ev.WORKFLOW_EXECUTION_UPDATE_ACCEPTED:
+            self._apply_update(event)
+        elif kind == ev.WORKFLOW_EXECUTION_CANCEL_REQUESTED:
+            self._apply_cancel_requested()
+
+    def _apply_activity_outcome(self, event: HistoryEvent) -> None:
         seq = event.attributes.get("seq")
         if seq is None or int(seq) not in self._pending:
             return
@@ -265,82 +452,228 @@ class Replayer:
                 )
             )
 
-    def _start(self) -> asyncio.Task[Any] | FailWorkflow:
+    def _apply_timer_fired(self, event: HistoryEvent) -> None:
+        future = self._timers.pop(int(event.attributes["seq"]), None)
+        if future is not None and not future.done():
+            future.set_result(None)
+
+    def _apply_signal(self, event: HistoryEvent) -> None:
+        handler = self.definition.signals.get(str(event.attributes["signal_name"]))
+        if handler is None:
+            # Validated when sent: only a deploy that removed the handler gets here.
+            log.warning(
+                "execution %s: signal %r has no handler; dropped",
+                self.execution_id,
+                event.attributes["signal_name"],
+            )
+            return
+        self._handler_tasks.append(
+            self.loop.create_task(self._call_handler(handler, event.attributes["input"]["value"]))
+        )
+
+    def _apply_update(self, event: HistoryEvent) -> None:
+        attributes = event.attributes
+        update_id, name = str(attributes["update_id"]), str(attributes["update_name"])
+        handler = self.definition.updates.get(name)
+        if handler is None:
+            self._commands.append(
+                RejectUpdate(update_id, name, "UnknownUpdate", f"no update handler {name!r}")
+            )
+            return
+        task = self.loop.create_task(self._call_handler(handler, attributes["input"]["value"]))
+
+        def on_done(done: asyncio.Task[Any]) -> None:
+            if done.cancelled():
+                self._commands.append(
+                    RejectUpdate(update_id, name, "CancelledError", "the update was cancelled")
+                )
+                return
+            error = done.exception()
+            if isinstance(error, TimeLimitExceeded):
+                return  # the workflow task ran out of time: it fails as a whole
+            if error is not None:
+                error_type = getattr(error, "type", None) or type(error).__name__
+                self._commands.append(
+                    RejectUpdate(update_id, name, str(error_type), storable_text(str(error)))
+                )
+                return
+            try:
+                result = encode(done.result(), f"the result of update {name!r}")
+            except (InvalidPayload, PayloadTooLarge) as exc:
+                self._commands.append(RejectUpdate(update_id, name, type(exc).__name__, exc.detail))
+                return
+            self._commands.append(CompleteUpdate(update_id, name, result))
+
+        task.add_done_callback(on_done)
+
+    def _apply_cancel_requested(self) -> None:
+        self._cancel_requested = True
+        if self._main is not None and not self._main.done():
+            self._main.cancel()
+
+    async def _call_handler(self, handler: HandlerDefinition, payload: Any) -> Any:
+        kwargs = bind_input(handler.fn, payload)
+        result = getattr(self.instance, handler.method_name)(**kwargs)
+        if inspect.isawaitable(result):
+            return await result
+        return result
+
+    # Running the code.
+
+    def _instantiate(self) -> FailWorkflow | None:
+        try:
+            self.instance = self.definition.cls()
+        except Exception as exc:  # a constructor that raises fails the workflow
+            return FailWorkflow(type(exc).__name__, storable_text(str(exc)))
+        return None
+
+    def _start(self) -> FailWorkflow | None:
         started = self.history[0]
         try:
             kwargs = bind_input(self.definition.entrypoint, started.attributes["input"]["value"])
         except Exception as exc:
             return FailWorkflow(type(exc).__name__, storable_text(str(exc)))
-        token = current_runtime.set(self)
-        try:
-            instance = self.definition.cls()
-            entrypoint = getattr(instance, self.definition.entrypoint_name)
-            return self.loop.create_task(entrypoint(**kwargs))
-        except Exception as exc:  # a constructor that raises fails the workflow
-            return FailWorkflow(type(exc).__name__, storable_text(str(exc)))
-        finally:
-            current_runtime.reset(token)
+        failed = self._instantiate()
+        if failed is not None:
+            return failed
+        entrypoint = getattr(self.instance, self.definition.entrypoint_name)
+        self._main = self.loop.create_task(entrypoint(**kwargs))
+        return None
 
-    def _step(self, main: asyncio.Task[Any]) -> None:
-        token = current_runtime.set(self)
-        try:
+    def _run_until_blocked(self) -> None:
+        """Run every ready task; then resolve the conditions that now hold, and again,
+        until nothing changes."""
+        while True:
             self.loop.run_until_blocked()
-        finally:
-            current_runtime.reset(token)
-        if main.done():
-            self._commands.append(_closing_command(main))
+            waiting = []
+            changed = False
+            for predicate, future in self._conditions:
+                if future.done():
+                    continue
+                try:
+                    holds = predicate()
+                except Exception as exc:
+                    future.set_exception(exc)
+                    changed = True
+                    continue
+                if holds:
+                    future.set_result(None)
+                    changed = True
+                else:
+                    waiting.append((predicate, future))
+            self._conditions = waiting
+            if not changed:
+                return
+
+    def _closing(self) -> ClosingCommand | None:
+        main = self._main
+        for task in self._handler_tasks:
+            # A signal handler that fails fails the workflow, as an entrypoint would.
+            if task.done() and not task.cancelled() and task.exception() is not None:
+                error = task.exception()
+                if isinstance(error, TimeLimitExceeded):
+                    raise error
+                assert error is not None
+                return FailWorkflow(type(error).__name__, storable_text(str(error)))
+        if main is None or not main.done():
+            return None
+        return _closing_command(main, cancel_requested=self._cancel_requested)
+
+    def _activate(self, activation: _Activation, events: list[HistoryEvent], consumed: int) -> None:
+        self._task_time = activation.task_time
+        self._commands = []
+        for event in events:
+            if consumed < event.event_id <= activation.processed_event_id:
+                self._apply(event)
 
     def replay(self, *, now: datetime) -> ActivationOutcome:
         """Replay all recorded activations, then run the new one at time `now`."""
-        recorded = _split_activations(self.history)
-        outcomes = [e for e in self.history if e.event_type in ev.ACTIVITY_OUTCOMES]
         last_event_id = self.history[-1].event_id
         new = _Activation(processed_event_id=last_event_id, task_time=now)
-        main: asyncio.Task[Any] | None = None
-        consumed = 0
-        for index, activation in enumerate([*recorded, new]):
-            self._task_time = activation.task_time
-            self._commands = []
-            for event in outcomes:
-                if consumed < event.event_id <= activation.processed_event_id:
-                    self._deliver(event)
-            consumed = activation.processed_event_id
-            if main is None:
-                started = self._start()
-                if isinstance(started, FailWorkflow):
-                    return ActivationOutcome([started], last_event_id, now)
-                main = started
-            self._step(main)
+        token = current_runtime.set(self)
+        try:
+            failed = self._replay_recorded(then=new)
+            if failed is not None:
+                return ActivationOutcome([failed], last_event_id, now)
             commands = [c.command() if isinstance(c, _ActivityCall) else c for c in self._commands]
-            if activation is new:
-                return ActivationOutcome(commands, last_event_id, now)
+            return ActivationOutcome(commands, last_event_id, now)
+        finally:
+            current_runtime.reset(token)
+
+    def query(self, name: str, payload: Any) -> Any:
+        """Replay the activations recorded so far and answer the query `name` from the
+        state they leave; writes nothing. Raises QueryFailed if the handler raises."""
+        handler = self.definition.queries[name]
+        token = current_runtime.set(self)
+        try:
+            self._replay_recorded(then=None)
+            if self.instance is None and self._instantiate() is not None:
+                raise QueryFailed("the workflow's constructor raised")
+            self._read_only = True
+            try:
+                kwargs = bind_input(handler.fn, payload)
+                return getattr(self.instance, handler.method_name)(**kwargs)
+            except _ReadOnly as exc:
+                raise QueryFailed(str(exc)) from None
+            except Exception as exc:
+                raise QueryFailed(f"{type(exc).__name__}: {exc}") from exc
+        finally:
+            current_runtime.reset(token)
+
+    def _replay_recorded(self, *, then: _Activation | None) -> FailWorkflow | None:
+        """Replay every recorded activation, then `then` if given (its commands are left
+        in self._commands); a FailWorkflow when the workflow cannot even start."""
+        recorded = _split_activations(self.history)
+        delivered = [e for e in self.history if e.event_type in ev.DELIVERED]
+        consumed = 0
+        activations = [*recorded, then] if then is not None else recorded
+        for index, activation in enumerate(activations):
+            if self._main is None:
+                self._task_time = activation.task_time
+                failed = self._start()
+                if failed is not None:
+                    return failed
+            self._activate(activation, delivered, consumed)
+            consumed = activation.processed_event_id
+            self._run_until_blocked()
+            closing = self._closing()
+            if closing is not None:
+                self._commands.append(closing)
+            if activation is then:
+                return None
+            commands = [c.command() if isinstance(c, _ActivityCall) else c for c in self._commands]
             if not _as_recorded(commands, activation.recorded):
                 raise NonDeterminismError(
                     f"workflow task {index + 1} replayed as {_describe(commands)}, "
                     f"but history recorded {_describe_recorded(activation.recorded)}"
                 )
-        raise AssertionError("the new activation always returns")
+            if closing is not None:
+                break
+        return None
 
 
-def _as_recorded(commands: list[Command], recorded: list[_RecordedCall]) -> bool:
-    if len(commands) != len(recorded):
+def _as_recorded(commands: list[Command], recorded: list[_Identity]) -> bool:
+    identities = [i for i in map(_identity, commands) if i is not None]
+    if len(identities) != len(recorded):
         return False
-    for command, call in zip(commands, recorded, strict=True):
-        if not isinstance(command, ScheduleActivity):
+    for made, was in zip(identities, recorded, strict=True):
+        if (made.event_type, made.key) != (was.event_type, was.key):
             return False
-        if (command.seq, command.activity_name) != (call.seq, call.activity_name):
-            return False
-        if call.input_digest is not None and call.input_digest != command.input_digest:
+        if was.input_digest is not None and was.input_digest != made.input_digest:
             return False
     return True
 
 
-def _closing_command(main: asyncio.Task[Any]) -> CompleteWorkflow | FailWorkflow:
+def _closing_command(main: asyncio.Task[Any], *, cancel_requested: bool) -> ClosingCommand:
     if main.cancelled():
-        return FailWorkflow("CancelledError", "the workflow was cancelled")
+        if cancel_requested:
+            return CancelWorkflow("the workflow was cancelled")
+        return FailWorkflow("CancelledError", "the workflow was cancelled by its own code")
     error = main.exception()
     if isinstance(error, TimeLimitExceeded):
         raise error  # the workflow task ran out of time, not the workflow
+    if isinstance(error, asyncio.CancelledError) and cancel_requested:
+        return CancelWorkflow("the workflow was cancelled")
     if error is not None:
         return FailWorkflow(type(error).__name__, storable_text(str(error)))
     try:
@@ -359,14 +692,11 @@ PREVIEW_CHARS = 200
 
 def _describe(commands: list[Command]) -> str:
     parts = []
-    for c in commands:
-        if isinstance(c, ScheduleActivity):
-            parts.append(f"activity #{c.seq} {c.activity_name!r} {_preview(c.input)}")
-        else:
-            parts.append(type(c).__name__)
+    for command in commands:
+        identity = _identity(command)
+        parts.append(identity.description if identity is not None else type(command).__name__)
     return "[" + ", ".join(parts) + "]"
 
 
-def _describe_recorded(recorded: list[_RecordedCall]) -> str:
-    described = (f"activity #{c.seq} {c.activity_name!r} {_preview(c.input)}" for c in recorded)
-    return "[" + ", ".join(described) + "]"
+def _describe_recorded(recorded: list[_Identity]) -> str:
+    return "[" + ", ".join(i.description for i in recorded) + "]"

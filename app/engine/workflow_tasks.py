@@ -21,11 +21,19 @@ from sqlalchemy import Engine
 
 from app.engine.dispatch import ActivityDispatch, Dispatch, FollowUp
 from app.engine.replay import (
+    CLOSING_COMMANDS,
     ActivationOutcome,
+    CancelActivity,
+    CancelTimer,
+    CancelWorkflow,
+    ClosingCommand,
+    Command,
+    CompleteUpdate,
     CompleteWorkflow,
-    FailWorkflow,
+    RejectUpdate,
     Replayer,
     ScheduleActivity,
+    StartTimer,
 )
 from app.engine.steps import close_run, settle_retrying, time_out_run
 from app.engine.time_limits import Limit, WorkflowTaskTimeout
@@ -35,7 +43,15 @@ from app.model.events import HistoryEvent
 from app.model.payloads import storable_text
 from app.model.statuses import ExecutionStatus
 from app.settings import get_settings
-from app.storage.runs import NewActivity, RunState, Step, lock_run_state, write_step
+from app.storage.runs import (
+    ActivityChange,
+    NewActivity,
+    NewTimer,
+    RunState,
+    Step,
+    lock_run_state,
+    write_step,
+)
 from app.storage.transactions import Transaction, transaction
 from app.workflows.registry import Registry
 
@@ -100,10 +116,33 @@ def advance(tx: Transaction, registry: Registry, step: Step, state: RunState) ->
     )
     step.processed_event_id = outcome.processed_event_id
     step.workflow_task = "done"
-    scheduled = [c for c in outcome.commands if isinstance(c, ScheduleActivity)]
-    closing = next((c for c in outcome.commands if not isinstance(c, ScheduleActivity)), None)
-    for activity in scheduled:
-        _schedule(step, activity, abandoned=closing is not None)
+    closing = next((c for c in outcome.commands if isinstance(c, CLOSING_COMMANDS)), None)
+    scheduled: list[ScheduleActivity] = []
+    for command in outcome.commands:
+        if isinstance(command, ScheduleActivity):
+            _schedule(step, command, abandoned=closing is not None)
+            scheduled.append(command)
+        elif not isinstance(command, CLOSING_COMMANDS):
+            _record_command(step, command)
+    if closing is not None:
+        return _close(tx, step, closing, task_id)
+    settle_retrying(step, state.retrying, "retried activity settled")
+    stopped = write_step(tx, step)
+    if not scheduled:
+        return FollowUp("waiting", stop_task_ids=tuple(stopped), advanced=True)
+    activities = tuple(
+        ActivityDispatch(run.run_id, c.seq, c.activity_name, c.start_to_close_seconds)
+        for c in scheduled
+    )
+    return FollowUp(
+        "advanced",
+        dispatches=(Dispatch(run.run_id, activities),),
+        stop_task_ids=tuple(stopped),
+        advanced=True,
+    )
+
+
+def _close(tx: Transaction, step: Step, closing: ClosingCommand, task_id: str) -> FollowUp:
     if isinstance(closing, CompleteWorkflow):
         stopped = close_run(
             tx,
@@ -114,26 +153,70 @@ def advance(tx: Transaction, registry: Registry, step: Step, state: RunState) ->
             result=closing.result,
         )
         return FollowUp("completed", stop_task_ids=tuple(stopped), advanced=True)
-    if isinstance(closing, FailWorkflow):
-        failure = ev.failure(closing.error_type, closing.message)
+    if isinstance(closing, CancelWorkflow):
+        failure = ev.failure("CancelledError", closing.message)
         stopped = close_run(
             tx,
             step,
-            ExecutionStatus.FAILED,
-            ev.WORKFLOW_EXECUTION_FAILED,
-            {"task_id": task_id, "failure": failure, "attempt": 1},
+            ExecutionStatus.CANCELED,
+            ev.WORKFLOW_EXECUTION_CANCELED,
+            {"task_id": task_id, "failure": failure},
             error=failure,
         )
-        return FollowUp("failed", stop_task_ids=tuple(stopped), advanced=True)
-    settle_retrying(step, state.retrying, "retried activity settled")
-    write_step(tx, step)
-    if not scheduled:
-        return FollowUp("waiting", advanced=True)
-    activities = tuple(
-        ActivityDispatch(run.run_id, c.seq, c.activity_name, c.start_to_close_seconds)
-        for c in scheduled
+        return FollowUp("canceled", stop_task_ids=tuple(stopped), advanced=True)
+    failure = ev.failure(closing.error_type, closing.message)
+    stopped = close_run(
+        tx,
+        step,
+        ExecutionStatus.FAILED,
+        ev.WORKFLOW_EXECUTION_FAILED,
+        {"task_id": task_id, "failure": failure, "attempt": 1},
+        error=failure,
     )
-    return FollowUp("advanced", dispatches=(Dispatch(run.run_id, activities),), advanced=True)
+    return FollowUp("failed", stop_task_ids=tuple(stopped), advanced=True)
+
+
+def _record_command(step: Step, command: Command) -> None:
+    """Record a command other than scheduling an activity or closing the run."""
+    if isinstance(command, StartTimer):
+        step.record(
+            ev.TIMER_STARTED,
+            {"seq": command.seq, "seconds": command.seconds, "summary": command.summary},
+        )
+        step.new_timers.append(NewTimer(command.seq, command.seconds))
+    elif isinstance(command, CancelTimer):
+        step.record(ev.TIMER_CANCELED, {"seq": command.seq})
+        step.canceled_timers.append(command.seq)
+    elif isinstance(command, CancelActivity):
+        step.record(
+            ev.ACTIVITY_TASK_CANCEL_REQUESTED,
+            {
+                "task_id": ev.activity_task_id(step.run.run_id, command.seq),
+                "seq": command.seq,
+                "activity_name": command.activity_name,
+            },
+        )
+        step.activity_changes.append(ActivityChange(command.seq, ActivityState.ABANDONED))
+    elif isinstance(command, CompleteUpdate):
+        step.record(
+            ev.WORKFLOW_EXECUTION_UPDATE_COMPLETED,
+            {
+                "update_id": command.update_id,
+                "update_name": command.update_name,
+                "result": ev.payload(command.result),
+            },
+            dedup_key=ev.update_outcome_key(command.update_id),
+        )
+    elif isinstance(command, RejectUpdate):
+        step.record(
+            ev.WORKFLOW_EXECUTION_UPDATE_REJECTED,
+            {
+                "update_id": command.update_id,
+                "update_name": command.update_name,
+                "failure": ev.failure(command.error_type, command.message),
+            },
+            dedup_key=ev.update_outcome_key(command.update_id),
+        )
 
 
 def _appended(step: Step) -> list[HistoryEvent]:

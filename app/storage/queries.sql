@@ -96,8 +96,10 @@ WHERE r.run_id = %(run_id)s;
 -- Everything one step of a run records, in one statement: its events, new activities
 -- and activity transitions (each guarded by the states it may come from), the run's
 -- counters, status and workflow-task bookkeeping (guarded by the statuses it may come
--- from, and by the last event id the caller read under the lock). A guard that fails
--- fails the statement. Returns the task ids of attempts left running by a closing run.
+-- from, and by the last event id the caller read under the lock), the timers it starts
+-- and cancels (a closing run cancels all of its own). A guard that fails fails the
+-- statement. Returns the task ids of the attempts it stops: those of the activities it
+-- abandons, and, closing, every running one.
 WITH appended AS (
     INSERT INTO events (run_id, event_id, execution_id, event_type, attributes,
                         event_timestamp, dedup_key)
@@ -129,9 +131,12 @@ WITH appended AS (
     WHERE a.run_id = %(run_id)s AND a.seq = c.seq AND a.state = ANY(c.from_states)
     RETURNING a.seq
 ), stopping AS (
-    SELECT worker_task_id FROM activities
-    WHERE %(abandon_in_flight)s::boolean AND run_id = %(run_id)s AND state = 'STARTED'
-      AND seq NOT IN (SELECT seq FROM changes)
+    -- Read before the changes (the statement's snapshot), so with their task ids.
+    SELECT a.worker_task_id FROM activities a
+    WHERE a.run_id = %(run_id)s AND a.state = 'STARTED'
+      AND CASE WHEN a.seq IN (SELECT seq FROM changes)
+               THEN (SELECT c.state FROM changes c WHERE c.seq = a.seq) = 'ABANDONED'
+               ELSE %(abandon_in_flight)s::boolean END
 ), abandoned AS (
     UPDATE activities
     SET state = 'ABANDONED', worker_task_id = NULL, attempt_deadline = NULL,
@@ -139,6 +144,17 @@ WITH appended AS (
     WHERE %(abandon_in_flight)s::boolean AND run_id = %(run_id)s
       AND state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')
       AND seq NOT IN (SELECT seq FROM changes)
+), timers_started AS (
+    INSERT INTO timers (run_id, seq, fire_at, state)
+    SELECT %(run_id)s, t.seq, clock_timestamp() + make_interval(secs => t.seconds),
+           -- started by a closing step: never to fire
+           CASE WHEN %(abandon_in_flight)s::boolean THEN 'CANCELED' ELSE 'PENDING' END
+    FROM jsonb_to_recordset(%(new_timers)s::jsonb) AS t(seq int, seconds float8)
+), timers_canceled AS (
+    UPDATE timers SET state = 'CANCELED'
+    WHERE run_id = %(run_id)s AND state = 'PENDING'
+      AND (seq = ANY(%(canceled_timers)s::int[]) OR %(abandon_in_flight)s::boolean)
+    RETURNING seq
 ), run AS (
     UPDATE runs
     SET last_event_id = %(last_event_id)s,
@@ -162,7 +178,9 @@ WITH appended AS (
 )
 SELECT chainline_require(
            (SELECT count(*) FROM run) = 1
-           AND (SELECT count(*) FROM changed) = (SELECT count(*) FROM changes),
+           AND (SELECT count(*) FROM changed) = (SELECT count(*) FROM changes)
+           AND (SELECT count(*) FROM timers_canceled WHERE seq = ANY(%(canceled_timers)s::int[]))
+               = cardinality(%(canceled_timers)s::int[]),
            %(guard_failure)s),
        (SELECT coalesce(array_agg(worker_task_id), '{}') FROM stopping) AS stopped_task_ids,
        CASE WHEN %(closing)s::boolean
@@ -285,3 +303,63 @@ WHERE (run_id, seq) IN (
     FOR UPDATE SKIP LOCKED
 )
 RETURNING run_id, seq, activity_name, start_to_close_seconds;
+
+-- name: fire_due_timers
+-- Fire a batch of due timers, in one statement: for each, record TIMER_FIRED (with how
+-- late it fired, by Postgres's clock) and make its run's workflow task due. Runs that
+-- someone holds are skipped until the next call. Returns the runs to send a task for.
+WITH due AS MATERIALIZED (
+    SELECT t.run_id, t.seq, t.fire_at, r.execution_id, r.last_event_id
+    FROM timers t JOIN runs r ON r.run_id = t.run_id
+    WHERE t.state = 'PENDING' AND t.fire_at <= clock_timestamp()
+      AND r.status IN ('RUNNING', 'RETRYING_AFTER_ERROR')
+    ORDER BY t.fire_at
+    LIMIT %(limit)s
+    FOR UPDATE OF t, r SKIP LOCKED
+), numbered AS (
+    SELECT d.*, d.last_event_id + row_number() OVER (PARTITION BY d.run_id ORDER BY d.seq)
+               AS event_id
+    FROM due d
+), fired AS (
+    UPDATE timers AS t SET state = 'FIRED'
+    FROM numbered n WHERE t.run_id = n.run_id AND t.seq = n.seq
+), appended AS (
+    INSERT INTO events (run_id, event_id, execution_id, event_type, attributes,
+                        event_timestamp, dedup_key)
+    SELECT n.run_id, n.event_id, n.execution_id, 'TIMER_FIRED',
+           jsonb_build_object(
+               'seq', n.seq,
+               'fire_at', n.fire_at,
+               'late_seconds', extract(epoch FROM clock_timestamp() - n.fire_at)::float8),
+           chainline_nanoseconds(clock_timestamp()),
+           'timer:' || n.seq || ':fired'
+    FROM numbered n
+), bumped AS (
+    UPDATE runs AS r
+    SET last_event_id = r.last_event_id + c.fired,
+        workflow_task_due_at = coalesce(r.workflow_task_due_at, clock_timestamp())
+    FROM (SELECT run_id, count(*) AS fired FROM numbered GROUP BY run_id) c
+    WHERE r.run_id = c.run_id
+    RETURNING r.run_id
+)
+SELECT run_id FROM bumped;
+
+-- name: has_event
+-- Whether a run has recorded the fact `dedup_key` names.
+SELECT EXISTS (
+    SELECT 1 FROM events WHERE run_id = %(run_id)s AND dedup_key = %(dedup_key)s
+);
+
+-- name: read_keyed_event
+-- The event that records the fact `dedup_key` names, if any, with the run's status.
+SELECT r.status, e.event_type, e.attributes
+FROM runs r LEFT JOIN events e ON e.run_id = r.run_id AND e.dedup_key = %(dedup_key)s
+WHERE r.run_id = %(run_id)s;
+
+-- name: read_current_run_id
+-- The run an execution's signals, updates, cancel and terminate go to: its latest.
+SELECT current_run_id FROM executions WHERE execution_id = %(execution_id)s;
+
+-- name: read_random_seed
+-- The seed a run's workflow code draws its random values from (replayed by queries).
+SELECT random_seed FROM runs WHERE run_id = %(run_id)s;

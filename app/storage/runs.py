@@ -142,6 +142,12 @@ class NewActivity:
 
 
 @dataclass(frozen=True)
+class NewTimer:
+    seq: int
+    seconds: float
+
+
+@dataclass(frozen=True)
 class ActivityChange:
     """One activity's transition; only from the states the transition table allows."""
 
@@ -164,6 +170,9 @@ class Step:
     events: list[NewEvent] = field(default_factory=list)
     new_activities: list[NewActivity] = field(default_factory=list)
     activity_changes: list[ActivityChange] = field(default_factory=list)
+    new_timers: list[NewTimer] = field(default_factory=list)
+    # Timers the code stopped waiting for: PENDING ones only (a guard).
+    canceled_timers: list[int] = field(default_factory=list)
     status: ExecutionStatus | None = None
     # Closing: the run ends with `status`, its unfinished activities are abandoned.
     closing: bool = False
@@ -190,8 +199,9 @@ class Step:
 
 def write_step(tx: Transaction, step: Step) -> list[str]:
     """Send the step's one statement; a guard that fails raises IllegalTransition (at
-    once when the step closes the run, else at COMMIT). Returns the task ids of the
-    attempts a closing step left running (read at once), else nothing."""
+    once when the step closes the run or abandons an activity, else at COMMIT). Returns
+    the task ids of the attempts it stopped (a closing step stops every running one),
+    which are to be revoked."""
     run = step.run
     new_status = step.status or run.status
     allowed = sources_of(new_status) if new_status is not run.status else {run.status}
@@ -235,6 +245,8 @@ def write_step(tx: Transaction, step: Step) -> list[str]:
                     for c in step.activity_changes
                 ]
             ),
+            "new_timers": Jsonb([{"seq": t.seq, "seconds": t.seconds} for t in step.new_timers]),
+            "canceled_timers": step.canceled_timers,
             "abandon_in_flight": step.closing,
             "expected_last_event_id": run.last_event_id,
             "last_event_id": run.last_event_id + len(events),
@@ -250,8 +262,42 @@ def write_step(tx: Transaction, step: Step) -> list[str]:
             f"{new_status}, or an activity cannot make its transition",
         },
     )
-    if not step.closing:
+    if not step.closing and not any(
+        c.state is ActivityState.ABANDONED for c in step.activity_changes
+    ):
         return []
     row = tx.read_one(cursor)
     assert row is not None
     return list(row[1])
+
+
+def current_run_id(tx: Transaction, execution_id: str) -> uuid.UUID | None:
+    """The run that an execution's signals, updates, cancel and terminate go to."""
+    row = tx.fetch_one("read_current_run_id", {"execution_id": execution_id})
+    return None if row is None else row[0]
+
+
+def has_event(tx: Transaction, run_id: uuid.UUID, dedup_key: str) -> bool:
+    row = tx.fetch_one("has_event", {"run_id": run_id, "dedup_key": dedup_key})
+    return bool(row and row[0])
+
+
+@dataclass(frozen=True)
+class KeyedEvent:
+    """A run's status, and the event recording the fact a dedup key names, if any."""
+
+    status: ExecutionStatus
+    event_type: str | None
+    attributes: dict[str, Any] | None
+
+
+def read_keyed_event(tx: Transaction, run_id: uuid.UUID, dedup_key: str) -> KeyedEvent | None:
+    row = tx.fetch_one("read_keyed_event", {"run_id": run_id, "dedup_key": dedup_key})
+    if row is None:
+        return None
+    return KeyedEvent(ExecutionStatus(row[0]), row[1], row[2])
+
+
+def read_random_seed(tx: Transaction, run_id: uuid.UUID) -> int | None:
+    row = tx.fetch_one("read_random_seed", {"run_id": run_id})
+    return None if row is None else int(row[0])

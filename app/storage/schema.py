@@ -167,3 +167,18 @@ Index(
     activities.c.next_attempt_at,
     postgresql_where=text("state = 'BACKING_OFF'"),
 )
+
+# A durable timer of a run (`sleep`, `wait_condition(timeout=)`), by the command's seq:
+# PENDING until beat fires it (FIRED) or the code stops waiting or the run closes
+# (CANCELED).
+timers = Table(
+    "timers",
+    metadata,
+    Column("run_id", UUID(as_uuid=True), ForeignKey("runs.run_id", ondelete="CASCADE")),
+    Column("seq", Integer, nullable=False),
+    Column("fire_at", DateTime(timezone=True), nullable=False),
+    Column("state", Text, nullable=False),
+    PrimaryKeyConstraint("run_id", "seq", name="timers_pkey"),
+    CheckConstraint("state IN ('CANCELED', 'FIRED', 'PENDING')", name="timers_state_valid"),
+)
+Index("timers_pending_by_fire_at", timers.c.fire_at, postgresql_where=text("state = 'PENDING'"))

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import random
+from collections.abc import Callable
 from contextvars import ContextVar
 from datetime import datetime
 from typing import Any, Protocol
@@ -24,6 +25,10 @@ class WorkflowRuntime(Protocol):
     def schedule_activity(
         self, definition: ActivityDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]
     ) -> asyncio.Future[Any]: ...
+
+    def start_timer(self, seconds: float, summary: str | None) -> asyncio.Future[None]: ...
+
+    def condition(self, predicate: Callable[[], bool]) -> asyncio.Future[None]: ...
 
 
 current_runtime: ContextVar[WorkflowRuntime | None] = ContextVar(

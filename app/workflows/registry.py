@@ -14,7 +14,7 @@ import traceback
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import timedelta
-from typing import Any
+from typing import Any, Literal
 
 from app.errors import InvalidDefinition, WorkflowNotFound
 from app.model.retry import RetryPolicy
@@ -53,6 +53,24 @@ class ActivityDefinition:
         return inspect.iscoroutinefunction(self.fn)
 
 
+HandlerKind = Literal["signal", "query", "update"]
+
+
+@dataclass(frozen=True)
+class HandlerDefinition:
+    """A workflow's signal, query or update handler: a method of the workflow class."""
+
+    kind: HandlerKind
+    name: str
+    method_name: str
+    fn: Callable[..., Any]
+    description: str | None = None
+
+    @property
+    def is_async(self) -> bool:
+        return inspect.iscoroutinefunction(self.fn)
+
+
 @dataclass(frozen=True)
 class WorkflowDefinition:
     name: str
@@ -61,11 +79,17 @@ class WorkflowDefinition:
     execution_timeout: timedelta
     description: str | None = None
     display_name: str | None = None
+    signals: dict[str, HandlerDefinition] = field(default_factory=dict)
+    queries: dict[str, HandlerDefinition] = field(default_factory=dict)
+    updates: dict[str, HandlerDefinition] = field(default_factory=dict)
 
     @property
     def entrypoint(self) -> Callable[..., Any]:
         fn: Callable[..., Any] = getattr(self.cls, self.entrypoint_name)
         return fn
+
+    def handlers(self, kind: HandlerKind) -> dict[str, HandlerDefinition]:
+        return {"signal": self.signals, "query": self.queries, "update": self.updates}[kind]
 
 
 @dataclass

@@ -2,25 +2,119 @@
 
 from __future__ import annotations
 
+import asyncio
+import inspect
 import random as _random
 import uuid
 from collections.abc import Awaitable, Callable
+from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar
+from typing import Any, TypeVar, get_type_hints
 
+from pydantic import TypeAdapter
+
+from app.errors import InvalidDefinition
 from app.workflows.compat import no_effect
 from app.workflows.context import runtime
 from app.workflows.registry import (
     DEFAULT_EXECUTION_TIMEOUT,
     RESERVED_WORKFLOW_NAMES,
+    HandlerDefinition,
+    HandlerKind,
     WorkflowDefinition,
+    origin,
     registry,
 )
 
 C = TypeVar("C", bound=type)
 A = TypeVar("A", bound=Callable[..., Awaitable[Any]])
+F = TypeVar("F", bound=Callable[..., Any])
 
 _ENTRYPOINT_MARK = "__chainline_entrypoint__"
+_HANDLER_MARK = "__chainline_handler__"
+
+
+@dataclass(frozen=True)
+class _HandlerMark:
+    kind: HandlerKind
+    name: str
+    description: str | None
+
+
+def _handler_decorator(
+    kind: HandlerKind, name: str | None, description: str | None
+) -> Callable[[F], F]:
+    def decorate(fn: F) -> F:
+        if not inspect.isfunction(fn):
+            raise InvalidDefinition(f"@workflow.{kind} decorates methods, not {fn!r}")
+        _check_handler(kind, fn)
+        setattr(fn, _HANDLER_MARK, _HandlerMark(kind, name or fn.__name__, description))
+        return fn
+
+    return decorate
+
+
+def _check_handler(kind: HandlerKind, fn: Callable[..., Any]) -> None:
+    """Refuse, at import, a handler that could never be called as its kind is."""
+    where = f"{kind} handler {origin(fn)}"
+    try:
+        hints = get_type_hints(fn)
+    except Exception as exc:
+        raise InvalidDefinition(f"{where}: its annotations do not resolve: {exc}") from exc
+    for parameter in list(inspect.signature(fn).parameters.values())[1:]:
+        if parameter.kind in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
+            continue
+        try:
+            TypeAdapter(hints.get(parameter.name, Any))
+        except Exception as exc:
+            raise InvalidDefinition(
+                f"{where}: parameter {parameter.name!r} cannot be read from JSON: {exc}"
+            ) from exc
+    returns = hints.get("return", inspect.Signature.empty)
+    returns_nothing = returns is None or returns is type(None)
+    if kind == "query" and inspect.iscoroutinefunction(fn):
+        raise InvalidDefinition(f"{where} must be a plain def: queries cannot await anything")
+    if kind in ("query", "update") and (returns_nothing or returns is inspect.Signature.empty):
+        raise InvalidDefinition(f"{where} must declare what it returns (not None)")
+    if kind == "signal" and not returns_nothing and returns is not inspect.Signature.empty:
+        raise InvalidDefinition(f"{where} returns {returns!r}; signals return nothing (-> None)")
+
+
+def _handlers_of(cls: type, workflow_name: str) -> dict[HandlerKind, dict[str, HandlerDefinition]]:
+    found: dict[HandlerKind, dict[str, HandlerDefinition]] = {
+        "signal": {},
+        "query": {},
+        "update": {},
+    }
+    seen: dict[str, HandlerDefinition] = {}
+    for klass in reversed(cls.__mro__):
+        for attr, value in vars(klass).items():
+            mark = getattr(value, _HANDLER_MARK, None)
+            if not isinstance(mark, _HandlerMark):
+                continue
+            handler = HandlerDefinition(mark.kind, mark.name, attr, value, mark.description)
+            same = found[mark.kind].get(mark.name)
+            if same is not None and same.method_name != attr:
+                raise InvalidDefinition(
+                    f"workflow {workflow_name!r} has two {mark.kind} handlers named "
+                    f"{mark.name!r}: {origin(same.fn)} and {origin(value)}"
+                )
+            other = seen.get(mark.name)
+            if other is not None and other.kind != mark.kind and other.method_name != attr:
+                raise InvalidDefinition(
+                    f"workflow {workflow_name!r} uses the name {mark.name!r} for a "
+                    f"{other.kind} ({origin(other.fn)}) and a {mark.kind} ({origin(value)})"
+                )
+            found[mark.kind][mark.name] = handler
+            seen[mark.name] = handler
+    return found
+
+
+def _seconds(duration: timedelta | float, what: str) -> float:
+    seconds = duration.total_seconds() if isinstance(duration, timedelta) else float(duration)
+    if not seconds >= 0 or seconds == float("inf"):
+        raise ValueError(f"{what} must be a finite duration of zero or more, not {duration!r}")
+    return seconds
 
 
 def _warn_of_what_has_no_effect(
@@ -80,6 +174,7 @@ class workflow:
             ]
             if len(entrypoints) != 1:
                 raise ValueError(f"workflow {name!r} needs exactly one @workflow.entrypoint")
+            handlers = _handlers_of(cls, name)
             registry.add_workflow(
                 WorkflowDefinition(
                     name=name,
@@ -88,6 +183,9 @@ class workflow:
                     execution_timeout=execution_timeout,
                     description=workflow_description,
                     display_name=workflow_display_name,
+                    signals=handlers["signal"],
+                    queries=handlers["query"],
+                    updates=handlers["update"],
                 )
             )
             return cls
@@ -114,3 +212,58 @@ class workflow:
     def random() -> _random.Random:
         """A random generator seeded per run, so it replays to the same values."""
         return runtime().rng
+
+    @staticmethod
+    def signal(name: str | None = None, description: str | None = None) -> Callable[[F], F]:
+        """Mark a method that receives the signal `name` (default: the method's name):
+        input sent to a running execution, fire-and-forget. It returns nothing."""
+        return _handler_decorator("signal", name, description)
+
+    @staticmethod
+    def query(name: str | None = None, description: str | None = None) -> Callable[[F], F]:
+        """Mark a plain (not async) method that answers the query `name` from the
+        workflow's state; it may not schedule activities, sleep or change state."""
+        return _handler_decorator("query", name, description)
+
+    @staticmethod
+    def update(name: str | None = None, description: str | None = None) -> Callable[[F], F]:
+        """Mark a method that handles the update `name`: it may change state, await
+        activities and timers, and returns a value to the caller; raising
+        `workflows.WorkflowError` rejects the update, and the run goes on."""
+        return _handler_decorator("update", name, description)
+
+    @staticmethod
+    async def sleep(duration: timedelta | float, *, summary: str | None = None) -> None:
+        """Wait `duration` (a timedelta, or seconds) on a durable timer: the run waits in
+        Postgres, not in a worker, and resumes on whichever worker is free."""
+        seconds = _seconds(duration, "sleep's duration")
+        await runtime().start_timer(seconds, summary)
+
+    @staticmethod
+    async def wait_condition(
+        predicate: Callable[[], bool],
+        timeout: timedelta | float | None = None,
+        timeout_summary: str | None = None,
+    ) -> None:
+        """Wait until `predicate()` is true; it is checked each time the workflow's state
+        may have changed (a signal, an update, an activity's outcome, a timer). With a
+        `timeout`, raise asyncio.TimeoutError once it has passed first."""
+        if predicate():
+            return
+        rt = runtime()
+        condition = rt.condition(predicate)
+        if timeout is None:
+            await condition
+            return
+        timer = rt.start_timer(_seconds(timeout, "wait_condition's timeout"), timeout_summary)
+        try:
+            await asyncio.wait([condition, timer], return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            # Whichever is left is not waited for any more: a pending timer is
+            # cancelled in Postgres too.
+            condition.cancel()
+            timer.cancel()
+        if condition.done() and not condition.cancelled():
+            condition.result()  # a predicate that raised raises here
+            return
+        raise TimeoutError(f"the condition was not met within {timeout}")

@@ -1,0 +1,34 @@
+"""Input checked against the parameters of the function it is for (an entrypoint, a
+signal, query or update handler), answered as FastAPI's 422 when it does not fit."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+from fastapi.exceptions import RequestValidationError
+from pydantic import ValidationError
+
+from app.engine.binding import bind_input
+from app.errors import InvalidPayload
+from app.model.payloads import encode
+
+
+def validated_input(fn: Callable[..., Any], value: Any) -> Any:
+    """The input encoded as stored; a 422 naming the field for anything else."""
+    try:
+        encoded = encode(value, "input")
+    except InvalidPayload as exc:
+        raise RequestValidationError(
+            [{"loc": ("body", "input"), "msg": exc.detail, "type": "value_error"}]
+        ) from None
+    try:
+        bind_input(fn, encoded)
+    except ValidationError as exc:
+        raise RequestValidationError(
+            [
+                {**error, "loc": ("body", "input", *error["loc"])}
+                for error in exc.errors(include_url=False, include_context=False)
+            ]
+        ) from None
+    return encoded
