@@ -9,10 +9,11 @@ status, and no activity whose success was recorded may run again.
 from __future__ import annotations
 
 import os
+import signal
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
-from datetime import datetime
+from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -470,3 +471,29 @@ def test_an_execution_whose_first_message_was_never_published_still_runs(
     final = wait_for_end(http, record.execution_id, timeout=60)
     assert final["status"] == "COMPLETED"
     assert final["result"] == {"total": 42}
+
+
+# 6. A durable timer lives in Postgres: neither its worker nor the broker holds it.
+
+
+def test_a_sleep_survives_its_worker_killed_and_the_broker_flushed(
+    faults: Faults, http: httpx.Client, tmp_path: Path
+) -> None:
+    stack = faults.stack
+    started = start(http, "sleeper", {"folder": str(tmp_path), "seconds": 4})
+    execution = started["execution_id"]
+    wait_until(
+        lambda: "TIMER_STARTED" in types(history(http, execution)),
+        timeout=30,
+        what="the sleep's timer",
+    )
+    stack.stop_process("worker", signal.SIGKILL)
+    faults.redis.flush()
+    stack.start("worker")
+    record = wait_for_end(http, execution, timeout=60)
+    assert record["status"] == "COMPLETED", record
+    assert record["result"]["slept"] == 4
+    events = history(http, execution)
+    assert _count(events, "TIMER_FIRED") == 1
+    started_at = _parse(started["start_time"])
+    assert _parse(record["result"]["woke_at"]) - started_at >= timedelta(seconds=4)
