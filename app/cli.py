@@ -45,6 +45,8 @@ class Api:
             raise ApiError(f"cannot reach the Chainline API at {self.base_url}: {exc}") from exc
         if reply.status_code >= 400:
             raise ApiError(_describe_error(reply))
+        if reply.status_code == 204:
+            return None
         return reply.json()
 
 
@@ -252,6 +254,91 @@ def history(ctx: click.Context, execution_id: str, as_json: bool) -> None:
         at = _event_time(event["event_timestamp"])
         rows.append(f"{at}  {event['event_type']:<30} {detail}".rstrip())
     _emit(events, as_json, "\n".join(rows))
+
+
+@main.command()
+@click.argument("execution_id")
+@json_option
+@_connection_options
+@click.pass_context
+def cancel(ctx: click.Context, execution_id: str, as_json: bool) -> None:
+    """Ask an execution to stop: its code sees a cancellation and may clean up."""
+    _api(ctx).call("POST", f"/v1/workflows/executions/{execution_id}/cancel")
+    _emit({"execution_id": execution_id}, as_json, f"cancel requested for {execution_id}")
+
+
+@main.command()
+@click.argument("execution_id")
+@json_option
+@_connection_options
+@click.pass_context
+def terminate(ctx: click.Context, execution_id: str, as_json: bool) -> None:
+    """End an execution TERMINATED now, stopping its running activities."""
+    _api(ctx).call("POST", f"/v1/workflows/executions/{execution_id}/terminate")
+    _emit({"execution_id": execution_id}, as_json, f"terminated {execution_id}")
+
+
+def _handler_input(raw: str | None) -> Any:
+    value = _read_input(raw)
+    if value is not None and not isinstance(value, dict):
+        raise InputError("a handler's input is a JSON object of its parameters")
+    return value
+
+
+handler_input_option = click.option(
+    "--input", "raw_input", help="JSON object of the handler's parameters, or @file."
+)
+
+
+@main.command("signal")
+@click.argument("execution_id")
+@click.argument("name")
+@handler_input_option
+@json_option
+@_connection_options
+@click.pass_context
+def send_signal(
+    ctx: click.Context, execution_id: str, name: str, raw_input: str | None, as_json: bool
+) -> None:
+    """Send the signal NAME to an execution."""
+    body = {"name": name, "input": _handler_input(raw_input)}
+    reply = _api(ctx).call("POST", f"/v1/workflows/executions/{execution_id}/signals", json=body)
+    _emit(reply, as_json, f"signal {name!r} sent to {execution_id}")
+
+
+@main.command()
+@click.argument("execution_id")
+@click.argument("name")
+@handler_input_option
+@json_option
+@_connection_options
+@click.pass_context
+def query(
+    ctx: click.Context, execution_id: str, name: str, raw_input: str | None, as_json: bool
+) -> None:
+    """Ask an execution the query NAME; prints its answer."""
+    body = {"name": name, "input": _handler_input(raw_input)}
+    reply = _api(ctx).call("POST", f"/v1/workflows/executions/{execution_id}/queries", json=body)
+    _emit(reply, as_json, json.dumps(reply["result"]))
+
+
+@main.command()
+@click.argument("execution_id")
+@click.argument("name")
+@handler_input_option
+@json_option
+@_connection_options
+@click.pass_context
+def update(
+    ctx: click.Context, execution_id: str, name: str, raw_input: str | None, as_json: bool
+) -> None:
+    """Send the update NAME to an execution and wait for its result; prints it."""
+    body = {"name": name, "input": _handler_input(raw_input)}
+    api = _api(ctx)
+    # The API waits up to a minute for the workflow to handle it.
+    api.client.timeout = httpx.Timeout(90)
+    reply = api.call("POST", f"/v1/workflows/executions/{execution_id}/updates", json=body)
+    _emit(reply, as_json, json.dumps(reply["result"]))
 
 
 def _event_time(nanoseconds: int) -> str:

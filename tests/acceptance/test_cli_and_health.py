@@ -10,7 +10,7 @@ from pathlib import Path
 import httpx
 
 from tests.acceptance.conftest import Stack, execution_id
-from tests.support import CHAINLINE
+from tests.support import CHAINLINE, wait_until
 
 
 def chainline(stack: Stack, *args: str) -> subprocess.CompletedProcess[str]:
@@ -133,3 +133,54 @@ def test_an_unreadable_input_file_is_one_line(stack: Stack, tmp_path: Path) -> N
     binary = chainline(stack, "run", "sequential-sum", "--input", f"@{tmp_path}/binary.json")
     assert binary.returncode == 2
     assert binary.stderr == f"Error: --input: cannot read {tmp_path}/binary.json: not UTF-8 text\n"
+
+
+def test_signal_query_update_cancel_and_terminate_from_the_cli(
+    stack: Stack, tmp_path: Path
+) -> None:
+    saga = chainline(
+        stack,
+        "run",
+        "approval-saga",
+        "--input",
+        json.dumps({"folder": str(tmp_path), "item": "cli", "wait_seconds": 120}),
+        "--json",
+    )
+    chosen = json.loads(saga.stdout)["execution_id"]
+    wait_until(
+        lambda: "TIMER_STARTED" in chainline(stack, "history", chosen).stdout,
+        timeout=30,
+        what="the saga to wait",
+    )
+    status = chainline(stack, "query", chosen, "status")
+    assert status.returncode == 0, status.stderr
+    assert json.loads(status.stdout) == {"decision": None, "notes": [], "limit": 100}
+    updated = chainline(stack, "update", chosen, "set-limit", "--input", '{"limit": 5}')
+    assert json.loads(updated.stdout) == {"old": 100, "new": 5}
+    rejected = chainline(stack, "update", chosen, "set-limit", "--input", '{"limit": -1}')
+    assert rejected.returncode == 1
+    assert rejected.stderr.strip().startswith("Error: HTTP 400 WF_1105: Update ")
+    assert "BadLimit: the limit must be positive" in rejected.stderr
+    sent = chainline(stack, "signal", chosen, "note", "--input", '{"text": "hi"}', "--json")
+    assert json.loads(sent.stdout) == {"message": "Signal accepted"}
+    unknown = chainline(stack, "signal", chosen, "approve")
+    assert unknown.returncode == 1 and "its signals: 'decide', 'note'" in unknown.stderr
+    not_object = chainline(stack, "signal", chosen, "note", "--input", "[1]")
+    assert not_object.returncode == 2 and "JSON object" in not_object.stderr
+    cancelled = chainline(stack, "cancel", chosen)
+    assert (
+        cancelled.returncode == 0 and cancelled.stdout.strip() == f"cancel requested for {chosen}"
+    )
+
+    sleeper = chainline(
+        stack, "run", "sleeper", "--input", json.dumps({"folder": str(tmp_path), "seconds": 600})
+    )
+    other = sleeper.stdout.split()[1]
+    assert chainline(stack, "terminate", other).returncode == 0
+    assert json.loads(chainline(stack, "get", other, "--json").stdout)["status"] == "TERMINATED"
+    again = chainline(stack, "terminate", other)
+    assert again.returncode == 1
+    assert again.stderr.strip() == (
+        f"Error: HTTP 409 WF_1102: Execution '{other}' is TERMINATED: it takes no terminate"
+    )
+    assert "Traceback" not in again.stderr + unknown.stderr + rejected.stderr
