@@ -8,7 +8,7 @@ run checks that answers match them.
 from __future__ import annotations
 
 from datetime import datetime
-from typing import Any
+from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
@@ -68,7 +68,9 @@ class UpdateResult(BaseModel):
 
 
 class BatchExecutionBody(BaseModel):
-    execution_ids: list[str] = Field(max_length=1000)
+    execution_ids: list[Annotated[str, Field(pattern=EXECUTION_ID_PATTERN)]] = Field(
+        max_length=1000
+    )
 
 
 class BatchExecutionResult(BaseModel):
