@@ -491,3 +491,62 @@ class QueryMisuse:
     def sneaky(self) -> str:
         add(1, 2)  # a query may not schedule anything
         return "should not get here"
+
+
+# Heartbeats.
+
+
+@workflows.activity(
+    start_to_close_timeout=timedelta(seconds=60),
+    heartbeat_timeout=timedelta(seconds=2),
+    retry_policy_max_attempts=3,
+    retry_policy_initial_interval=FAST_RETRY,
+)
+def beating(folder: str, beats: int) -> str:
+    """Heartbeats `beats` times with its progress, then returns; the first attempt, once
+    past its beats, goes silent (hangs) until the test's "release" file appears. Whether
+    cancelled or not, says in "cleaned-<call>" that its finally block ran."""
+    call = _count_call(folder, "calls-beating")
+    try:
+        (Path(folder) / "started").write_text(str(os.getpid()))
+        for done in range(beats):
+            workflows.activity_heartbeat({"done": done + 1})
+            time.sleep(0.05)
+        if call == 1:
+            _wait_for(Path(folder) / "release", 50)
+        return f"call {call} beat {beats} times"
+    finally:
+        (Path(folder) / f"cleaned-{call}").write_text("cleaned")
+
+
+@workflows.activity(
+    start_to_close_timeout=timedelta(seconds=60),
+    heartbeat_timeout=timedelta(seconds=5),
+    retry_policy_max_attempts=1,
+)
+def beating_until_cancelled(folder: str) -> str:
+    """Heartbeats until told to stop (the heartbeat raises), then cleans up."""
+    try:
+        (Path(folder) / "started").write_text(str(os.getpid()))
+        for _ in range(1000):
+            workflows.activity_heartbeat("working")
+            time.sleep(0.05)
+        return "never cancelled"
+    finally:
+        (Path(folder) / "cleaned").write_text("cleaned")
+
+
+@workflows.workflow.define(name="heartbeats", execution_timeout=timedelta(minutes=5))
+class Heartbeating:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str, beats: int) -> str:
+        result: str = await beating(folder, beats)
+        return result
+
+
+@workflows.workflow.define(name="heartbeat-cancel", execution_timeout=timedelta(minutes=5))
+class HeartbeatCancel:
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str) -> str:
+        result: str = await beating_until_cancelled(folder)
+        return result

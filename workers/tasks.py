@@ -9,6 +9,7 @@ from celery import Task
 from celery.exceptions import Ignore
 
 from app.engine.activities.claim import NotClaimed, claim
+from app.engine.activities.heartbeat import Heartbeats
 from app.engine.activities.outcome import record_outcome
 from app.engine.activities.run import run_attempt
 from app.engine.dispatch import FollowUp
@@ -78,7 +79,12 @@ def run_activity_message(task: Task[Any, Any], run_id: str, seq: int, activity_n
         if attempt.retry_in is not None:
             _again_in(task, attempt.retry_in)
         return attempt.reason
-    follow_up = record_outcome(engine, registry, attempt, run_attempt(attempt))
+    heartbeats = Heartbeats(engine, attempt)
+    try:
+        outcome = run_attempt(attempt, heartbeats)
+    finally:
+        heartbeats.close()
+    follow_up = record_outcome(engine, registry, attempt, outcome)
     if follow_up.advanced or follow_up.failure is not None:
         # The workflow task already ran inline, or the next attempt went out with its
         # own: the chained one would find nothing to do.

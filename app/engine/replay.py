@@ -54,6 +54,7 @@ class ScheduleActivity:
     input_digest: str
     start_to_close_seconds: float
     retry_policy: RetryPolicy
+    heartbeat_timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -146,6 +147,11 @@ class _ActivityCall:
             input_digest=digest(data),
             start_to_close_seconds=definition.start_to_close_timeout.total_seconds(),
             retry_policy=definition.retry_policy,
+            heartbeat_timeout_seconds=(
+                None
+                if definition.heartbeat_timeout is None
+                else definition.heartbeat_timeout.total_seconds()
+            ),
         )
 
 

@@ -112,11 +112,19 @@ def record_activity_success(
             "result": ev.payload(result),
             "seq": activity.seq,
             "attempt": activity.attempt,
+            **_heartbeat(activity),
         },
         dedup_key=f"activity:{activity.seq}:outcome",
     )
     step.activity_changes.append(ActivityChange(activity.seq, ActivityState.COMPLETED))
     step.workflow_task = "due"
+
+
+def _heartbeat(activity: ActivityRow) -> dict[str, Any]:
+    """What the attempt's last heartbeat reported, for its outcome's event."""
+    if activity.heartbeat_details is None:
+        return {}
+    return {"last_heartbeat_details": ev.payload(activity.heartbeat_details)}
 
 
 def record_activity_failure(
@@ -133,6 +141,7 @@ def record_activity_failure(
         "attempt": activity.attempt,
         "failure": failure,
         "seq": activity.seq,
+        **_heartbeat(activity),
     }
     if delay is None:
         step.record(

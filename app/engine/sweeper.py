@@ -3,7 +3,8 @@ are enforced within a sweep interval however busy the workers are.
 
 Each sweep:
 - closes runs past their execution deadline TIMED_OUT, stopping their attempts;
-- times out attempts past their start-to-close deadline, and retries them by policy;
+- times out attempts past their start-to-close deadline, or whose heartbeats stopped
+  for longer than their heartbeat timeout, and retries them by policy;
 - sends again the messages of work that has waited too long for one (a lost message,
   or a crash between a commit and its publish).
 
@@ -33,7 +34,11 @@ BATCH = 100
 
 def sweep(engine: Engine, *, stalled_after_seconds: float) -> list[FollowUp]:
     """One sweep; returns what to send and stop."""
-    follow_ups = [*_time_out_runs(engine), *_time_out_attempts(engine)]
+    follow_ups = [
+        *_time_out_runs(engine),
+        *_time_out_attempts(engine),
+        *_time_out_attempts(engine, heartbeat=True),
+    ]
     follow_ups.extend(_resend_stalled(engine, stalled_after_seconds))
     return follow_ups
 
@@ -53,13 +58,17 @@ def _time_out_runs(engine: Engine) -> list[FollowUp]:
     return follow_ups
 
 
-def _time_out_attempts(engine: Engine) -> list[FollowUp]:
+def _time_out_attempts(engine: Engine, *, heartbeat: bool = False) -> list[FollowUp]:
+    """Attempts past their start-to-close deadline, or (`heartbeat`) their heartbeat's."""
     with autocommit(engine) as tx:
-        late = sweeps.late_attempts(tx, limit=BATCH)
+        if heartbeat:
+            late = sweeps.late_heartbeats(tx, limit=BATCH)
+        else:
+            late = sweeps.late_attempts(tx, limit=BATCH)
     follow_ups = []
     for run_id, seq in late:
         try:
-            follow_up = time_out_attempt(engine, run_id, seq)
+            follow_up = time_out_attempt(engine, run_id, seq, heartbeat=heartbeat)
         except IllegalTransition:
             log.warning("run %s changed while its attempt was timed out; next sweep", run_id)
             continue

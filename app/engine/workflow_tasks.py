@@ -275,6 +275,7 @@ def _schedule(step: Step, activity: ScheduleActivity, *, abandoned: bool) -> Non
             "input": ev.payload(activity.input),
             "input_digest": activity.input_digest,
             "start_to_close_seconds": activity.start_to_close_seconds,
+            "heartbeat_timeout_seconds": activity.heartbeat_timeout_seconds,
             "retry_policy": activity.retry_policy.to_json(),
         },
     )
@@ -287,6 +288,7 @@ def _schedule(step: Step, activity: ScheduleActivity, *, abandoned: bool) -> Non
             state=ActivityState.ABANDONED if abandoned else ActivityState.SCHEDULED,
             retry_policy=activity.retry_policy.to_json(),
             start_to_close_seconds=activity.start_to_close_seconds,
+            heartbeat_timeout_seconds=activity.heartbeat_timeout_seconds,
         )
     )
 

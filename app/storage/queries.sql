@@ -84,6 +84,8 @@ SELECT clock_timestamp() AS now,
        a.seq, a.activity_name, a.state, a.attempt, a.retry_policy,
        a.start_to_close_seconds, a.worker_task_id,
        a.attempt_deadline <= clock_timestamp() AS attempt_late,
+       a.heartbeat_deadline <= clock_timestamp() AS heartbeat_late,
+       a.heartbeat_details,
        CASE WHEN %(with_history)s::boolean THEN (
            SELECT json_agg(json_build_array(h.event_id, h.event_type, h.attributes)
                            ORDER BY h.event_id)
@@ -111,12 +113,12 @@ WITH appended AS (
          AS e(event_id int, event_type text, attributes jsonb, dedup_key text)
 ), inserted AS (
     INSERT INTO activities (run_id, seq, activity_name, input, state, retry_policy,
-                            start_to_close_seconds, scheduled_at)
+                            start_to_close_seconds, heartbeat_timeout_seconds, scheduled_at)
     SELECT %(run_id)s, n.seq, n.activity_name, n.input, n.state, n.retry_policy,
-           n.start_to_close_seconds, clock_timestamp()
+           n.start_to_close_seconds, n.heartbeat_timeout_seconds, clock_timestamp()
     FROM jsonb_to_recordset(%(new_activities)s::jsonb)
          AS n(seq int, activity_name text, input jsonb, state text, retry_policy jsonb,
-              start_to_close_seconds float8)
+              start_to_close_seconds float8, heartbeat_timeout_seconds float8)
 ), changes AS (
     SELECT * FROM jsonb_to_recordset(%(activity_changes)s::jsonb)
          AS c(seq int, from_states text[], state text, attempt int, retry_in_seconds float8)
@@ -126,21 +128,24 @@ WITH appended AS (
         attempt = coalesce(c.attempt, a.attempt),
         next_attempt_at = clock_timestamp() + make_interval(secs => c.retry_in_seconds),
         worker_task_id = NULL,
-        attempt_deadline = NULL
+        attempt_deadline = NULL,
+        heartbeat_deadline = NULL
     FROM changes c
     WHERE a.run_id = %(run_id)s AND a.seq = c.seq AND a.state = ANY(c.from_states)
     RETURNING a.seq
 ), stopping AS (
-    -- Read before the changes (the statement's snapshot), so with their task ids.
+    -- Read before the changes (the statement's snapshot), so with their task ids. An
+    -- activity that heartbeats is told by its next heartbeat instead, to clean up.
     SELECT a.worker_task_id FROM activities a
     WHERE a.run_id = %(run_id)s AND a.state = 'STARTED'
+      AND a.heartbeat_timeout_seconds IS NULL
       AND CASE WHEN a.seq IN (SELECT seq FROM changes)
                THEN (SELECT c.state FROM changes c WHERE c.seq = a.seq) = 'ABANDONED'
                ELSE %(abandon_in_flight)s::boolean END
 ), abandoned AS (
     UPDATE activities
     SET state = 'ABANDONED', worker_task_id = NULL, attempt_deadline = NULL,
-        next_attempt_at = NULL
+        next_attempt_at = NULL, heartbeat_deadline = NULL
     WHERE %(abandon_in_flight)s::boolean AND run_id = %(run_id)s
       AND state IN ('SCHEDULED', 'STARTED', 'BACKING_OFF')
       AND seq NOT IN (SELECT seq FROM changes)
@@ -199,7 +204,9 @@ WITH run AS MATERIALIZED (
     SET state = 'STARTED',
         worker_task_id = %(task_id)s,
         attempt_deadline = clock_timestamp() + make_interval(secs => a.start_to_close_seconds),
-        next_attempt_at = NULL
+        next_attempt_at = NULL,
+        heartbeat_deadline =
+            clock_timestamp() + make_interval(secs => a.heartbeat_timeout_seconds)
     FROM run
     WHERE a.run_id = run.run_id AND a.seq = %(seq)s
       AND a.activity_name = %(activity_name)s
@@ -248,6 +255,25 @@ SELECT a.seq, a.activity_name, a.start_to_close_seconds,
            AS countdown
 FROM activities a
 WHERE a.run_id = %(run_id)s AND a.state IN ('SCHEDULED', 'BACKING_OFF');
+
+-- name: late_heartbeats
+-- Running attempts whose last heartbeat is older than their heartbeat timeout.
+SELECT run_id, seq FROM activities
+WHERE state = 'STARTED' AND heartbeat_deadline <= clock_timestamp()
+ORDER BY heartbeat_deadline
+LIMIT %(limit)s;
+
+-- name: record_heartbeat
+-- A running attempt reports that it is alive, with its details: its heartbeat deadline
+-- moves on. No row back: the attempt is no longer current (cancelled, its run closed,
+-- or timed out), and is to stop.
+UPDATE activities
+SET heartbeat_deadline =
+        clock_timestamp() + make_interval(secs => heartbeat_timeout_seconds),
+    heartbeat_details = %(details)s
+WHERE run_id = %(run_id)s AND seq = %(seq)s AND state = 'STARTED'
+  AND worker_task_id = %(task_id)s
+RETURNING 1;
 
 -- name: overdue_runs
 -- Open runs past their deadline, oldest deadline first.

@@ -48,6 +48,10 @@ class ActivityRow:
     worker_task_id: str | None
     # Whether a running attempt's start-to-close deadline has passed.
     attempt_late: bool
+    # Whether a running attempt's heartbeat deadline has passed.
+    heartbeat_late: bool = False
+    # What the attempt's last heartbeat reported (None: it never did).
+    heartbeat_details: Any = None
 
 
 @dataclass(frozen=True)
@@ -110,7 +114,8 @@ def lock_run_state(
 
 
 def _activity(columns: list[Any]) -> ActivityRow:
-    seq, name, state, attempt, retry_policy, start_to_close, task_id, late = columns
+    seq, name, state, attempt, retry_policy, start_to_close, task_id, late, *heartbeat = columns
+    heartbeat_late, heartbeat_details = heartbeat
     return ActivityRow(
         seq=seq,
         activity_name=name,
@@ -120,6 +125,8 @@ def _activity(columns: list[Any]) -> ActivityRow:
         start_to_close_seconds=start_to_close,
         worker_task_id=task_id,
         attempt_late=bool(late),
+        heartbeat_late=bool(heartbeat_late),
+        heartbeat_details=heartbeat_details,
     )
 
 
@@ -139,6 +146,7 @@ class NewActivity:
     state: ActivityState
     retry_policy: dict[str, Any]
     start_to_close_seconds: float
+    heartbeat_timeout_seconds: float | None = None
 
 
 @dataclass(frozen=True)
@@ -229,6 +237,7 @@ def write_step(tx: Transaction, step: Step) -> list[str]:
                         "state": a.state.value,
                         "retry_policy": a.retry_policy,
                         "start_to_close_seconds": a.start_to_close_seconds,
+                        "heartbeat_timeout_seconds": a.heartbeat_timeout_seconds,
                     }
                     for a in step.new_activities
                 ]
@@ -301,3 +310,11 @@ def read_keyed_event(tx: Transaction, run_id: uuid.UUID, dedup_key: str) -> Keye
 def read_random_seed(tx: Transaction, run_id: uuid.UUID) -> int | None:
     row = tx.fetch_one("read_random_seed", {"run_id": run_id})
     return None if row is None else int(row[0])
+
+
+def record_heartbeat(
+    tx: Transaction, run_id: uuid.UUID, seq: int, task_id: str, details: Any
+) -> bool:
+    """Move the attempt's heartbeat deadline on; False if it is no longer current."""
+    params = {"run_id": run_id, "seq": seq, "task_id": task_id, "details": Jsonb(details)}
+    return tx.fetch_one("record_heartbeat", params) is not None

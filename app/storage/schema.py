@@ -139,6 +139,12 @@ activities = Table(
     Column("attempt_deadline", DateTime(timezone=True), nullable=True),
     # While BACKING_OFF: when the next attempt may start.
     Column("next_attempt_at", DateTime(timezone=True), nullable=True),
+    # An activity with a heartbeat timeout: a running attempt must heartbeat by
+    # `heartbeat_deadline` (Postgres's clock), or it is failed as HeartbeatTimeout.
+    Column("heartbeat_timeout_seconds", Float, nullable=True),
+    Column("heartbeat_deadline", DateTime(timezone=True), nullable=True),
+    # What the last heartbeat reported, kept for history.
+    Column("heartbeat_details", JSONB, nullable=True),
     PrimaryKeyConstraint("run_id", "seq", name="activities_pkey"),
     CheckConstraint(f"state IN ({ACTIVITY_STATES_SQL})", name="activities_state_valid"),
     CheckConstraint(
@@ -156,6 +162,11 @@ Index(
     "activities_started_by_deadline",
     activities.c.attempt_deadline,
     postgresql_where=text("state = 'STARTED'"),
+)
+Index(
+    "activities_started_by_heartbeat_deadline",
+    activities.c.heartbeat_deadline,
+    postgresql_where=text("state = 'STARTED' AND heartbeat_deadline IS NOT NULL"),
 )
 Index(
     "activities_scheduled_since",

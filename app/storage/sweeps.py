@@ -21,6 +21,10 @@ def late_attempts(tx: Transaction, *, limit: int) -> list[tuple[uuid.UUID, int]]
     return [(row[0], row[1]) for row in tx.fetch_all("late_attempts", {"limit": limit})]
 
 
+def late_heartbeats(tx: Transaction, *, limit: int) -> list[tuple[uuid.UUID, int]]:
+    return [(row[0], row[1]) for row in tx.fetch_all("late_heartbeats", {"limit": limit})]
+
+
 def rearm_stalled_workflow_tasks(
     tx: Transaction, *, stalled_seconds: float, limit: int
 ) -> list[uuid.UUID]:

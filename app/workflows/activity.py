@@ -54,8 +54,8 @@ def activity(
         no_effect("sticky_to_worker", "every worker may run every attempt")
     if rate_limit is not None:
         no_effect("rate_limit", "activities are not rate-limited yet")
-    if heartbeat_timeout is not None:
-        no_effect("heartbeat_timeout", "heartbeats are not supported yet")
+    if heartbeat_timeout is not None and not heartbeat_timeout.total_seconds() > 0:
+        raise ValueError(f"heartbeat_timeout must be positive, not {heartbeat_timeout!r}")
     default = RetryPolicy()
     policy = RetryPolicy(
         max_attempts=retry_policy_max_attempts or default.max_attempts,
@@ -81,6 +81,7 @@ def activity(
             fn=fn,
             start_to_close_timeout=start_to_close_timeout,
             retry_policy=policy,
+            heartbeat_timeout=heartbeat_timeout,
         )
         registry.add_activity(definition)
 

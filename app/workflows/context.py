@@ -37,6 +37,10 @@ current_runtime: ContextVar[WorkflowRuntime | None] = ContextVar(
 current_activity_execution_id: ContextVar[str | None] = ContextVar(
     "chainline_activity_execution_id", default=None
 )
+# Set while an activity attempt runs: reports its heartbeats (app/engine/activities).
+current_heartbeat: ContextVar[Callable[[tuple[Any, ...]], None] | None] = ContextVar(
+    "chainline_activity_heartbeat", default=None
+)
 
 
 class NotInWorkflow(RuntimeError):

@@ -47,6 +47,8 @@ class ActivityDefinition:
     fn: Callable[..., Any]
     start_to_close_timeout: timedelta
     retry_policy: RetryPolicy
+    # How long a running attempt may go without `workflows.activity_heartbeat()`.
+    heartbeat_timeout: timedelta | None = None
 
     @property
     def is_async(self) -> bool:

@@ -277,3 +277,40 @@ def test_a_signal_to_a_closed_execution_is_refused_with_its_status(
         }
     query = http.post(f"/v1/workflows/executions/{execution_id}/queries", json={"name": "status"})
     assert query.status_code == 200 and query.json()["result"]["decision"] is None
+
+
+def test_an_attempt_that_stops_heartbeating_is_retried_without_waiting_for_its_deadline(
+    http: httpx.Client, tmp_path: Path
+) -> None:
+    started = start(http, "heartbeats", {"folder": str(tmp_path), "beats": 3})
+    # The first attempt beats, then hangs (its start-to-close timeout is 60 s); its 2 s
+    # heartbeat timeout fails it, and the second attempt returns.
+    final = wait_for_end(http, started["execution_id"], timeout=30)
+    assert final["status"] == "COMPLETED", final
+    assert final["result"] == "call 2 beat 3 times"
+    (retrying,) = [
+        e["attributes"]
+        for e in history(http, started["execution_id"])
+        if e["event_type"] == "ACTIVITY_TASK_RETRYING"
+    ]
+    assert retrying["failure"]["type"] == "HeartbeatTimeout"
+    assert retrying["last_heartbeat_details"]["value"] == [{"done": 3}]
+    assert final["total_duration_ms"] < 30_000
+
+
+@pytest.mark.parametrize("verb", ["cancel", "terminate"])
+def test_cancel_and_terminate_reach_a_heartbeating_activity_which_cleans_up(
+    client: Mistral, http: httpx.Client, tmp_path: Path, verb: str
+) -> None:
+    started = start(http, "heartbeat-cancel", {"folder": str(tmp_path)})
+    execution_id = started["execution_id"]
+    wait_until(lambda: (tmp_path / "started").exists(), timeout=30, what="the activity")
+    if verb == "cancel":
+        client.workflows.executions.cancel_workflow_execution(execution_id=execution_id)
+    else:
+        client.workflows.executions.terminate_workflow_execution(execution_id=execution_id)
+    # Its next heartbeat raised, and its finally block ran (it was not killed).
+    wait_until(lambda: (tmp_path / "cleaned").exists(), timeout=30, what="the clean-up")
+    final = wait_for_end(http, execution_id)
+    assert final["status"] == {"cancel": "CANCELED", "terminate": "TERMINATED"}[verb]
+    assert "ACTIVITY_TASK_COMPLETED" not in types(history(http, execution_id))

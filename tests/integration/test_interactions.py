@@ -13,10 +13,12 @@ from sqlalchemy import Engine, text
 
 from app.engine import interactions
 from app.engine.activities.claim import Attempt, claim
+from app.engine.activities.heartbeat import AttemptCancelled, Heartbeats
 from app.engine.activities.outcome import record_outcome
 from app.engine.activities.run import run_attempt
 from app.engine.dispatch import ActivityDispatch, FollowUp
 from app.engine.executions import get_execution, get_history, insert_execution
+from app.engine.sweeper import sweep
 from app.engine.timers import fire_timers
 from app.engine.workflow_tasks import run_workflow_task
 from app.errors import ExecutionClosed, HandlerNotFound, QueryFailed
@@ -347,3 +349,58 @@ def test_a_query_may_not_schedule_work(engine: Engine, registry: Registry) -> No
     run_workflow_task(engine, registry, record.run_id)
     with pytest.raises(QueryFailed, match="may not call activity"):
         interactions.query(engine, registry, record, "sneaky", None)
+
+
+def test_heartbeat_details_are_kept_in_the_outcome_event(
+    engine: Engine, registry: Registry, tmp_path: Path
+) -> None:
+    (tmp_path / "calls-beating").write_text("earlier\n")  # not the hanging first call
+    record = _start(engine, registry, "heartbeats", {"folder": str(tmp_path), "beats": 3})
+    (beating,) = _activities(run_workflow_task(engine, registry, record.run_id))
+    attempt = _claim(engine, registry, beating)
+    heartbeats = Heartbeats(engine, attempt)
+    heartbeats.every = 0  # write every beat
+    outcome = run_attempt(attempt, heartbeats)
+    assert record_outcome(engine, registry, attempt, outcome).reason == "completed"
+    completed = next(a for t, a in _events(engine, record) if t == ev.ACTIVITY_TASK_COMPLETED)
+    assert completed["last_heartbeat_details"] == {"type": "json", "value": [{"done": 3}]}
+
+
+def test_an_attempt_whose_heartbeats_stop_is_failed_and_retried(
+    engine: Engine, registry: Registry, tmp_path: Path
+) -> None:
+    record = _start(engine, registry, "heartbeats", {"folder": str(tmp_path), "beats": 1})
+    (beating,) = _activities(run_workflow_task(engine, registry, record.run_id))
+    attempt = _claim(engine, registry, beating)
+    Heartbeats(engine, attempt)(("still here",))
+    assert not sweep(engine, stalled_after_seconds=60)  # its heartbeat is fresh
+    with engine.begin() as conn:
+        conn.execute(
+            text("UPDATE activities SET heartbeat_deadline = now() WHERE run_id = :r"),
+            {"r": record.run_id},
+        )
+    stopped = {t for f in sweep(engine, stalled_after_seconds=60) for t in f.stop_task_ids}
+    assert stopped == {attempt.task_id}
+    retrying = next(a for t, a in _events(engine, record) if t == ev.ACTIVITY_TASK_RETRYING)
+    assert retrying["failure"]["type"] == "HeartbeatTimeout"
+    assert retrying["last_heartbeat_details"]["value"] == ["still here"]
+    with pytest.raises(AttemptCancelled):
+        Heartbeats(engine, attempt)(())
+
+
+def test_cancel_reaches_a_heartbeating_attempt_through_its_heartbeat(
+    engine: Engine, registry: Registry, tmp_path: Path
+) -> None:
+    record = _start(engine, registry, "heartbeat-cancel", {"folder": str(tmp_path)})
+    (beating,) = _activities(run_workflow_task(engine, registry, record.run_id))
+    attempt = _claim(engine, registry, beating)
+    heartbeats = Heartbeats(engine, attempt)
+    heartbeats.every = 0  # write every beat
+    heartbeats(())
+    interactions.cancel(engine, record.execution_id)
+    follow_up = run_workflow_task(engine, registry, record.run_id)
+    # Not revoked: told by its next heartbeat, so that it can clean up.
+    assert follow_up.stop_task_ids == ()
+    assert get_execution(engine, record.execution_id).status is ExecutionStatus.CANCELED
+    with pytest.raises(AttemptCancelled):
+        heartbeats(())

@@ -231,23 +231,34 @@ def record_lost_attempt(
         return _fail_running_attempt(tx, state, task_id, outcome)
 
 
-def time_out_attempt(engine: Engine, run_id: uuid.UUID, seq: int) -> FollowUp | None:
-    """The sweeper's: fail an attempt past its start-to-close deadline, and stop it (its
-    worker should have at its time limit; a pool that cannot, threads, has not). None
-    when someone holds the run, or the attempt reported meanwhile."""
+def time_out_attempt(
+    engine: Engine, run_id: uuid.UUID, seq: int, *, heartbeat: bool = False
+) -> FollowUp | None:
+    """The sweeper's: fail an attempt past its start-to-close deadline (or, `heartbeat`,
+    its heartbeat deadline), and stop it (its worker should have at its time limit; a
+    pool that cannot, threads, has not; a hung attempt never will). None when someone
+    holds the run, or the attempt reported meanwhile."""
     with transaction(engine) as tx:
         state = lock_run_state(tx, run_id, seq=seq, unless_busy=True)
         activity = state.activity if state is not None else None
-        if state is None or activity is None or not activity.attempt_late:
+        if state is None or activity is None:
+            return None
+        if not (activity.heartbeat_late if heartbeat else activity.attempt_late):
             return None
         task_id = activity.worker_task_id
         if activity.state is not ActivityState.STARTED or task_id is None:
             return None
-        outcome = failed(
-            "StartToCloseTimeout",
-            f"attempt {activity.attempt} did not report before its start_to_close deadline"
-            f" ({activity.start_to_close_seconds:g}s)",
-        )
+        if heartbeat:
+            outcome = failed(
+                "HeartbeatTimeout",
+                f"attempt {activity.attempt} sent no heartbeat within its heartbeat_timeout",
+            )
+        else:
+            outcome = failed(
+                "StartToCloseTimeout",
+                f"attempt {activity.attempt} did not report before its start_to_close"
+                f" deadline ({activity.start_to_close_seconds:g}s)",
+            )
         follow_up = _fail_running_attempt(tx, state, task_id, outcome)
     return replace(follow_up, stop_task_ids=(task_id,))
 

@@ -8,6 +8,7 @@ failing every write of it.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -17,7 +18,7 @@ from app.engine.time_limits import Limit, StartToCloseTimeout
 from app.errors import InvalidPayload, PayloadTooLarge
 from app.model import events as ev
 from app.model.payloads import encode, storable_text
-from app.workflows.context import current_activity_execution_id
+from app.workflows.context import current_activity_execution_id, current_heartbeat
 from app.workflows.errors import WorkflowError
 
 
@@ -39,22 +40,29 @@ def failed(error_type: str, message: str, *, retryable: bool = True) -> Failed:
     return Failed(ev.failure(error_type, storable_text(message)), retryable)
 
 
-def run_attempt(attempt: Attempt) -> Outcome:
-    """Call the activity's function; what came of it."""
+def run_attempt(
+    attempt: Attempt, heartbeat: Callable[[tuple[Any, ...]], None] | None = None
+) -> Outcome:
+    """Call the activity's function (its heartbeats go to `heartbeat`); what came of it."""
     definition = attempt.definition
     limit = Limit(attempt.seconds_left)
     token = current_activity_execution_id.set(attempt.execution_id)
+    heartbeat_token = current_heartbeat.set(heartbeat)
     try:
         with limit.enforced(StartToCloseTimeout):
             value = _call(attempt)
     except StartToCloseTimeout:
         pass
+    except asyncio.CancelledError as exc:
+        # Told so by a heartbeat: the attempt is no longer current; nothing is recorded.
+        return failed("ActivityCancelled", str(exc), retryable=False)
     except WorkflowError as exc:
         return failed(exc.type, exc.message, retryable=not exc.non_retryable)
     except Exception as exc:
         if not limit.expired:
             return failed(type(exc).__name__, str(exc))
     finally:
+        current_heartbeat.reset(heartbeat_token)
         current_activity_execution_id.reset(token)
     if limit.expired:
         return failed(
