@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import asyncio
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -202,21 +201,3 @@ def test_a_history_without_the_timer_the_code_starts_is_non_determinism() -> Non
     ]
     with pytest.raises(NonDeterminismError, match="timer #1"):
         _replay(history, _registry())
-
-
-def test_asyncio_sleep_in_workflow_code_points_to_the_durable_timer() -> None:
-    @workflows.workflow.define(name="unit-asyncio-sleep")
-    class AsyncioSleep:
-        @workflows.workflow.entrypoint
-        async def run(self) -> None:
-            await asyncio.sleep(1)
-
-    outcome = Replayer(
-        definition=_registry().workflow("unit-asyncio-sleep"),
-        registry=_registry(),
-        execution_id="e",
-        random_seed=1,
-        history=[HistoryEvent(1, ev.WORKFLOW_EXECUTION_STARTED, {"input": ev.payload({})})],
-    ).replay(now=T0)
-    (failed,) = outcome.commands
-    assert "workflows.workflow.sleep()" in failed.message  # type: ignore[union-attr]

@@ -322,3 +322,4 @@ def test_asyncio_timers_fail_the_workflow_with_a_clear_message() -> None:
     (command,) = replay("unit-asyncio-sleep", [started(None)]).commands
     assert isinstance(command, FailWorkflow)
     assert command.error_type == "RuntimeError" and "not replay-safe" in command.message
+    assert "workflows.workflow.sleep()" in command.message  # what to use instead
