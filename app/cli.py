@@ -470,6 +470,15 @@ def dev(data_dir: Path, host: str, port: int, flower_port: int) -> None:
 @click.option("--pool", default="prefork", show_default=True, help="Celery worker pool.")
 @click.option("--preload-events", default=0, help="Fill the history with this many events first.")
 @click.option(
+    "--interaction-samples",
+    default=30,
+    show_default=True,
+    help="Signals, queries, updates, cancels and terminates measured, each.",
+)
+@click.option(
+    "--sleepers", default=1000, show_default=True, help="Executions whose timers fall due at once."
+)
+@click.option(
     "--peer/--no-peer",
     default=True,
     show_default=True,
@@ -492,6 +501,8 @@ def bench(
     concurrency: int,
     pool: str,
     preload_events: int,
+    interaction_samples: int,
+    sleepers: int,
     peer: bool,
     dbos_concurrency: str,
     json_path: Path | None,
@@ -514,6 +525,8 @@ def bench(
         concurrency=concurrency,
         pool=pool,
         preload_events=preload_events,
+        interaction_samples=interaction_samples,
+        sleepers=sleepers,
         peer=peer,
         dbos_concurrency=tuple(int(level) for level in dbos_concurrency.split(",")),
     )

@@ -30,6 +30,7 @@ import psutil
 import psycopg
 import redis
 
+from app.devtools.bench_interactions import InteractionConfig, Interactions
 from app.processes import with_scripts_on_path
 from app.settings import REDIS_BROKER_SCHEMES, libpq_url
 from app.storage.queries import QUERIES
@@ -59,6 +60,10 @@ class BenchConfig:
     # DBOS worker concurrencies tried before the rounds; the fastest runs in them.
     dbos_concurrency: tuple[int, ...] = (1, 2, 4, 8)
     dbos_sweep_rounds: int = 2
+    # Signals, queries, updates, cancels and terminates measured, each.
+    interaction_samples: int = 30
+    # Executions whose timers fall due at once (timer lateness).
+    sleepers: int = 1000
 
 
 @dataclass
@@ -402,6 +407,21 @@ def _run_contenders(
     _wait_idle(probe, stack, config.timeout)
     report["latency"] = _latency(stack, config)
     report["api"] = _api_load(stack, probe, config)
+    log("measuring signals, queries, updates, cancel, terminate and timers ...")
+    interactions = Interactions(
+        stack.api_url,
+        servers.database_url,
+        InteractionConfig(
+            samples=config.interaction_samples,
+            sleepers=config.sleepers,
+            busy_processes=config.concurrency,
+            timeout=config.timeout,
+        ),
+    )
+    try:
+        report["interactions"] = interactions.measure()
+    finally:
+        interactions.close()
     return report
 
 
@@ -739,6 +759,16 @@ TARGETS: dict[tuple[str, str], str | None] = {
     ("latency", "p50_ms"): "< 30",
     ("latency", "p99_ms"): "< 100",
 }
+# (path in report["interactions"], target in ms)
+INTERACTION_TARGETS: list[tuple[str, str, str]] = [
+    ("signal_to_activity_scheduled", "p50_ms", "< 20"),
+    ("signal_to_activity_scheduled", "p99_ms", "< 60"),
+    ("query", "p50_ms", "< 15"),
+    ("update_round_trip", "p50_ms", "< 40"),
+    ("cancel_to_closed", "p99_ms", "< 1000"),
+    ("terminate_to_closed", "p99_ms", "< 1000"),
+    ("cancel_to_closed_all_workers_busy", "p99_ms", "< 1000"),
+]
 CONTENDERS = ("raw_celery", "durable_limit", "sequential", "fan_out", "dbos")
 
 
@@ -789,7 +819,22 @@ def format_report(report: dict[str, Any]) -> str:
         value = report[section].get(key)
         shown = "not measured" if value is None else f"{value:.2f}"
         lines.append(f"  {section}.{key} = {shown}" + (f" (target {target})" if target else ""))
+    lines.extend(_format_interactions(report["interactions"]))
     return "\n".join(lines)
+
+
+def _format_interactions(found: dict[str, Any]) -> list[str]:
+    lines = ["", "talking to live executions (ms):"]
+    for name, key, target in INTERACTION_TARGETS:
+        lines.append(f"  {name}.{key} = {found[name][key]:.1f} (target {target})")
+    timers = found["timers"]
+    lines.append(
+        f"  timers: {timers['executions']} due at once, fired late by p50"
+        f" {timers['fired_late']['p50_ms']:.0f} ms, p99 {timers['fired_late']['p99_ms']:.0f} ms"
+        " (target p99 < 1000)"
+    )
+    lines.append(f"  (the query ran on a history of {found['query']['history_events']} events)")
+    return lines
 
 
 def write_json(report: dict[str, Any], path: Path) -> None:

@@ -25,6 +25,15 @@ REQUIRED = [
     ("latency", "p50_ms"),
     ("latency", "p99_ms"),
 ]
+INTERACTIONS = [
+    "signal_to_activity_scheduled",
+    "signal_request",
+    "query",
+    "update_round_trip",
+    "cancel_to_closed",
+    "terminate_to_closed",
+    "cancel_to_closed_all_workers_busy",
+]
 # The DBOS Transact peer runs when the bench extra is installed, as it is in CI.
 PEER_INSTALLED = importlib.util.find_spec("dbos") is not None
 PEER_REQUIRED = [
@@ -62,6 +71,10 @@ def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
             "0",
             "--dbos-concurrency",
             "1,4",
+            "--interaction-samples",
+            "3",
+            "--sleepers",
+            "20",
             "--json",
             str(report_path),
         ],
@@ -77,6 +90,14 @@ def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
         value = report[section][key]
         assert isinstance(value, float) and value > 0, (section, key, value)
     assert report["sequential"]["celery_messages_per_activity"] > 0
+    interactions = report["interactions"]
+    for name in INTERACTIONS:
+        assert interactions[name]["samples"] == 3, name
+        assert 0 < interactions[name]["p50_ms"] <= interactions[name]["p99_ms"], name
+    assert interactions["query"]["history_events"] > 10
+    assert interactions["timers"]["executions"] == 20
+    assert interactions["timers"]["fired_late"]["samples"] == 20
+    assert "signal_to_activity_scheduled.p50_ms" in done.stdout
     assert set(report["sequential"]["cpu_seconds"]) >= {"worker", "api", "postgres", "redis"}
     if PEER_INSTALLED:
         assert "sequential.ratio_to_dbos" in done.stdout
