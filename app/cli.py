@@ -18,6 +18,7 @@ import httpx
 
 from app.processes import (
     make_current_folder_importable,
+    run_together,
     with_current_folder_importable,
     with_scripts_on_path,
 )
@@ -392,9 +393,45 @@ def api(host: str, port: int) -> None:
 @main.command(context_settings={"ignore_unknown_options": True})
 @click.argument("celery_args", nargs=-1, type=click.UNPROCESSED)
 def worker(celery_args: tuple[str, ...]) -> None:
-    """Run a Celery worker (extra arguments go to `celery worker`)."""
+    """Run a Celery worker (extra arguments go to `celery worker`), and beside it the
+    workflow lane: a one-process worker for workflow tasks alone, so that a signal, a
+    cancel or a timer is handled while every pool process runs an activity."""
+    from app.settings import get_settings
+
     _check_workflows()
-    _exec(["celery", "-A", CELERY_APP, "worker", "--loglevel=INFO", *celery_args])
+    command = ["celery", "-A", CELERY_APP, "worker", "--loglevel=INFO", *celery_args]
+    settings = get_settings()
+    if not settings.workflow_lane or _names_queues(celery_args):
+        _exec(command)
+    lane = [
+        *command,
+        f"--queues={settings.workflow_task_queue}",
+        "--pool=solo",
+        "--concurrency=1",
+        f"--hostname={_lane_name(celery_args)}",
+    ]
+    env = with_current_folder_importable(with_scripts_on_path(os.environ))
+    sys.exit(run_together([command, lane], env))
+
+
+def _names_queues(celery_args: tuple[str, ...]) -> bool:
+    """Whether the worker was told which queues to take (then it gets no lane)."""
+    return any(a in ("-Q", "--queues") or a.startswith(("-Q", "--queues=")) for a in celery_args)
+
+
+def _lane_name(celery_args: tuple[str, ...]) -> str:
+    """The lane's node name, from its worker's (`-n name@host`): two workers on one host
+    get two lanes."""
+    name = "celery@%h"
+    for index, arg in enumerate(celery_args):
+        if arg in ("-n", "--hostname") and index + 1 < len(celery_args):
+            name = celery_args[index + 1]
+        elif arg.startswith("--hostname="):
+            name = arg.split("=", 1)[1]
+        elif arg.startswith("-n") and len(arg) > 2:
+            name = arg[2:]
+    node, _, host = name.rpartition("@") if "@" in name else (name, "@", "%h")
+    return f"{node}-workflow-lane@{host}"
 
 
 @main.command(context_settings={"ignore_unknown_options": True})

@@ -3,9 +3,12 @@
 from __future__ import annotations
 
 import os
+import signal
+import subprocess
 import sys
 import sysconfig
-from collections.abc import Mapping
+import time
+from collections.abc import Mapping, Sequence
 
 
 def scripts_dir() -> str:
@@ -43,3 +46,53 @@ def make_current_folder_importable() -> None:
     current = os.getcwd()
     if current not in sys.path:
         sys.path.insert(0, current)
+
+
+# Signals passed on to the processes `run_together` runs (a SIGINT as a SIGTERM: a
+# second SIGINT would make a Celery worker stop cold).
+FORWARDED = {
+    signal.SIGTERM: signal.SIGTERM,
+    signal.SIGINT: signal.SIGTERM,
+    signal.SIGHUP: signal.SIGTERM,
+    signal.SIGQUIT: signal.SIGQUIT,
+}
+STOP_SECONDS = 30.0
+
+
+def run_together(commands: Sequence[Sequence[str]], env: Mapping[str, str]) -> int:
+    """Run the commands as one: in this process group (a signal to the group reaches all
+    of them, SIGKILL included), with the signals this process gets passed on. When one
+    ends, the others are stopped; returns the first one's exit code."""
+    children = [subprocess.Popen(list(command), env=dict(env)) for command in commands]
+
+    def forward(signum: int, _: object) -> None:
+        for child in children:
+            if child.poll() is None:
+                child.send_signal(FORWARDED[signal.Signals(signum)])
+
+    for received in FORWARDED:
+        signal.signal(received, forward)
+    first = _first_to_end(children)
+    for child in children:
+        if child.poll() is None:
+            child.terminate()
+    deadline = time.monotonic() + STOP_SECONDS
+    for child in children:
+        try:
+            child.wait(timeout=max(0.1, deadline - time.monotonic()))
+        except subprocess.TimeoutExpired:
+            child.kill()
+            child.wait()
+    return first
+
+
+def _first_to_end(children: list[subprocess.Popen[bytes]]) -> int:
+    while True:
+        for child in children:
+            code = child.poll()
+            if code is not None:
+                return code
+        try:
+            os.wait()  # whichever child ends first; polled again above
+        except ChildProcessError:
+            pass

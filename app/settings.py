@@ -35,6 +35,9 @@ class Settings(BaseSettings):
     # Prefix for every broker key, so several deployments can share one Redis.
     broker_key_prefix: str = ""
     queue: str = "chainline"
+    # `chainline worker` also runs a one-process worker for workflow tasks alone, so that
+    # signals, cancels and timers are handled while every pool process runs an activity.
+    workflow_lane: bool = True
     workflows: str = ""
     api_keys: str = ""
     max_payload_bytes: int = 2 * 1024 * 1024
@@ -68,6 +71,11 @@ class Settings(BaseSettings):
     @classmethod
     def _use_psycopg3(cls, url: str) -> str:
         return normalize_database_url(url)
+
+    @property
+    def workflow_task_queue(self) -> str:
+        """Where workflow tasks go: every worker takes them, and so does the lane."""
+        return f"{self.queue}.workflow-tasks"
 
     @property
     def workflow_modules(self) -> list[str]:

@@ -10,6 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from celery import Celery
+from kombu import Exchange, Queue
 
 from app.messaging.transports import PUBLISHING_REDIS_BACKEND, broker_transport
 from app.settings import REDIS_BROKER_SCHEMES, Settings
@@ -24,6 +25,10 @@ TIME_LIMIT_MARGIN_SECONDS = 60.0
 def activity_task_name(activity_name: str) -> str:
     """The Celery task name of an activity: what Flower shows for each attempt."""
     return f"activity.{activity_name}"
+
+
+def _queue(name: str) -> Queue:
+    return Queue(name, Exchange(name), routing_key=name)
 
 
 def _transport_options(settings: Settings) -> dict[str, Any]:
@@ -68,6 +73,10 @@ def create_celery_app(settings: Settings, *, publish_only: bool = False) -> Cele
         result_backend_transport_options=result_options,
         result_expires=3600,
         task_default_queue=settings.queue,
+        # Workflow tasks have a queue of their own, which every worker consumes besides
+        # the activities', and the workflow lane alone (`chainline worker`).
+        task_queues=[_queue(settings.queue), _queue(settings.workflow_task_queue)],
+        task_routes={WORKFLOW_TASK: {"queue": settings.workflow_task_queue}},
         # Flower builds its task list from these events.
         worker_send_task_events=True,
         task_send_sent_event=True,
@@ -75,5 +84,7 @@ def create_celery_app(settings: Settings, *, publish_only: bool = False) -> Cele
     )
     transport = broker_transport(settings.broker_url)
     if transport is not None:
-        app.conf.broker_transport = transport
+        # By name, not the class: the worker reports its settings as JSON (`inspect
+        # stats`, which Flower shows), and a class is not JSON.
+        app.conf.broker_transport = f"{transport.__module__}:{transport.__qualname__}"
     return app

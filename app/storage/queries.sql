@@ -137,7 +137,7 @@ WITH appended AS (
     -- Read before the changes (the statement's snapshot), so with their task ids. An
     -- activity that heartbeats is told by its next heartbeat instead, to clean up.
     SELECT a.worker_task_id FROM activities a
-    WHERE a.run_id = %(run_id)s AND a.state = 'STARTED'
+    WHERE %(may_stop)s::boolean AND a.run_id = %(run_id)s AND a.state = 'STARTED'
       AND a.heartbeat_timeout_seconds IS NULL
       AND CASE WHEN a.seq IN (SELECT seq FROM changes)
                THEN (SELECT c.state FROM changes c WHERE c.seq = a.seq) = 'ABANDONED'
@@ -157,7 +157,7 @@ WITH appended AS (
     FROM jsonb_to_recordset(%(new_timers)s::jsonb) AS t(seq int, seconds float8)
 ), timers_canceled AS (
     UPDATE timers SET state = 'CANCELED'
-    WHERE run_id = %(run_id)s AND state = 'PENDING'
+    WHERE %(may_cancel_timers)s::boolean AND run_id = %(run_id)s AND state = 'PENDING'
       AND (seq = ANY(%(canceled_timers)s::int[]) OR %(abandon_in_flight)s::boolean)
     RETURNING seq
 ), run AS (

@@ -211,6 +211,7 @@ def write_step(tx: Transaction, step: Step) -> list[str]:
     the task ids of the attempts it stopped (a closing step stops every running one),
     which are to be revoked."""
     run = step.run
+    stops = step.closing or any(c.state is ActivityState.ABANDONED for c in step.activity_changes)
     new_status = step.status or run.status
     allowed = sources_of(new_status) if new_status is not run.status else {run.status}
     events = [
@@ -256,6 +257,10 @@ def write_step(tx: Transaction, step: Step) -> list[str]:
             ),
             "new_timers": Jsonb([{"seq": t.seq, "seconds": t.seconds} for t in step.new_timers]),
             "canceled_timers": step.canceled_timers,
+            # Whether to look for timers to cancel and attempts to stop at all: most
+            # steps need neither, and skip both scans.
+            "may_cancel_timers": step.closing or bool(step.canceled_timers),
+            "may_stop": stops,
             "abandon_in_flight": step.closing,
             "expected_last_event_id": run.last_event_id,
             "last_event_id": run.last_event_id + len(events),
@@ -271,9 +276,7 @@ def write_step(tx: Transaction, step: Step) -> list[str]:
             f"{new_status}, or an activity cannot make its transition",
         },
     )
-    if not step.closing and not any(
-        c.state is ActivityState.ABANDONED for c in step.activity_changes
-    ):
+    if not stops:
         return []
     row = tx.read_one(cursor)
     assert row is not None

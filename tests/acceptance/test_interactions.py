@@ -314,3 +314,63 @@ def test_cancel_and_terminate_reach_a_heartbeating_activity_which_cleans_up(
     final = wait_for_end(http, execution_id)
     assert final["status"] == {"cancel": "CANCELED", "terminate": "TERMINATED"}[verb]
     assert "ACTIVITY_TASK_COMPLETED" not in types(history(http, execution_id))
+
+
+def _pool_size(stack: Stack) -> int:
+    """How many activities the stack's worker runs at once (its lane aside)."""
+    celery = stack.celery_client()
+
+    def sizes() -> list[int]:
+        stats = celery.control.inspect(timeout=1).stats() or {}
+        return [
+            int(found["pool"]["max-concurrency"])
+            for name, found in stats.items()
+            if "workflow-lane" not in name
+        ]
+
+    try:
+        (size,) = wait_until(sizes, timeout=20, what="the worker's stats")
+    finally:
+        celery.close()
+    return size
+
+
+def test_signals_and_cancel_are_handled_while_every_pool_process_runs_an_activity(
+    client: Mistral, http: httpx.Client, stack: Stack, tmp_path: Path
+) -> None:
+    folders = [tmp_path / f"busy-{index}" for index in range(_pool_size(stack))]
+    held = []
+    for folder in folders:
+        folder.mkdir()
+        held.append(start(http, "held", {"folder": str(folder)})["execution_id"])
+    try:
+        wait_until(
+            lambda: all((folder / "started").exists() for folder in folders),
+            timeout=30,
+            what="every pool process to run a held activity",
+        )
+        # The workflow lane runs workflow tasks meanwhile: this one's first, its signal's,
+        # and its cancel's.
+        waiting = start(http, "signal-counter", {"expected": 5})["execution_id"]
+        client.workflows.executions.signal_workflow_execution(
+            execution_id=waiting, name="add", input={"number": 7}
+        )
+        wait_until(
+            lambda: (
+                client.workflows.executions.query_workflow_execution(
+                    execution_id=waiting, name="received"
+                ).result
+                == [7]
+            ),
+            timeout=20,
+            what="the signal to be handled",
+        )
+        client.workflows.executions.cancel_workflow_execution(execution_id=waiting)
+        assert wait_for_end(http, waiting, timeout=20)["status"] == "CANCELED"
+        # ... all before any held activity ended.
+        assert not any((folder / "finished").exists() for folder in folders)
+    finally:
+        for folder in folders:
+            (folder / "release").write_text("go")
+    for execution_id in held:
+        assert wait_for_end(http, execution_id, timeout=60)["status"] == "COMPLETED"
