@@ -93,6 +93,7 @@ def _first_to_end(children: list[subprocess.Popen[bytes]]) -> int:
             if code is not None:
                 return code
         try:
-            os.wait()  # whichever child ends first; polled again above
+            # Until a child ends, left unreaped (WNOWAIT) for poll() to read its code.
+            os.waitid(os.P_ALL, 0, os.WEXITED | os.WNOWAIT)
         except ChildProcessError:
             pass

@@ -34,3 +34,28 @@ def test_the_current_folder_goes_first_on_pythonpath(
 
     assert paths == [str(tmp_path), "/srv/lib"]
     assert with_current_folder_importable({})["PYTHONPATH"] == str(tmp_path)
+
+
+def test_the_lane_is_named_after_its_worker() -> None:
+    from app.cli import _lane_name, _names_queues
+
+    assert _lane_name(()) == "celery-workflow-lane@%h"
+    assert _lane_name(("-n", "elsewhere@%h")) == "elsewhere-workflow-lane@%h"
+    assert _lane_name(("--hostname=w1@box",)) == "w1-workflow-lane@box"
+    assert _lane_name(("-nsolo",)) == "solo-workflow-lane@%h"
+    assert _names_queues(("-Q", "a")) and _names_queues(("--queues=a",))
+    assert not _names_queues(("--concurrency=2",))
+
+
+def test_processes_run_together_end_together() -> None:
+    import sys
+    import time
+
+    from app.processes import run_together
+
+    started = time.monotonic()
+    quick = [sys.executable, "-c", "raise SystemExit(3)"]
+    slow = [sys.executable, "-c", "import time; time.sleep(60)"]
+    # The first to end gives the exit code; the other is stopped, not waited out.
+    assert run_together([slow, quick], {"PATH": "/usr/bin:/bin"}) == 3
+    assert time.monotonic() - started < 30
