@@ -286,60 +286,48 @@ def _handler_input(raw: str | None) -> Any:
     return value
 
 
-handler_input_option = click.option(
-    "--input", "raw_input", help="JSON object of the handler's parameters, or @file."
+def _handler_command(
+    command_name: str, path: str, doc: str, human: Callable[[str, str, Any], str]
+) -> None:
+    """`chainline <command_name> ID NAME [--input]`: POST NAME's input to the execution's
+    `path` (signals, queries, updates); prints `human(id, name, reply)` or the JSON."""
+
+    @main.command(command_name, help=doc)
+    @click.argument("execution_id")
+    @click.argument("name")
+    @click.option("--input", "raw_input", help="JSON object of the handler's parameters, or @file.")
+    @json_option
+    @_connection_options
+    @click.pass_context
+    def invoke(
+        ctx: click.Context, execution_id: str, name: str, raw_input: str | None, as_json: bool
+    ) -> None:
+        body = {"name": name, "input": _handler_input(raw_input)}
+        api = _api(ctx)
+        # An update's caller waits (the API up to a minute) for the workflow to handle it.
+        api.client.timeout = httpx.Timeout(90)
+        reply = api.call("POST", f"/v1/workflows/executions/{execution_id}/{path}", json=body)
+        _emit(reply, as_json, human(execution_id, name, reply))
+
+
+_handler_command(
+    "signal",
+    "signals",
+    "Send the signal NAME to an execution.",
+    lambda execution_id, name, _: f"signal {name!r} sent to {execution_id}",
 )
-
-
-@main.command("signal")
-@click.argument("execution_id")
-@click.argument("name")
-@handler_input_option
-@json_option
-@_connection_options
-@click.pass_context
-def send_signal(
-    ctx: click.Context, execution_id: str, name: str, raw_input: str | None, as_json: bool
-) -> None:
-    """Send the signal NAME to an execution."""
-    body = {"name": name, "input": _handler_input(raw_input)}
-    reply = _api(ctx).call("POST", f"/v1/workflows/executions/{execution_id}/signals", json=body)
-    _emit(reply, as_json, f"signal {name!r} sent to {execution_id}")
-
-
-@main.command()
-@click.argument("execution_id")
-@click.argument("name")
-@handler_input_option
-@json_option
-@_connection_options
-@click.pass_context
-def query(
-    ctx: click.Context, execution_id: str, name: str, raw_input: str | None, as_json: bool
-) -> None:
-    """Ask an execution the query NAME; prints its answer."""
-    body = {"name": name, "input": _handler_input(raw_input)}
-    reply = _api(ctx).call("POST", f"/v1/workflows/executions/{execution_id}/queries", json=body)
-    _emit(reply, as_json, json.dumps(reply["result"]))
-
-
-@main.command()
-@click.argument("execution_id")
-@click.argument("name")
-@handler_input_option
-@json_option
-@_connection_options
-@click.pass_context
-def update(
-    ctx: click.Context, execution_id: str, name: str, raw_input: str | None, as_json: bool
-) -> None:
-    """Send the update NAME to an execution and wait for its result; prints it."""
-    body = {"name": name, "input": _handler_input(raw_input)}
-    api = _api(ctx)
-    # The API waits up to a minute for the workflow to handle it.
-    api.client.timeout = httpx.Timeout(90)
-    reply = api.call("POST", f"/v1/workflows/executions/{execution_id}/updates", json=body)
-    _emit(reply, as_json, json.dumps(reply["result"]))
+_handler_command(
+    "query",
+    "queries",
+    "Ask an execution the query NAME; prints its answer.",
+    lambda _, __, reply: json.dumps(reply["result"]),
+)
+_handler_command(
+    "update",
+    "updates",
+    "Send the update NAME to an execution and wait for its result; prints it.",
+    lambda _, __, reply: json.dumps(reply["result"]),
+)
 
 
 def _event_time(nanoseconds: int) -> str:

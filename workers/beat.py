@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 import time
+from collections.abc import Callable
 from typing import Any
 
 from celery.beat import PersistentScheduler
 
+from app.engine.dispatch import FollowUp
 from app.engine.sweeper import sweep
 from app.engine.timers import fire_timers
 from app.errors import DatabaseUnavailable
@@ -47,25 +49,23 @@ class HousekeepingScheduler(PersistentScheduler):
 
 def fire_due_timers() -> None:
     """Fire the timers that are due; an error is logged, and the next poll tries again."""
-    try:
-        follow_ups = fire_timers(get_engine())
-    except DatabaseUnavailable as exc:
-        log.warning("timers not fired: %s", exc)
-        return
-    except Exception:
-        log.exception("firing timers failed")
-        return
-    get_dispatcher().send(follow_ups)
+    _send_what_it_finds("firing timers", lambda: fire_timers(get_engine()))
 
 
 def housekeeping(stalled_after_seconds: float) -> None:
     """One sweep; an error is logged, and the next sweep tries again."""
+    _send_what_it_finds(
+        "sweep", lambda: sweep(get_engine(), stalled_after_seconds=stalled_after_seconds)
+    )
+
+
+def _send_what_it_finds(what: str, find: Callable[[], list[FollowUp]]) -> None:
     try:
-        follow_ups = sweep(get_engine(), stalled_after_seconds=stalled_after_seconds)
+        follow_ups = find()
     except DatabaseUnavailable as exc:
-        log.warning("sweep skipped: %s", exc)
+        log.warning("%s skipped: %s", what, exc)
         return
     except Exception:
-        log.exception("sweep failed")
+        log.exception("%s failed", what)
         return
     get_dispatcher().send(follow_ups)
