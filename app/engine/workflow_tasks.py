@@ -50,9 +50,10 @@ from app.storage.runs import (
     RunState,
     Step,
     lock_run_state,
+    peek_run,
     write_step,
 )
-from app.storage.transactions import Transaction, transaction
+from app.storage.transactions import Transaction, autocommit, transaction
 from app.workflows.registry import Registry
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,16 @@ def retry_delay(failures: int) -> float:
 
 
 def run_workflow_task(engine: Engine, registry: Registry, run_id: uuid.UUID) -> FollowUp:
+    with autocommit(engine) as tx:
+        peek = peek_run(tx, run_id)
+    # Nothing to do, seen without taking the lock: every writer that makes a workflow
+    # task due also sends one, so a message that finds none due may end here.
+    if peek is None:
+        return FollowUp("unknown run")
+    if not peek.open:
+        return FollowUp("run closed")
+    if not peek.due:
+        return FollowUp("nothing to do")
     with transaction(engine) as tx:
         state = lock_run_state(tx, run_id, with_history=True)
         if state is None:

@@ -67,6 +67,14 @@ FROM runs r JOIN executions e ON e.execution_id = r.execution_id
 WHERE r.run_id = %(run_id)s
 FOR UPDATE OF r SKIP LOCKED;
 
+-- name: peek_run
+-- Whether a run is open and due for a workflow task, read without a lock: most
+-- workflow-task messages that find nothing to do (a chord's callback, its work done
+-- inline) learn it here, with no lock and no history read.
+SELECT status IN ('RUNNING', 'RETRYING_AFTER_ERROR') AS open,
+       workflow_task_due_at IS NOT NULL AS due
+FROM runs WHERE run_id = %(run_id)s;
+
 -- name: read_locked_run
 -- Sent after lock_run, so read after the lock was granted (nothing in it is stale):
 -- Postgres's time, whether the run's deadline has passed, how long until its workflow

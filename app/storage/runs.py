@@ -321,3 +321,16 @@ def record_heartbeat(
     """Move the attempt's heartbeat deadline on; False if it is no longer current."""
     params = {"run_id": run_id, "seq": seq, "task_id": task_id, "details": Jsonb(details)}
     return tx.fetch_one("record_heartbeat", params) is not None
+
+
+@dataclass(frozen=True)
+class RunPeek:
+    open: bool
+    due: bool
+
+
+def peek_run(tx: Transaction, run_id: uuid.UUID) -> RunPeek | None:
+    """The run's status and workflow-task flag, unlocked (None: no such run). Safe to act
+    on when it says "nothing to do": whoever makes the run due sends it a task."""
+    row = tx.fetch_one("peek_run", {"run_id": run_id})
+    return None if row is None else RunPeek(bool(row[0]), bool(row[1]))

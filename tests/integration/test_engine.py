@@ -487,3 +487,18 @@ def test_a_non_retryable_failure_is_final_at_the_first_attempt(
     assert follow_up.reason == "completed"  # no retry: the workflow went on at once
     assert _execution(engine, attempt.run_id).result == {"type": error_type, "attempts": 1}
     assert _types(engine, attempt.run_id).count(ev.ACTIVITY_TASK_STARTED) == 1
+
+
+def test_a_workflow_task_with_nothing_to_do_takes_no_lock(
+    engine: Engine, registry: Registry
+) -> None:
+    # A chord's callback after its members advanced the run inline, say: it must not
+    # wait for (or take) the run's lock, nor read its history.
+    run_id = _start(engine, registry, "sequential-sum", {"values": [1]})
+    run_workflow_task(engine, registry, run_id)
+    with engine.connect() as holder:
+        holder.execute(text("SELECT 1 FROM runs WHERE run_id = :r FOR UPDATE"), {"r": run_id})
+        with ThreadPoolExecutor(max_workers=1) as pool:
+            redundant = pool.submit(run_workflow_task, engine, registry, run_id)
+            assert redundant.result(timeout=10).reason == "nothing to do"
+        holder.rollback()
