@@ -8,6 +8,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Response
+from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
 from app.api.access import bearer
@@ -27,10 +28,17 @@ from app.api.schemas import (
     event_json,
     execution_json,
 )
+from app.api.workflows import waiters
 from app.engine import interactions
 from app.engine.dispatch import FollowUp
 from app.engine.executions import get_execution, get_history
-from app.errors import ChainlineError, ExecutionClosed, StillRunning, UpdateRejected
+from app.errors import (
+    ChainlineError,
+    ExecutionClosed,
+    StillRunning,
+    TooManyWaiting,
+    UpdateRejected,
+)
 from app.messaging.dispatcher import get_dispatcher
 from app.model import events as ev
 from app.settings import get_settings
@@ -103,7 +111,18 @@ def query_execution(execution_id: ExecutionId, body: HandlerInvocation) -> dict[
 )
 async def update_execution(execution_id: ExecutionId, body: HandlerInvocation) -> dict[str, Any]:
     engine = get_engine()
+    waiting = waiters()
+    # Its caller waits as wait_for_result's does, under the same cap; refused before
+    # anything is recorded, so that trying again later is safe.
+    if not waiting.reserve():
+        raise TooManyWaiting()
+    try:
+        return await _update(engine, execution_id, body)
+    finally:
+        waiting.release()
 
+
+async def _update(engine: Engine, execution_id: str, body: HandlerInvocation) -> dict[str, Any]:
     def accept() -> interactions.AcceptedUpdate:
         record = get_execution(engine, execution_id)
         handler = interactions.find_handler(registry, record.workflow_name, "update", body.name)

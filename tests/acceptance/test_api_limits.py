@@ -269,3 +269,29 @@ def test_every_answer_matches_the_openapi_document_and_none_is_a_5xx(limited: St
         check()
         checked += 1
     assert checked == len(operations)
+
+
+@pytest.mark.usefixtures("no_worker")
+def test_an_update_s_caller_waits_under_the_same_cap(limited: Stack, api: httpx.Client) -> None:
+    started = api.post("/v1/workflows/approval/execute", json={"input": {"item": "x"}})
+    approval = started.json()["execution_id"]
+    history = f"/v1/workflows/executions/{approval}/history"
+    events_before = len(api.get(history).json()["events"])
+    before = _hello_executions(limited)
+    waiters = [_open_waiter(limited, 4) for _ in range(WAITING_CAP)]
+    try:
+        wait_until(lambda: _hello_executions(limited) >= before + WAITING_CAP, what="the waiters")
+        refused = api.post(
+            f"/v1/workflows/executions/{approval}/updates",
+            json={"name": "comment", "input": {"text": "too many"}},
+        )
+        assert refused.status_code == 503, refused.text
+        assert refused.headers["retry-after"] and refused.json()["code"] == "WF_1201"
+        # Refused before anything was recorded.
+        assert len(api.get(history).json()["events"]) == events_before
+        for waiter in waiters:
+            assert _read_answer(waiter).startswith("HTTP/1.1 408")
+    finally:
+        for waiter in waiters:
+            waiter.close()
+    api.post(f"/v1/workflows/executions/{approval}/terminate")

@@ -1,9 +1,11 @@
-"""Example workflows: a hello-world, one with retries, one with parallel activities."""
+"""Example workflows: a hello-world, one with retries, one with parallel activities, and
+one that is talked to while it runs (a signal, a query, an update, a durable timer)."""
 
 from __future__ import annotations
 
 import asyncio
 from datetime import timedelta
+from typing import Any
 
 from pydantic import BaseModel
 
@@ -63,3 +65,41 @@ class ParallelSquares:
     async def run(self, values: list[int]) -> dict[str, int]:
         squares = await asyncio.gather(*(square(v) for v in values))
         return {"sum_of_squares": sum(squares)}
+
+
+class ApprovalRequest(BaseModel):
+    item: str
+    wait_seconds: float = 3600
+
+
+@workflows.workflow.define(name="approval", execution_timeout=timedelta(days=1))
+class Approval:
+    """Waits up to `wait_seconds` for a decision (the signal `decide`); `status` tells
+    where it stands, and the update `comment` adds a comment and returns how many."""
+
+    def __init__(self) -> None:
+        self.decision: str | None = None
+        self.comments: list[str] = []
+
+    @workflows.workflow.entrypoint
+    async def run(self, request: ApprovalRequest) -> dict[str, Any]:
+        try:
+            await workflows.workflow.wait_condition(
+                lambda: self.decision is not None, timeout=request.wait_seconds
+            )
+        except TimeoutError:
+            self.decision = "timed out"
+        return {"item": request.item, "decision": self.decision, "comments": self.comments}
+
+    @workflows.workflow.signal(name="decide", description="approve or reject")
+    async def decide(self, decision: str) -> None:
+        self.decision = decision
+
+    @workflows.workflow.query(name="status")
+    def status(self) -> dict[str, Any]:
+        return {"decision": self.decision, "comments": self.comments}
+
+    @workflows.workflow.update(name="comment")
+    async def comment(self, text: str) -> int:
+        self.comments.append(text)
+        return len(self.comments)
