@@ -257,26 +257,27 @@ def history(ctx: click.Context, execution_id: str, as_json: bool) -> None:
     _emit(events, as_json, "\n".join(rows))
 
 
-@main.command()
-@click.argument("execution_id")
-@json_option
-@_connection_options
-@click.pass_context
-def cancel(ctx: click.Context, execution_id: str, as_json: bool) -> None:
-    """Ask an execution to stop: its code sees a cancellation and may clean up."""
-    _api(ctx).call("POST", f"/v1/workflows/executions/{execution_id}/cancel")
-    _emit({"execution_id": execution_id}, as_json, f"cancel requested for {execution_id}")
+def _control_command(verb: str, doc: str, done: str) -> None:
+    """`chainline <verb> ID`: POST the execution's /<verb>; prints `done` with the id."""
+
+    @main.command(verb, help=doc)
+    @click.argument("execution_id")
+    @json_option
+    @_connection_options
+    @click.pass_context
+    def control(ctx: click.Context, execution_id: str, as_json: bool) -> None:
+        _api(ctx).call("POST", f"/v1/workflows/executions/{execution_id}/{verb}")
+        _emit({"execution_id": execution_id}, as_json, f"{done} {execution_id}")
 
 
-@main.command()
-@click.argument("execution_id")
-@json_option
-@_connection_options
-@click.pass_context
-def terminate(ctx: click.Context, execution_id: str, as_json: bool) -> None:
-    """End an execution TERMINATED now, stopping its running activities."""
-    _api(ctx).call("POST", f"/v1/workflows/executions/{execution_id}/terminate")
-    _emit({"execution_id": execution_id}, as_json, f"terminated {execution_id}")
+_control_command(
+    "cancel",
+    "Ask an execution to stop: its code sees a cancellation and may clean up.",
+    "cancel requested for",
+)
+_control_command(
+    "terminate", "End an execution TERMINATED now, stopping its running activities.", "terminated"
+)
 
 
 def _handler_input(raw: str | None) -> Any:
