@@ -31,6 +31,7 @@ import psycopg
 import redis
 
 from app.devtools.bench_interactions import InteractionConfig, Interactions
+from app.devtools.measuring import percentile, wait_for
 from app.processes import with_scripts_on_path
 from app.settings import REDIS_BROKER_SCHEMES, libpq_url
 from app.storage.queries import QUERIES
@@ -542,7 +543,7 @@ def _raw_celery_round(
             steps = [raw_noop.si(i).set(ignore_result=True) for i in range(config.steps - 1)]
             last_ids.append(chain(*steps, raw_noop.si(config.steps - 1)).apply_async().id)
         keys = [f"{prefix}celery-task-meta-{task_id}" for task_id in last_ids]
-        _wait_for(lambda: probe.results_stored(keys), config.timeout, "raw Celery chains")
+        wait_for(lambda: probe.results_stored(keys), config.timeout, "raw Celery chains")
 
     return run
 
@@ -574,7 +575,7 @@ def _durable_limit_round(
             last = durable_step.si(chain_id, config.steps - 1)
             last_ids.append(chain(*steps, last).apply_async().id)
         keys = [f"{prefix}celery-task-meta-{task_id}" for task_id in last_ids]
-        _wait_for(lambda: probe.results_stored(keys), config.timeout, "durable chains")
+        wait_for(lambda: probe.results_stored(keys), config.timeout, "durable chains")
 
     return run
 
@@ -604,14 +605,6 @@ def _chainline_round(
     return run
 
 
-def _wait_for(probe: Callable[[], bool], timeout: float, what: str) -> None:
-    deadline = time.monotonic() + timeout
-    while not probe():
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"{what} did not finish within {timeout}s")
-        time.sleep(0.005)
-
-
 def _summarise(
     measured: list[dict[str, float]], executions: int, activities: int
 ) -> dict[str, Any]:
@@ -635,12 +628,6 @@ def _summarise(
     return summary
 
 
-def _percentile(samples: list[float], fraction: float) -> float:
-    ordered = sorted(samples)
-    index = min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))
-    return ordered[index]
-
-
 LATENCY_WARMUP_SAMPLES = 5
 
 
@@ -650,7 +637,7 @@ def _wait_idle(probe: Probe, stack: Stack, timeout: float) -> None:
         return
     queue = stack.env["CHAINLINE_BROKER_KEY_PREFIX"] + stack.env.get("CHAINLINE_QUEUE", "chainline")
     redis_client = probe.redis
-    _wait_for(lambda: redis_client.llen(queue) == 0, timeout, "the queue to drain")
+    wait_for(lambda: redis_client.llen(queue) == 0, timeout, "the queue to drain")
     time.sleep(0.5)  # let the tasks just taken from the queue finish
 
 
@@ -668,9 +655,9 @@ def _latency(stack: Stack, config: BenchConfig) -> dict[str, float]:
             if reply.json().get("result") != 0:
                 raise RuntimeError(f"latency execution did not complete: {reply.text}")
     return {
-        "p50_ms": _percentile(samples, 0.50),
-        "p95_ms": _percentile(samples, 0.95),
-        "p99_ms": _percentile(samples, 0.99),
+        "p50_ms": percentile(samples, 0.50),
+        "p95_ms": percentile(samples, 0.95),
+        "p99_ms": percentile(samples, 0.99),
         "samples": len(samples),
     }
 
@@ -702,8 +689,8 @@ def _api_load(stack: Stack, probe: Probe, config: BenchConfig) -> dict[str, floa
         "clients": config.api_clients,
         "requests": len(samples),
         "requests_per_s": len(samples) / elapsed,
-        "p50_ms": _percentile(samples, 0.50),
-        "p99_ms": _percentile(samples, 0.99),
+        "p50_ms": percentile(samples, 0.50),
+        "p99_ms": percentile(samples, 0.99),
     }
 
 

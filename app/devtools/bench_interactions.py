@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
@@ -17,7 +16,7 @@ from typing import Any
 import httpx
 import psycopg
 
-POLL_SECONDS = 0.002
+from app.devtools.measuring import percentile, wait_for
 
 
 @dataclass(frozen=True)
@@ -29,23 +28,12 @@ class InteractionConfig:
 
 
 def percentiles(samples: list[float]) -> dict[str, float]:
-    ordered = sorted(samples)
-
-    def at(fraction: float) -> float:
-        return ordered[min(len(ordered) - 1, max(0, round(fraction * (len(ordered) - 1))))]
-
-    return {"p50_ms": at(0.5), "p99_ms": at(0.99), "max_ms": ordered[-1], "samples": len(ordered)}
-
-
-def _until(probe: Callable[[], Any], timeout: float, what: str) -> Any:
-    deadline = time.monotonic() + timeout
-    while True:
-        value = probe()
-        if value:
-            return value
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"timed out waiting for {what}")
-        time.sleep(POLL_SECONDS)
+    return {
+        "p50_ms": percentile(samples, 0.50),
+        "p99_ms": percentile(samples, 0.99),
+        "max_ms": max(samples),
+        "samples": len(samples),
+    }
 
 
 class Interactions:
@@ -105,11 +93,11 @@ class Interactions:
     def _signals_queries_updates(self) -> dict[str, Any]:
         execution_id, run_id = self._start("bench-interactive")
         path = f"/v1/workflows/executions/{execution_id}"
-        _until(lambda: self._waiting(run_id), self.config.timeout, "the first workflow task")
+        wait_for(lambda: self._waiting(run_id), self.config.timeout, "the first workflow task")
         dispatch_ms, signal_rtt_ms = [], []
         for done in range(self.config.samples):
             signal_rtt_ms.append(self._post(path + "/signals", {"name": "go"}))
-            _until(
+            wait_for(
                 lambda done=done: (  # type: ignore[misc]
                     self._count(run_id, "ACTIVITY_TASK_COMPLETED") > done and self._waiting(run_id)
                 ),
@@ -149,7 +137,7 @@ class Interactions:
         """`count` executions asleep for an hour, each waiting on its timer."""
         runs = [self._start("bench-sleep", {"until": time.time() + 3600}) for _ in range(count)]
         for _, run_id in runs:
-            _until(
+            wait_for(
                 lambda run_id=run_id: self._waiting(run_id),  # type: ignore[misc]
                 self.config.timeout,
                 "the sleep to start",
@@ -164,10 +152,12 @@ class Interactions:
             for execution_id, _ in runs:
                 started = time.perf_counter()
                 self._post(f"/v1/workflows/executions/{execution_id}/cancel")
-                _until(
+                wait_for(
                     lambda execution_id=execution_id: self._ended(execution_id),  # type: ignore[misc]
                     self.config.timeout,
                     "the cancelled execution to close",
+                    # Fine-grained: the wait is what is measured.
+                    interval=0.002,
                 )
                 samples.append((time.perf_counter() - started) * 1000)
         finally:
@@ -185,7 +175,7 @@ class Interactions:
         for _ in range(self.config.busy_processes):
             execution_id, run_id = self._start("bench-busy", {"seconds": 60})
             ids.append((execution_id, run_id))
-        _until(
+        wait_for(
             lambda: all(self._count(r, "ACTIVITY_TASK_STARTED") for _, r in ids),
             self.config.timeout,
             "every pool process to be busy",
@@ -207,7 +197,7 @@ class Interactions:
         with ThreadPoolExecutor(max_workers=8) as pool:
             runs = list(pool.map(start_one, range(count)))
         run_ids = [run_id for _, run_id in runs]
-        _until(
+        wait_for(
             lambda: self._closed(run_ids) == count,
             until - time.time() + self.config.timeout,
             "every sleeper to wake",
