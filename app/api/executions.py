@@ -28,7 +28,7 @@ from app.api.schemas import (
     event_json,
     execution_json,
 )
-from app.api.workflows import waiters
+from app.api.waiting import waiters
 from app.engine import interactions
 from app.engine.dispatch import FollowUp
 from app.engine.executions import get_execution, get_history
@@ -85,7 +85,6 @@ def signal_execution(execution_id: ExecutionId, body: HandlerInvocation) -> dict
     record = get_execution(get_engine(), execution_id)
     handler = interactions.find_handler(registry, record.workflow_name, "signal", body.name)
     input_value = validated_input(handler.fn, body.input)
-    interactions.refuse_if_closed(record, "signals")
     _send(interactions.signal(get_engine(), execution_id, body.name, input_value))
     return {"message": "Signal accepted"}
 
@@ -127,7 +126,6 @@ async def _update(engine: Engine, execution_id: str, body: HandlerInvocation) ->
         record = get_execution(engine, execution_id)
         handler = interactions.find_handler(registry, record.workflow_name, "update", body.name)
         input_value = validated_input(handler.fn, body.input)
-        interactions.refuse_if_closed(record, "updates")
         accepted = interactions.accept_update(engine, execution_id, body.name, input_value)
         _send(accepted.follow_up)
         return accepted

@@ -14,9 +14,11 @@ import asyncio
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
 from enum import Enum
+from functools import lru_cache
 
 from starlette.concurrency import run_in_threadpool
 
+from app.settings import get_settings, libpq_url
 from app.storage.closings import ClosedListener
 
 # How often a waiter looks at its client, and how often at Postgres, while it waits.
@@ -96,3 +98,11 @@ class Closing:
                 next_recheck = loop.time() + RECHECK_SECONDS
                 if await is_closed():
                     return Waited.CLOSED
+
+
+@lru_cache(maxsize=1)
+def waiters() -> Waiters:
+    """This API process's waiters: those of wait_for_result and of updates, one cap."""
+    settings = get_settings()
+    listener = ClosedListener(libpq_url(settings.database_url))
+    return Waiters(listener, settings.max_waiting_requests)

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-from functools import lru_cache
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Query, Request
@@ -21,13 +20,11 @@ from app.api.schemas import (
     WorkflowList,
     execution_json,
 )
-from app.api.waiting import Waiters
+from app.api.waiting import Waiters, waiters
 from app.engine.dispatch import FollowUp
 from app.engine.executions import get_execution, new_execution_id, start_execution
 from app.errors import StillRunning, TooManyWaiting
 from app.messaging.dispatcher import get_dispatcher
-from app.settings import get_settings, libpq_url
-from app.storage.closings import ClosedListener
 from app.storage.db import get_engine
 from app.storage.executions import ExecutionRecord
 from app.workflows.registry import WorkflowDefinition
@@ -49,13 +46,6 @@ WorkflowName = Annotated[
         openapi_examples={name: {"value": name} for name in sorted(registry.workflows)},
     ),
 ]
-
-
-@lru_cache(maxsize=1)
-def waiters() -> Waiters:
-    settings = get_settings()
-    listener = ClosedListener(libpq_url(settings.database_url))
-    return Waiters(listener, settings.max_waiting_requests)
 
 
 def _basic(definition: WorkflowDefinition) -> dict[str, Any]:

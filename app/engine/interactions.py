@@ -34,7 +34,6 @@ from app.storage.runs import (
     RunState,
     Step,
     current_run_id,
-    has_event,
     lock_run_state,
     read_keyed_event,
     read_random_seed,
@@ -59,11 +58,6 @@ def find_handler(
             f"Workflow {workflow_name!r} has no {kind} handler {name!r}; its {kind}s: {known}"
         )
     return handler
-
-
-def refuse_if_closed(record: ExecutionRecord, what: str) -> None:
-    if not record.is_open:
-        raise ExecutionClosed(_closed_message(record.execution_id, record.status, what))
 
 
 def _closed_message(execution_id: str, status: ExecutionStatus, what: str) -> str:
@@ -142,7 +136,8 @@ def cancel(engine: Engine, execution_id: str) -> FollowUp:
     CancelledError at its current await, and its running activities are cancelled."""
     with transaction(engine) as tx:
         state = _lock_open_run(tx, execution_id, "cancel")
-        if has_event(tx, state.run.run_id, ev.CANCEL_REQUESTED_KEY):
+        requested = read_keyed_event(tx, state.run.run_id, ev.CANCEL_REQUESTED_KEY)
+        if requested is not None and requested.event_type is not None:
             return FollowUp("cancel already requested")
         return _record_and_wake(
             tx,

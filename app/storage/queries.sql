@@ -378,12 +378,6 @@ WITH due AS MATERIALIZED (
 )
 SELECT run_id FROM bumped;
 
--- name: has_event
--- Whether a run has recorded the fact `dedup_key` names.
-SELECT EXISTS (
-    SELECT 1 FROM events WHERE run_id = %(run_id)s AND dedup_key = %(dedup_key)s
-);
-
 -- name: read_keyed_event
 -- The event that records the fact `dedup_key` names, if any, with the run's status.
 SELECT r.status, e.event_type, e.attributes

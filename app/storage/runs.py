@@ -289,11 +289,6 @@ def current_run_id(tx: Transaction, execution_id: str) -> uuid.UUID | None:
     return None if row is None else row[0]
 
 
-def has_event(tx: Transaction, run_id: uuid.UUID, dedup_key: str) -> bool:
-    row = tx.fetch_one("has_event", {"run_id": run_id, "dedup_key": dedup_key})
-    return bool(row and row[0])
-
-
 @dataclass(frozen=True)
 class KeyedEvent:
     """A run's status, and the event recording the fact a dedup key names, if any."""
