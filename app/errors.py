@@ -41,6 +41,17 @@ class AlreadyStarted(ChainlineError):
     http_status = 409
 
 
+class ScheduleNotFound(NotFound):
+    """Schedule not found."""
+
+
+class ScheduleExists(ChainlineError):
+    """A schedule with this id already exists."""
+
+    code = "WF_1107"
+    http_status = 409
+
+
 class HandlerNotFound(NotFound):
     """The workflow has no handler of that name."""
 

@@ -47,6 +47,9 @@ class Settings(BaseSettings):
     # How often beat looks for due timers: a timer fires within about this long of its
     # due time (an indexed query that finds nothing costs well under a millisecond).
     timer_poll_seconds: float = 0.1
+    # How often beat looks for due schedules: a tick fires within about this long of its
+    # time, and a schedule created, paused or deleted counts from the next look.
+    schedule_poll_seconds: float = 0.2
     # How long an update's caller waits for the workflow to handle it.
     update_wait_seconds: float = 60.0
     # How long work may wait for its message before the sweeper sends it again.

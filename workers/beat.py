@@ -1,11 +1,16 @@
-"""Celery beat's scheduler, running Chainline's housekeeping in the beat process itself.
+"""Celery beat's scheduler (its `beat_scheduler` extension point): Chainline's schedules
+and housekeeping, run in the beat process itself, from Postgres alone.
 
-Durable timers (app/engine/timers.py) are fired here too, every `timer_poll_seconds`.
-The sweep (app/engine/sweeper.py) enforces deadlines: were it a task, it would wait in
-the queue behind activities whenever every worker process is busy, which is exactly
-when deadlines fall due. Here it runs every `sweep_interval_seconds` whatever the
-workers do, and sends what it finds through the broker. Beat's own schedule (none yet,
-schedules of executions are to come) runs as usual.
+Schedules (app/engine/schedules.py) are read from Postgres every
+`schedule_poll_seconds`: one created, changed, paused or deleted through the API counts
+from the next poll, with no schedule file and no restart, and any number of beat
+processes may run (each tick is fired once, whichever fires it). Durable timers
+(app/engine/timers.py) are fired every `timer_poll_seconds`. The sweep
+(app/engine/sweeper.py) enforces deadlines: were it a task, it would wait in the queue
+behind activities whenever every worker process is busy, which is exactly when
+deadlines fall due. Here it runs every `sweep_interval_seconds` whatever the
+workers do, and sends what it finds through the broker. Beat's own schedule (none)
+runs as usual.
 """
 
 from __future__ import annotations
@@ -18,33 +23,45 @@ from typing import Any
 from celery.beat import PersistentScheduler
 
 from app.engine.dispatch import FollowUp
+from app.engine.schedules import fire_due_schedules
 from app.engine.sweeper import sweep
 from app.engine.timers import fire_timers
 from app.errors import DatabaseUnavailable
 from app.messaging.dispatcher import get_dispatcher
 from app.settings import get_settings
 from app.storage.db import get_engine
+from workers.celery_app import registry
 
 log = logging.getLogger(__name__)
 
 
-class HousekeepingScheduler(PersistentScheduler):
+class ChainlineScheduler(PersistentScheduler):
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         super().__init__(*args, **kwargs)
         self._next_sweep = 0.0
         self._next_timers = 0.0
+        self._next_schedules = 0.0
 
     def tick(self, *args: Any, **kwargs: Any) -> float:
         delay: float = super().tick(*args, **kwargs)
         settings = get_settings()
+        if time.monotonic() >= self._next_schedules:
+            self._next_schedules = time.monotonic() + settings.schedule_poll_seconds
+            fire_schedules()
         if time.monotonic() >= self._next_timers:
             self._next_timers = time.monotonic() + settings.timer_poll_seconds
             fire_due_timers()
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + settings.sweep_interval_seconds
             housekeeping(settings.stalled_after_seconds)
-        wake_at = min(self._next_sweep, self._next_timers)
+        wake_at = min(self._next_sweep, self._next_timers, self._next_schedules)
         return max(0.0, min(delay, wake_at - time.monotonic()))
+
+
+def fire_schedules() -> None:
+    """Fire the schedules that are due; an error is logged, and the next poll tries
+    again (nothing of a failed batch was recorded)."""
+    _send_what_it_finds("firing schedules", lambda: fire_due_schedules(get_engine(), registry))
 
 
 def fire_due_timers() -> None:

@@ -26,8 +26,9 @@ app.conf.update(
     worker_consumer="workers.consumer:EventBatchingConsumer",
     chainline_event_flush_seconds=settings.event_flush_seconds,
     worker_concurrency=settings.worker_concurrency,
-    # Beat runs the sweeper itself, so no deadline waits behind busy workers.
-    beat_scheduler="workers.beat:HousekeepingScheduler",
+    # Beat fires schedules and timers and runs the sweeper itself, from Postgres, so
+    # that no deadline waits behind busy workers.
+    beat_scheduler="workers.beat:ChainlineScheduler",
     beat_schedule_filename=settings.beat_schedule_file,
 )
 

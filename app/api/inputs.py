@@ -14,20 +14,23 @@ from app.errors import InvalidPayload
 from app.model.payloads import encode
 
 
-def validated_input(fn: Callable[..., Any], value: Any) -> Any:
-    """The input encoded as stored; a 422 naming the field for anything else."""
+def validated_input(
+    fn: Callable[..., Any], value: Any, at: tuple[str, ...] = ("body", "input")
+) -> Any:
+    """The input encoded as stored; a 422 naming the field (in the body at `at`) for
+    anything else."""
     try:
         encoded = encode(value, "input")
     except InvalidPayload as exc:
         raise RequestValidationError(
-            [{"loc": ("body", "input"), "msg": exc.detail, "type": "value_error"}]
+            [{"loc": at, "msg": exc.detail, "type": "value_error"}]
         ) from None
     try:
         bind_input(fn, encoded)
     except ValidationError as exc:
         raise RequestValidationError(
             [
-                {**error, "loc": ("body", "input", *error["loc"])}
+                {**error, "loc": (*at, *error["loc"])}
                 for error in exc.errors(include_url=False, include_context=False)
             ]
         ) from None

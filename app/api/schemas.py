@@ -12,8 +12,17 @@ from typing import Annotated, Any
 
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
+from app.model.schedule_spec import (
+    Duration,
+    OverlapPolicy,
+    ScheduleCalendar,
+    ScheduleInterval,
+    SchedulePolicy,
+    ScheduleSpec,
+)
 from app.model.statuses import ExecutionStatus
 from app.storage.executions import ExecutionRecord, StoredEvent
+from app.storage.schedules import RecentStart, ScheduleRow
 
 # URL-safe, since the SDK puts ids into paths unescaped.
 EXECUTION_ID_PATTERN = r"^[A-Za-z0-9._-]{1,200}$"
@@ -144,6 +153,7 @@ class Event(BaseModel):
     workflow_exec_id: str
     workflow_run_id: str
     workflow_name: str
+    schedule_id: str | None
     event_type: str
     attributes: dict[str, Any]
 
@@ -187,6 +197,147 @@ def event_json(event: StoredEvent, record: ExecutionRecord) -> dict[str, Any]:
         "workflow_exec_id": event.execution_id,
         "workflow_run_id": str(event.run_id),
         "workflow_name": record.workflow_name,
+        "schedule_id": record.schedule_id,
         "event_type": event.event_type,
         "attributes": event.attributes,
+    }
+
+
+# --- Schedules --------------------------------------------------------------------------
+
+# URL-safe like execution ids, and short enough that the ids of the executions a
+# schedule starts (the schedule's id, a dash and the tick, 24 characters) are too.
+SCHEDULE_ID_PATTERN = r"^[A-Za-z0-9._-]{1,150}$"
+ScheduleId = Annotated[str, Field(pattern=SCHEDULE_ID_PATTERN)]
+
+
+class ScheduleDefinitionBody(ScheduleSpec):
+    """The SDK's ScheduleDefinition: a spec (validated whole), the input and policy."""
+
+    input: Any
+    policy: SchedulePolicy | None = None
+    max_executions: int | None = Field(default=None, ge=1)
+    schedule_id: ScheduleId | None = None
+
+
+class WorkflowScheduleRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    schedule: ScheduleDefinitionBody
+    workflow_identifier: str | None = None
+    workflow_registration_id: str | None = None
+    workflow_version_id: str | None = None
+    workflow_task_queue: str | None = None
+    schedule_id: ScheduleId | None = None
+    deployment_name: str | None = None
+
+
+class PartialScheduleDefinition(BaseModel):
+    """The SDK's PartialScheduleDefinition: only the fields sent are changed."""
+
+    model_config = ConfigDict(extra="ignore")
+
+    input: Any = None
+    calendars: list[ScheduleCalendar] | None = None
+    intervals: list[ScheduleInterval] | None = None
+    cron_expressions: list[str] | None = None
+    skip: list[ScheduleCalendar] | None = None
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    jitter: Duration | None = None
+    time_zone_name: str | None = None
+    policy: SchedulePolicy | None = None
+    max_executions: int | None = Field(default=None, ge=1)
+
+
+class WorkflowScheduleUpdateRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    schedule: PartialScheduleDefinition
+
+
+class WorkflowSchedulePauseRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    note: str | None = Field(default=None, max_length=2000)
+
+
+class WorkflowScheduleTriggerRequest(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    overlap: OverlapPolicy | None = None
+
+
+class WorkflowScheduleResponse(BaseModel):
+    schedule_id: str
+
+
+class ScheduleFutureExecution(BaseModel):
+    scheduled_at: datetime
+
+
+class ScheduleRecentExecution(BaseModel):
+    scheduled_at: datetime
+    started_at: datetime
+    execution_id: str
+
+
+class ScheduleDefinitionOutput(BaseModel):
+    input: Any
+    schedule_id: str
+    workflow_name: str
+    paused: bool
+    calendars: list[ScheduleCalendar] | None = None
+    intervals: list[ScheduleInterval] | None = None
+    cron_expressions: list[str] | None = None
+    skip: list[ScheduleCalendar] | None = None
+    start_at: datetime | None = None
+    end_at: datetime | None = None
+    jitter: str | None = None
+    time_zone_name: str | None = None
+    policy: SchedulePolicy
+    max_executions: int | None = None
+    remaining_executions: int | None = None
+    deployment_name: str | None = None
+    note: str | None = None
+    future_executions: list[ScheduleFutureExecution]
+    recent_executions: list[ScheduleRecentExecution]
+    missed_catchup_window: int
+    user_id: str | None = None
+
+
+class WorkflowScheduleListResponse(BaseModel):
+    schedules: list[ScheduleDefinitionOutput]
+    next_page_token: str | None = None
+
+
+def schedule_json(
+    row: ScheduleRow, future: list[datetime], recent: list[RecentStart]
+) -> dict[str, Any]:
+    return {
+        "input": row.input,
+        "schedule_id": row.schedule_id,
+        "workflow_name": row.workflow_name,
+        "paused": row.paused,
+        **row.spec,
+        "policy": {
+            "catchup_window_seconds": row.catchup_window_seconds,
+            "overlap": row.overlap,
+            "pause_on_failure": row.pause_on_failure,
+        },
+        "max_executions": row.max_executions,
+        "remaining_executions": row.remaining_executions,
+        "deployment_name": row.deployment_name,
+        "note": row.note,
+        "future_executions": [{"scheduled_at": iso(moment)} for moment in future],
+        "recent_executions": [
+            {
+                "scheduled_at": iso(start.tick),
+                "started_at": iso(start.started_at),
+                "execution_id": start.execution_id,
+            }
+            for start in recent
+        ],
+        "missed_catchup_window": row.missed_ticks,
+        "user_id": row.user_id,
     }

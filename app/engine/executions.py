@@ -11,7 +11,13 @@ from sqlalchemy import Engine
 from app.engine.dispatch import Dispatch
 from app.model import events as ev
 from app.model.statuses import ExecutionStatus
-from app.storage.executions import ExecutionRecord, StoredEvent, read_events, read_execution
+from app.storage.executions import (
+    ExecutionRecord,
+    NewExecution,
+    StoredEvent,
+    read_events,
+    read_execution,
+)
 from app.storage.executions import insert_execution as insert_execution_rows
 from app.workflows.registry import WorkflowDefinition
 
@@ -20,20 +26,17 @@ def new_execution_id() -> str:
     return uuid.uuid4().hex
 
 
-def insert_execution(
-    engine: Engine,
+def new_execution(
     definition: WorkflowDefinition,
     *,
     execution_id: str,
     input_value: Any,
     user_id: str | None = None,
-) -> ExecutionRecord:
-    """Record a new execution, its first run and WORKFLOW_EXECUTION_STARTED, in one
-    transaction; the run is due for its first workflow task, which the caller sends
-    (should it never be sent, the sweeper sends it). `input_value` is encoded."""
+    schedule_id: str | None = None,
+) -> NewExecution:
+    """What recording a new execution of `definition` writes (`input_value` encoded)."""
     run_id = uuid.uuid4()
-    start_time = insert_execution_rows(
-        engine,
+    return NewExecution(
         execution_id=execution_id,
         run_id=run_id,
         workflow_name=definition.name,
@@ -48,14 +51,32 @@ def insert_execution(
         execution_timeout_seconds=definition.execution_timeout.total_seconds(),
         random_seed=random.getrandbits(63),
         user_id=user_id,
+        schedule_id=schedule_id,
     )
+
+
+def insert_execution(
+    engine: Engine,
+    definition: WorkflowDefinition,
+    *,
+    execution_id: str,
+    input_value: Any,
+    user_id: str | None = None,
+) -> ExecutionRecord:
+    """Record a new execution, its first run and WORKFLOW_EXECUTION_STARTED, in one
+    transaction; the run is due for its first workflow task, which the caller sends
+    (should it never be sent, the sweeper sends it). `input_value` is encoded."""
+    new = new_execution(
+        definition, execution_id=execution_id, input_value=input_value, user_id=user_id
+    )
+    start_time = insert_execution_rows(engine, new)
     return ExecutionRecord(
         execution_id=execution_id,
         workflow_name=definition.name,
         root_execution_id=execution_id,
         parent_execution_id=None,
         user_id=user_id,
-        run_id=run_id,
+        run_id=new.run_id,
         status=ExecutionStatus.RUNNING,
         start_time=start_time,
         end_time=None,

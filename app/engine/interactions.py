@@ -135,34 +135,44 @@ def cancel(engine: Engine, execution_id: str) -> FollowUp:
     """Ask the workflow to stop: recorded once, however often asked; the code sees a
     CancelledError at its current await, and its running activities are cancelled."""
     with transaction(engine) as tx:
-        state = _lock_open_run(tx, execution_id, "cancel")
-        requested = read_keyed_event(tx, state.run.run_id, ev.CANCEL_REQUESTED_KEY)
-        if requested is not None and requested.event_type is not None:
-            return FollowUp("cancel already requested")
-        return _record_and_wake(
-            tx,
-            state,
-            ev.WORKFLOW_EXECUTION_CANCEL_REQUESTED,
-            {"reason": "cancel requested"},
-            dedup_key=ev.CANCEL_REQUESTED_KEY,
-        )
+        return request_cancel(tx, execution_id)
+
+
+def request_cancel(tx: Transaction, execution_id: str) -> FollowUp:
+    """`cancel`, in the caller's transaction."""
+    state = _lock_open_run(tx, execution_id, "cancel")
+    requested = read_keyed_event(tx, state.run.run_id, ev.CANCEL_REQUESTED_KEY)
+    if requested is not None and requested.event_type is not None:
+        return FollowUp("cancel already requested")
+    return _record_and_wake(
+        tx,
+        state,
+        ev.WORKFLOW_EXECUTION_CANCEL_REQUESTED,
+        {"reason": "cancel requested"},
+        dedup_key=ev.CANCEL_REQUESTED_KEY,
+    )
 
 
 def terminate(engine: Engine, execution_id: str, reason: str = TERMINATED_BY_REQUEST) -> FollowUp:
     """End the run TERMINATED now: its running attempts are stopped, and nothing they
     return is recorded."""
     with transaction(engine) as tx:
-        state = _lock_open_run(tx, execution_id, "terminate")
-        step = Step(run=state.run)
-        failure = ev.failure("Terminated", reason)
-        stopped = close_run(
-            tx,
-            step,
-            ExecutionStatus.TERMINATED,
-            ev.WORKFLOW_EXECUTION_TERMINATED,
-            {"reason": reason, "failure": failure},
-            error=failure,
-        )
+        return terminate_in(tx, execution_id, reason)
+
+
+def terminate_in(tx: Transaction, execution_id: str, reason: str) -> FollowUp:
+    """`terminate`, in the caller's transaction."""
+    state = _lock_open_run(tx, execution_id, "terminate")
+    step = Step(run=state.run)
+    failure = ev.failure("Terminated", reason)
+    stopped = close_run(
+        tx,
+        step,
+        ExecutionStatus.TERMINATED,
+        ev.WORKFLOW_EXECUTION_TERMINATED,
+        {"reason": reason, "failure": failure},
+        error=failure,
+    )
     return FollowUp("terminated", stop_task_ids=tuple(stopped))
 
 

@@ -13,9 +13,8 @@ from sqlalchemy import Engine
 
 from app.errors import AlreadyStarted, ExecutionNotFound
 from app.model.statuses import ExecutionStatus
-from app.storage.transactions import autocommit, transaction
+from app.storage.transactions import Transaction, autocommit, transaction
 
-EXECUTIONS_KEY = "executions_pkey"
 # Notified, with the execution id, by the transaction that closes a run (record_step).
 CLOSED_CHANNEL = "chainline_execution_closed"
 
@@ -33,6 +32,7 @@ class ExecutionRecord:
     end_time: datetime | None
     result: Any
     error: dict[str, Any] | None
+    schedule_id: str | None = None
 
     @property
     def is_open(self) -> bool:
@@ -50,40 +50,47 @@ class StoredEvent:
     sequence: int
 
 
-def insert_execution(
-    engine: Engine,
-    *,
-    execution_id: str,
-    run_id: uuid.UUID,
-    workflow_name: str,
-    input_value: Any,
-    started_attributes: dict[str, Any],
-    execution_timeout_seconds: float,
-    random_seed: int,
-    user_id: str | None,
-) -> datetime:
+@dataclass(frozen=True)
+class NewExecution:
+    """An execution to record: its first run and its STARTED event's attributes."""
+
+    execution_id: str
+    run_id: uuid.UUID
+    workflow_name: str
+    input_value: Any
+    started_attributes: dict[str, Any]
+    execution_timeout_seconds: float
+    random_seed: int
+    user_id: str | None
+    schedule_id: str | None = None
+
+
+def send_insert_execution(tx: Transaction, new: NewExecution) -> psycopg.Cursor[Any]:
+    """Queue the insert of `new` in `tx`; its row is the start time, or none if the id is
+    taken (and then nothing is written)."""
+    return tx.send(
+        "insert_execution",
+        {
+            "execution_id": new.execution_id,
+            "run_id": new.run_id,
+            "workflow_name": new.workflow_name,
+            "input": Jsonb(new.input_value),
+            "user_id": new.user_id,
+            "schedule_id": new.schedule_id,
+            "attributes": Jsonb(new.started_attributes),
+            "execution_timeout_seconds": new.execution_timeout_seconds,
+            "random_seed": new.random_seed,
+        },
+    )
+
+
+def insert_execution(engine: Engine, new: NewExecution) -> datetime:
     """Record the execution, its first run and its STARTED event; returns the start
     time. A duplicate id raises AlreadyStarted and records nothing."""
-    try:
-        with transaction(engine) as tx:
-            row = tx.fetch_one(
-                "insert_execution",
-                {
-                    "execution_id": execution_id,
-                    "run_id": run_id,
-                    "workflow_name": workflow_name,
-                    "input": Jsonb(input_value),
-                    "user_id": user_id,
-                    "attributes": Jsonb(started_attributes),
-                    "execution_timeout_seconds": execution_timeout_seconds,
-                    "random_seed": random_seed,
-                },
-            )
-    except psycopg.errors.UniqueViolation as exc:
-        if exc.diag.constraint_name != EXECUTIONS_KEY:
-            raise
-        raise AlreadyStarted(f"Execution {execution_id!r} already exists") from exc
-    assert row is not None
+    with transaction(engine) as tx:
+        row = tx.read_one(send_insert_execution(tx, new))
+    if row is None:
+        raise AlreadyStarted(f"Execution {new.execution_id!r} already exists")
     start_time: datetime = row[0]
     return start_time
 
@@ -93,8 +100,8 @@ def read_execution(engine: Engine, execution_id: str) -> ExecutionRecord:
         row = tx.fetch_one("read_execution", {"execution_id": execution_id})
     if row is None:
         raise ExecutionNotFound(f"Execution {execution_id!r} not found")
-    (execution_id, workflow_name, root_id, parent_id, user_id, run_id, status, *times) = row
-    start_time, end_time, result, error = times
+    (execution_id, workflow_name, root_id, parent_id, user_id, run_id, status, *rest) = row
+    start_time, end_time, result, error, schedule_id = rest
     return ExecutionRecord(
         execution_id=execution_id,
         workflow_name=workflow_name,
@@ -107,7 +114,14 @@ def read_execution(engine: Engine, execution_id: str) -> ExecutionRecord:
         end_time=end_time,
         result=result,
         error=error,
+        schedule_id=schedule_id,
     )
+
+
+def execution_status(tx: Transaction, execution_id: str) -> ExecutionStatus | None:
+    """The status of the execution's current run; None if there is no such execution."""
+    row = tx.fetch_one("read_execution", {"execution_id": execution_id})
+    return None if row is None else ExecutionStatus(row[6])
 
 
 def read_events(engine: Engine, run_id: uuid.UUID) -> list[StoredEvent]:

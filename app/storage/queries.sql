@@ -4,13 +4,14 @@
 
 -- name: insert_execution
 -- Record a new execution, its first run (RUNNING, due for its first workflow task)
--- and WORKFLOW_EXECUTION_STARTED; returns the run's start time. Each insert reads the
--- one before, so that a duplicate id fails on the executions key first.
+-- and WORKFLOW_EXECUTION_STARTED; returns the run's start time, or no row if the id is
+-- taken (then nothing is written). `schedule_id` names the schedule starting it, if any.
 WITH execution AS (
     INSERT INTO executions (execution_id, workflow_name, input, root_execution_id,
-                            current_run_id, user_id)
+                            current_run_id, user_id, schedule_id)
     VALUES (%(execution_id)s, %(workflow_name)s, %(input)s, %(execution_id)s,
-            %(run_id)s, %(user_id)s)
+            %(run_id)s, %(user_id)s, %(schedule_id)s)
+    ON CONFLICT (execution_id) DO NOTHING
     RETURNING execution_id
 ), run AS (
     INSERT INTO runs (run_id, execution_id, run_number, status, start_time, deadline,
@@ -32,7 +33,8 @@ SELECT start_time FROM run;
 -- name: read_execution
 -- An execution as its latest run shows it.
 SELECT e.execution_id, e.workflow_name, e.root_execution_id, e.parent_execution_id,
-       e.user_id, r.run_id, r.status, r.start_time, r.end_time, r.result, r.error
+       e.user_id, r.run_id, r.status, r.start_time, r.end_time, r.result, r.error,
+       e.schedule_id
 FROM executions e JOIN runs r ON r.run_id = e.current_run_id
 WHERE e.execution_id = %(execution_id)s;
 
@@ -391,3 +393,146 @@ SELECT current_run_id FROM executions WHERE execution_id = %(execution_id)s;
 -- name: read_random_seed
 -- The seed a run's workflow code draws its random values from (replayed by queries).
 SELECT random_seed FROM runs WHERE run_id = %(run_id)s;
+
+-- name: database_now
+-- Postgres's clock, which every schedule's time is read by (hosts' clocks disagree).
+SELECT clock_timestamp();
+
+-- name: insert_schedule
+-- Record a new schedule; no row if the id is taken.
+INSERT INTO schedules (schedule_id, workflow_name, input, spec, overlap,
+                       catchup_window_seconds, pause_on_failure, max_executions,
+                       remaining_executions, paused, note, deployment_name, user_id,
+                       next_tick, next_fire_at)
+VALUES (%(schedule_id)s, %(workflow_name)s, %(input)s, %(spec)s, %(overlap)s,
+        %(catchup_window_seconds)s, %(pause_on_failure)s, %(max_executions)s,
+        %(remaining_executions)s, %(paused)s, %(note)s, %(deployment_name)s, %(user_id)s,
+        %(next_tick)s, %(next_fire_at)s)
+ON CONFLICT (schedule_id) DO NOTHING
+RETURNING schedule_id;
+
+-- name: read_schedule
+-- One schedule, as stored (the columns of ScheduleRow, app/storage/schedules.py).
+SELECT schedule_id, workflow_name, input, spec, overlap, catchup_window_seconds,
+       pause_on_failure, max_executions, remaining_executions, paused, note,
+       deployment_name, user_id, next_tick, next_fire_at, last_execution_id, buffered,
+       missed_ticks, last_missed_tick, revision, created_at, updated_at
+FROM schedules WHERE schedule_id = %(schedule_id)s;
+
+-- name: lock_schedule
+-- One schedule, locked for a change (waiting for beat if it is firing it).
+SELECT schedule_id, workflow_name, input, spec, overlap, catchup_window_seconds,
+       pause_on_failure, max_executions, remaining_executions, paused, note,
+       deployment_name, user_id, next_tick, next_fire_at, last_execution_id, buffered,
+       missed_ticks, last_missed_tick, revision, created_at, updated_at
+FROM schedules WHERE schedule_id = %(schedule_id)s
+FOR UPDATE;
+
+-- name: list_schedules
+-- A page of schedules by id, after `after_id`, with the filters the SDK sends (each
+-- null means no filter; `search` is a prefix of the workflow name).
+SELECT schedule_id, workflow_name, input, spec, overlap, catchup_window_seconds,
+       pause_on_failure, max_executions, remaining_executions, paused, note,
+       deployment_name, user_id, next_tick, next_fire_at, last_execution_id, buffered,
+       missed_ticks, last_missed_tick, revision, created_at, updated_at
+FROM schedules
+WHERE (%(workflow_name)s::text IS NULL OR workflow_name = %(workflow_name)s)
+  AND (%(user_id)s::text IS NULL OR user_id = %(user_id)s)
+  AND (%(paused)s::boolean IS NULL OR paused = %(paused)s)
+  AND (%(search)s::text IS NULL OR starts_with(workflow_name, %(search)s))
+  AND (%(after_id)s::text IS NULL OR schedule_id > %(after_id)s)
+ORDER BY schedule_id
+LIMIT %(limit)s;
+
+-- name: lock_due_schedules
+-- Schedules to fire now: due by Postgres's clock, or holding buffered ticks whose
+-- execution has closed. Locked, skipping those another beat holds; each comes with
+-- the status of the execution it started last (null if none), and with now.
+SELECT s.schedule_id, s.workflow_name, s.input, s.spec, s.overlap,
+       s.catchup_window_seconds, s.pause_on_failure, s.max_executions,
+       s.remaining_executions, s.paused, s.note, s.deployment_name, s.user_id,
+       s.next_tick, s.next_fire_at, s.last_execution_id, s.buffered, s.missed_ticks,
+       s.last_missed_tick, s.revision, s.created_at, s.updated_at,
+       (SELECT r.status FROM executions e JOIN runs r ON r.run_id = e.current_run_id
+        WHERE e.execution_id = s.last_execution_id) AS last_status,
+       clock_timestamp() AS now
+FROM schedules s
+WHERE NOT s.paused
+  AND (s.next_fire_at <= clock_timestamp()
+       OR (s.buffered > 0 AND NOT EXISTS (
+           SELECT 1 FROM executions e JOIN runs r ON r.run_id = e.current_run_id
+           WHERE e.execution_id = s.last_execution_id
+             AND r.status IN ('RUNNING', 'RETRYING_AFTER_ERROR'))))
+ORDER BY s.next_fire_at
+LIMIT %(limit)s
+FOR UPDATE OF s SKIP LOCKED;
+
+-- name: buffered_ticks
+-- A schedule's buffered ticks, oldest first.
+SELECT tick FROM schedule_fires
+WHERE schedule_id = %(schedule_id)s AND outcome = 'BUFFERED'
+ORDER BY tick
+LIMIT %(limit)s;
+
+-- name: save_schedule
+-- Write a schedule's state back: after beat fires it, or after a change through the API.
+UPDATE schedules
+SET input = %(input)s, spec = %(spec)s, overlap = %(overlap)s,
+    catchup_window_seconds = %(catchup_window_seconds)s,
+    pause_on_failure = %(pause_on_failure)s, max_executions = %(max_executions)s,
+    remaining_executions = %(remaining_executions)s, paused = %(paused)s, note = %(note)s,
+    next_tick = %(next_tick)s, next_fire_at = %(next_fire_at)s,
+    last_execution_id = %(last_execution_id)s, buffered = %(buffered)s,
+    missed_ticks = %(missed_ticks)s, last_missed_tick = %(last_missed_tick)s,
+    revision = %(revision)s,
+    updated_at = CASE WHEN %(touched)s::boolean THEN clock_timestamp() ELSE updated_at END
+WHERE schedule_id = %(schedule_id)s;
+
+-- name: delete_schedule
+-- Delete a schedule and what it fired (the executions it started remain).
+DELETE FROM schedules WHERE schedule_id = %(schedule_id)s RETURNING schedule_id;
+
+-- name: record_fire
+-- What became of one tick that started nothing (SKIPPED, or BUFFERED to start later).
+-- A tick recorded before is left as it was.
+INSERT INTO schedule_fires (schedule_id, tick, kind, outcome, detail, recorded_at)
+VALUES (%(schedule_id)s, %(tick)s, %(kind)s, %(outcome)s, %(detail)s, clock_timestamp())
+ON CONFLICT (schedule_id, tick) DO NOTHING;
+
+-- name: record_start
+-- A tick that starts `execution_id` (inserted by insert_execution just before, in the
+-- same transaction): STARTED if that insert made the run, FAILED if the id was taken.
+-- A tick recorded before keeps its record, unless it was buffered for this start.
+INSERT INTO schedule_fires (schedule_id, tick, kind, outcome, execution_id, detail,
+                            recorded_at)
+SELECT %(schedule_id)s, %(tick)s, %(kind)s,
+       CASE WHEN started THEN 'STARTED' ELSE 'FAILED' END, %(execution_id)s,
+       CASE WHEN NOT started THEN 'an execution with this id already exists' END,
+       clock_timestamp()
+FROM (SELECT EXISTS (SELECT 1 FROM runs WHERE run_id = %(run_id)s) AS started) made
+ON CONFLICT (schedule_id, tick) DO UPDATE
+SET outcome = EXCLUDED.outcome, execution_id = EXCLUDED.execution_id,
+    detail = EXCLUDED.detail, recorded_at = EXCLUDED.recorded_at
+WHERE schedule_fires.outcome = 'BUFFERED';
+
+-- name: runs_that_exist
+-- Which of these runs exist (those a batch of starts did make).
+SELECT run_id FROM runs WHERE run_id = ANY(%(run_ids)s);
+
+-- name: recent_starts
+-- The executions a schedule started last, newest first.
+SELECT f.tick, r.start_time, f.execution_id
+FROM schedule_fires f
+JOIN executions e ON e.execution_id = f.execution_id
+JOIN runs r ON r.execution_id = e.execution_id AND r.run_number = 1
+WHERE f.schedule_id = %(schedule_id)s AND f.outcome = 'STARTED'
+ORDER BY f.recorded_at DESC
+LIMIT %(limit)s;
+
+-- name: schedule_fires
+-- A schedule's fire records, newest tick first.
+SELECT tick, kind, outcome, execution_id, detail, recorded_at
+FROM schedule_fires
+WHERE schedule_id = %(schedule_id)s
+ORDER BY tick DESC
+LIMIT %(limit)s;

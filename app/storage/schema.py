@@ -6,6 +6,7 @@ from collections.abc import Iterable
 
 from sqlalchemy import (
     BigInteger,
+    Boolean,
     CheckConstraint,
     Column,
     DateTime,
@@ -47,6 +48,8 @@ executions = Table(
     Column("current_run_id", UUID(as_uuid=True), nullable=False),
     Column("user_id", Text, nullable=True),
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    # The schedule that started it, if one did.
+    Column("schedule_id", Text, nullable=True),
 )
 
 runs = Table(
@@ -193,3 +196,91 @@ timers = Table(
     CheckConstraint("state IN ('CANCELED', 'FIRED', 'PENDING')", name="timers_state_valid"),
 )
 Index("timers_pending_by_fire_at", timers.c.fire_at, postgresql_where=text("state = 'PENDING'"))
+
+# A schedule (app/engine/schedules.py): when it fires (`spec`, ScheduleSpec as JSON) and
+# what it starts. Beat fires it once `next_fire_at` (its next tick plus jitter) has come,
+# by Postgres's clock, and advances it in the same transaction.
+schedules = Table(
+    "schedules",
+    metadata,
+    Column("schedule_id", Text, primary_key=True),
+    Column("workflow_name", Text, nullable=False),
+    Column("input", JSONB, nullable=True),
+    Column("spec", JSONB, nullable=False),
+    Column("overlap", Integer, nullable=False),
+    Column("catchup_window_seconds", BigInteger, nullable=False),
+    Column("pause_on_failure", Boolean, nullable=False),
+    Column("max_executions", Integer, nullable=True),
+    # Counts down with each scheduled start (not triggers); 0: exhausted.
+    Column("remaining_executions", Integer, nullable=True),
+    Column("paused", Boolean, nullable=False, server_default=text("false")),
+    Column("note", Text, nullable=True),
+    Column("deployment_name", Text, nullable=True),
+    Column("user_id", Text, nullable=True),
+    # The next time it fires (None: it has no more), and that time plus its jitter.
+    Column("next_tick", DateTime(timezone=True), nullable=True),
+    Column("next_fire_at", DateTime(timezone=True), nullable=True),
+    # The execution it started last: the one its overlap policy looks at.
+    Column("last_execution_id", Text, nullable=True),
+    # Ticks waiting (BUFFER_ONE, BUFFER_ALL, CANCEL_OTHER) for that execution to close.
+    Column("buffered", Integer, nullable=False, server_default=text("0")),
+    # Ticks passed over because they were older than the catch-up window when beat
+    # came to them (beat was down), and the last of them.
+    Column("missed_ticks", BigInteger, nullable=False, server_default=text("0")),
+    Column("last_missed_tick", DateTime(timezone=True), nullable=True),
+    # Bumped by every change of the spec, so that beat re-reads it.
+    Column("revision", Integer, nullable=False, server_default=text("1")),
+    Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    Column("updated_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
+    CheckConstraint("overlap BETWEEN 1 AND 6", name="schedules_overlap_valid"),
+    CheckConstraint("buffered >= 0", name="schedules_buffered_not_negative"),
+    CheckConstraint("(next_tick IS NULL) = (next_fire_at IS NULL)", name="schedules_fire_iff_tick"),
+)
+Index(
+    "schedules_due",
+    schedules.c.next_fire_at,
+    postgresql_where=text("NOT paused AND next_fire_at IS NOT NULL"),
+)
+Index(
+    "schedules_with_buffered_ticks",
+    schedules.c.schedule_id,
+    postgresql_where=text("buffered > 0 AND NOT paused"),
+)
+Index("schedules_by_workflow", schedules.c.workflow_name, schedules.c.schedule_id)
+
+# What became of each tick of a schedule: one row per (schedule, tick), whoever fires
+# it, so that no tick is fired twice. `kind` is SCHEDULED or TRIGGERED (by the API).
+schedule_fires = Table(
+    "schedule_fires",
+    metadata,
+    Column(
+        "schedule_id",
+        Text,
+        ForeignKey("schedules.schedule_id", ondelete="CASCADE"),
+        nullable=False,
+    ),
+    Column("tick", DateTime(timezone=True), nullable=False),
+    Column("kind", Text, nullable=False),
+    Column("outcome", Text, nullable=False),
+    Column("execution_id", Text, nullable=True),
+    Column("detail", Text, nullable=True),
+    Column("recorded_at", DateTime(timezone=True), nullable=False),
+    PrimaryKeyConstraint("schedule_id", "tick", name="schedule_fires_pkey"),
+    CheckConstraint("kind IN ('SCHEDULED', 'TRIGGERED')", name="schedule_fires_kind_valid"),
+    CheckConstraint(
+        "outcome IN ('BUFFERED', 'FAILED', 'SKIPPED', 'STARTED')",
+        name="schedule_fires_outcome_valid",
+    ),
+)
+Index(
+    "schedule_fires_started",
+    schedule_fires.c.schedule_id,
+    schedule_fires.c.recorded_at,
+    postgresql_where=text("outcome = 'STARTED'"),
+)
+Index(
+    "schedule_fires_buffered",
+    schedule_fires.c.schedule_id,
+    schedule_fires.c.tick,
+    postgresql_where=text("outcome = 'BUFFERED'"),
+)

@@ -58,7 +58,7 @@ def test_sdk_routes_chainline_does_not_serve_yet_answer_501_naming_themselves(
     client = Mistral(api_key="test-key", server_url=stack.base_url)
     for call in (
         client.workflows.runs.list_runs,
-        client.workflows.schedules.get_schedules,
+        client.workflows.events.get_workflow_events,
         client.workflows.deployments.list_deployments,
     ):
         with pytest.raises(SDKError) as raised:

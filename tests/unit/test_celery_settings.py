@@ -25,7 +25,7 @@ def test_workers_batch_their_events_and_beat_sweeps_in_process() -> None:
     assert app.conf.worker_consumer == "workers.consumer:EventBatchingConsumer"
     assert app.conf.chainline_event_flush_seconds == 0.1
     # No housekeeping task that could wait behind activities in the queue.
-    assert app.conf.beat_scheduler == "workers.beat:HousekeepingScheduler"
+    assert app.conf.beat_scheduler == "workers.beat:ChainlineScheduler"
     assert not app.conf.beat_schedule
     assert app.conf.include == ["workers.tasks"]
 
