@@ -336,6 +336,203 @@ def _event_time(nanoseconds: int) -> str:
     return moment.isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
 
+# Schedules: `chainline schedules ...`, over /v1/workflows/schedules.
+
+OVERLAP_POLICIES = {
+    "skip": 1,
+    "buffer-one": 2,
+    "buffer-all": 3,
+    "cancel-other": 4,
+    "terminate-other": 5,
+    "allow-all": 6,
+}
+_OVERLAP_NAMES = {number: name for name, number in OVERLAP_POLICIES.items()}
+overlap_option = click.option(
+    "--overlap",
+    type=click.Choice(list(OVERLAP_POLICIES)),
+    help="What a tick does while the schedule's last execution still runs.",
+)
+
+
+@main.group()
+def schedules() -> None:
+    """Start executions on a schedule: list, show, create, pause, resume, trigger, delete."""
+
+
+def _describe_schedule(schedule: dict[str, Any]) -> str:
+    times = [
+        *(f"cron {c}" for c in schedule.get("cron_expressions") or []),
+        *(
+            f"every {i['every']}" + (f" (offset {i['offset']})" if i.get("offset") else "")
+            for i in schedule.get("intervals") or []
+        ),
+        *(f"calendar {json.dumps(c)}" for c in schedule.get("calendars") or []),
+    ]
+    policy = schedule.get("policy") or {}
+    remaining = schedule.get("remaining_executions")
+    lines = [
+        f"schedule   {schedule['schedule_id']}",
+        f"workflow   {schedule['workflow_name']}",
+        f"state      {'paused' if schedule['paused'] else 'active'}"
+        + (f" ({schedule['note']})" if schedule.get("note") else ""),
+        f"times      {'; '.join(times)}"
+        + (f" in {schedule['time_zone_name']}" if schedule.get("time_zone_name") else ""),
+        f"overlap    {_OVERLAP_NAMES.get(policy.get('overlap', 1), policy.get('overlap'))}",
+        f"input      {json.dumps(schedule['input'])}",
+    ]
+    if remaining is not None:
+        lines.append(f"remaining  {remaining} of {schedule.get('max_executions')}")
+    if schedule.get("missed_catchup_window"):
+        lines.append(f"missed     {schedule['missed_catchup_window']} (beyond the catch-up window)")
+    lines += [f"next       {f['scheduled_at']}" for f in schedule.get("future_executions") or []]
+    lines += [
+        f"started    {r['scheduled_at']}  {r['execution_id']}"
+        for r in schedule.get("recent_executions") or []
+    ]
+    return "\n".join(lines)
+
+
+@schedules.command("list")
+@click.option("--workflow", "workflow_name", help="Only this workflow's schedules.")
+@click.option("--status", type=click.Choice(["active", "paused"]), help="Only these.")
+@json_option
+@_connection_options
+@click.pass_context
+def list_schedules(
+    ctx: click.Context, workflow_name: str | None, status: str | None, as_json: bool
+) -> None:
+    """List schedules, by id."""
+    params = {k: v for k, v in {"workflow_name": workflow_name, "status": status}.items() if v}
+    listing = _api(ctx).call("GET", "/v1/workflows/schedules", params=params)
+    rows = []
+    for schedule in listing["schedules"]:
+        upcoming = schedule.get("future_executions") or [{"scheduled_at": "-"}]
+        state = "paused" if schedule["paused"] else "active"
+        rows.append(
+            f"{schedule['schedule_id']:<32} {schedule['workflow_name']:<24} {state:<7}"
+            f" next {upcoming[0]['scheduled_at']}"
+        )
+    _emit(listing, as_json, "\n".join(rows) or "(no schedules)")
+
+
+@schedules.command("show")
+@click.argument("schedule_id")
+@json_option
+@_connection_options
+@click.pass_context
+def show_schedule(ctx: click.Context, schedule_id: str, as_json: bool) -> None:
+    """Show a schedule, its next times and the executions it started last."""
+    schedule = _api(ctx).call("GET", f"/v1/workflows/schedules/{schedule_id}")
+    _emit(schedule, as_json, _describe_schedule(schedule))
+
+
+@schedules.command("create")
+@click.argument("workflow", required=False)
+@click.option("--id", "schedule_id", help="Schedule id (default: generated).")
+@click.option("--cron", "crons", multiple=True, help="A 5-field cron expression (repeatable).")
+@click.option("--every", "intervals", multiple=True, help="An interval: 90, PT1H, 1h30m.")
+@click.option("--time-zone", help="IANA time zone of the cron expressions (default UTC).")
+@click.option("--input", "raw_input", help="The workflow's JSON input, or @file.")
+@overlap_option
+@click.option("--catchup-window", type=int, help="Seconds within which missed ticks still fire.")
+@click.option("--pause-on-failure", is_flag=True, help="Pause when an execution fails.")
+@click.option("--max-executions", type=int, help="Stop after this many executions.")
+@click.option(
+    "--file",
+    "spec_file",
+    type=click.Path(dir_okay=False),
+    help="The request body as JSON ({workflow_identifier, schedule: {...}}); flags add to it.",
+)
+@json_option
+@_connection_options
+@click.pass_context
+def create_schedule(
+    ctx: click.Context,
+    workflow: str | None,
+    schedule_id: str | None,
+    crons: tuple[str, ...],
+    intervals: tuple[str, ...],
+    time_zone: str | None,
+    raw_input: str | None,
+    overlap: str | None,
+    catchup_window: int | None,
+    pause_on_failure: bool,
+    max_executions: int | None,
+    spec_file: str | None,
+    as_json: bool,
+) -> None:
+    """Schedule WORKFLOW, from flags or from a JSON file (--file)."""
+    body: dict[str, Any] = _read_input(f"@{spec_file}") if spec_file else {}
+    if not isinstance(body, dict) or not isinstance(body.setdefault("schedule", {}), dict):
+        raise InputError("--file holds a JSON object with a `schedule` object")
+    schedule = body["schedule"]
+    if workflow:
+        body["workflow_identifier"] = workflow
+    if schedule_id:
+        body["schedule_id"] = schedule_id
+    if raw_input is not None or "input" not in schedule:
+        schedule["input"] = _read_input(raw_input)
+    if crons:
+        schedule["cron_expressions"] = [*schedule.get("cron_expressions", []), *crons]
+    if intervals:
+        schedule["intervals"] = [*schedule.get("intervals", []), *({"every": e} for e in intervals)]
+    if time_zone:
+        schedule["time_zone_name"] = time_zone
+    if max_executions is not None:
+        schedule["max_executions"] = max_executions
+    policy = schedule.setdefault("policy", {})
+    if overlap:
+        policy["overlap"] = OVERLAP_POLICIES[overlap]
+    if catchup_window is not None:
+        policy["catchup_window_seconds"] = catchup_window
+    if pause_on_failure:
+        policy["pause_on_failure"] = True
+    created = _api(ctx).call("POST", "/v1/workflows/schedules", json=body)
+    _emit(created, as_json, f"scheduled {created['schedule_id']}")
+
+
+def _schedule_action(verb: str, doc: str, done: str, *options: Any) -> None:
+    """`chainline schedules <verb> ID [options]`: POST the schedule's /<verb> with the
+    options given as its body; prints `done` with the id."""
+
+    def action(ctx: click.Context, schedule_id: str, as_json: bool, **given: Any) -> None:
+        body = {name: value for name, value in given.items() if value is not None}
+        if "overlap" in body:
+            body["overlap"] = OVERLAP_POLICIES[body["overlap"]]
+        _api(ctx).call("POST", f"/v1/workflows/schedules/{schedule_id}/{verb}", json=body)
+        _emit({"schedule_id": schedule_id}, as_json, f"{done} {schedule_id}")
+
+    for option in options:
+        action = option(action)
+    schedules.command(verb, help=doc)(
+        click.argument("schedule_id")(json_option(_connection_options(click.pass_context(action))))
+    )
+
+
+note_option = click.option("--note", help="Why, kept with the schedule.")
+_schedule_action(
+    "pause", "Pause a schedule: it starts nothing until resumed.", "paused", note_option
+)
+_schedule_action(
+    "resume",
+    "Resume a schedule from its next time (missed ones do not fire).",
+    "resumed",
+    note_option,
+)
+_schedule_action("trigger", "Start one execution of a schedule now.", "triggered", overlap_option)
+
+
+@schedules.command("delete")
+@click.argument("schedule_id")
+@json_option
+@_connection_options
+@click.pass_context
+def delete_schedule(ctx: click.Context, schedule_id: str, as_json: bool) -> None:
+    """Delete a schedule (the executions it started go on)."""
+    _api(ctx).call("DELETE", f"/v1/workflows/schedules/{schedule_id}")
+    _emit({"schedule_id": schedule_id}, as_json, f"deleted {schedule_id}")
+
+
 # Process commands: the Procfile runs these, so every deploy starts processes one way.
 
 

@@ -184,3 +184,73 @@ def test_signal_query_update_cancel_and_terminate_from_the_cli(
         f"Error: HTTP 409 WF_1102: Execution '{other}' is TERMINATED: it takes no terminate"
     )
     assert "Traceback" not in again.stderr + unknown.stderr + rejected.stderr
+
+
+def test_schedules_from_the_cli(stack: Stack, tmp_path: Path) -> None:
+    schedule_id = f"cli-{execution_id()}"
+    created = chainline(
+        stack,
+        "schedules",
+        "create",
+        "sequential-sum",
+        "--id",
+        schedule_id,
+        "--cron",
+        "0 9 * * *",
+        "--time-zone",
+        "Europe/Paris",
+        "--input",
+        '{"values": [4]}',
+        "--overlap",
+        "buffer-one",
+        "--max-executions",
+        "3",
+    )
+    assert created.returncode == 0, created.stderr
+    assert created.stdout.strip() == f"scheduled {schedule_id}"
+    shown = chainline(stack, "schedules", "show", schedule_id)
+    assert "cron 0 9 * * * in Europe/Paris" in shown.stdout
+    assert "overlap    buffer-one" in shown.stdout
+    assert "remaining  3 of 3" in shown.stdout
+    assert shown.stdout.count("next       ") == 3
+    as_json = json.loads(chainline(stack, "schedules", "show", schedule_id, "--json").stdout)
+    assert as_json["policy"]["overlap"] == 2
+
+    paused = chainline(stack, "schedules", "pause", schedule_id, "--note", "holiday")
+    assert paused.stdout.strip() == f"paused {schedule_id}"
+    listed = chainline(stack, "schedules", "list", "--status", "paused")
+    assert re.search(rf"^{schedule_id}\s+sequential-sum\s+paused", listed.stdout, re.MULTILINE)
+    assert chainline(stack, "schedules", "resume", schedule_id).returncode == 0
+    triggered = chainline(stack, "schedules", "trigger", schedule_id, "--overlap", "allow-all")
+    assert triggered.stdout.strip() == f"triggered {schedule_id}"
+    started = wait_until(
+        lambda: json.loads(chainline(stack, "schedules", "show", schedule_id, "--json").stdout)[
+            "recent_executions"
+        ],
+        timeout=20,
+        what="the triggered execution",
+    )
+    assert len(started) == 1 and started[0]["execution_id"].startswith(schedule_id)
+
+    from_file = tmp_path / "schedule.json"
+    from_file.write_text(
+        json.dumps(
+            {
+                "workflow_identifier": "sequential-sum",
+                "schedule": {"input": {"values": [1]}, "intervals": [{"every": "1h"}]},
+            }
+        )
+    )
+    second = chainline(stack, "schedules", "create", "--file", str(from_file), "--json")
+    second_id = json.loads(second.stdout)["schedule_id"]
+    assert "every PT1H" in chainline(stack, "schedules", "show", second_id).stdout
+
+    invalid = chainline(stack, "schedules", "create", "sequential-sum", "--cron", "nope")
+    assert invalid.returncode == 1
+    assert invalid.stderr.startswith("Error: HTTP 422: body.schedule: Value error")
+    for schedule in (schedule_id, second_id):
+        deleted = chainline(stack, "schedules", "delete", schedule)
+        assert deleted.stdout.strip() == f"deleted {schedule}"
+    missing = chainline(stack, "schedules", "show", schedule_id)
+    assert missing.returncode == 1
+    assert missing.stderr.strip() == f"Error: HTTP 404 WF_1100: Schedule '{schedule_id}' not found"
