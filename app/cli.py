@@ -702,6 +702,18 @@ def dev(data_dir: Path, host: str, port: int, flower_port: int) -> None:
     "--sleepers", default=1000, show_default=True, help="Executions whose timers fall due at once."
 )
 @click.option(
+    "--schedules",
+    default=1000,
+    show_default=True,
+    help="Schedules due every minute at the same second (lateness, beat CPU).",
+)
+@click.option(
+    "--schedule-window",
+    default=60.0,
+    show_default=True,
+    help="Seconds over which beat's CPU is measured, the schedules' tick inside.",
+)
+@click.option(
     "--peer/--no-peer",
     default=True,
     show_default=True,
@@ -726,6 +738,8 @@ def bench(
     preload_events: int,
     interaction_samples: int,
     sleepers: int,
+    schedules: int,
+    schedule_window: float,
     peer: bool,
     dbos_concurrency: str,
     json_path: Path | None,
@@ -750,6 +764,8 @@ def bench(
         preload_events=preload_events,
         interaction_samples=interaction_samples,
         sleepers=sleepers,
+        schedules=schedules,
+        schedule_window=schedule_window,
         peer=peer,
         dbos_concurrency=tuple(int(level) for level in dbos_concurrency.split(",")),
     )

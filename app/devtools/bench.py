@@ -31,6 +31,7 @@ import psycopg
 import redis
 
 from app.devtools.bench_interactions import InteractionConfig, Interactions
+from app.devtools.bench_schedules import ScheduleBenchConfig, measure_schedules
 from app.devtools.measuring import percentile, wait_for
 from app.processes import with_scripts_on_path
 from app.settings import REDIS_BROKER_SCHEMES, libpq_url
@@ -65,6 +66,10 @@ class BenchConfig:
     interaction_samples: int = 30
     # Executions whose timers fall due at once (timer lateness).
     sleepers: int = 1000
+    # Schedules due every minute, at the same second; beat's CPU is measured over a
+    # window of schedule_window seconds holding their tick.
+    schedules: int = 1000
+    schedule_window: float = 60.0
 
 
 @dataclass
@@ -423,6 +428,17 @@ def _run_contenders(
         report["interactions"] = interactions.measure()
     finally:
         interactions.close()
+    log(f"measuring {config.schedules} schedules due at once, on one beat ...")
+    report["schedules"] = measure_schedules(
+        stack.api_url,
+        servers.database_url,
+        lambda: _tree_cpu(stack.processes["beat"].pid),
+        ScheduleBenchConfig(
+            schedules=config.schedules,
+            window_seconds=config.schedule_window,
+            timeout=config.timeout,
+        ),
+    )
     return report
 
 
@@ -807,7 +823,21 @@ def format_report(report: dict[str, Any]) -> str:
         shown = "not measured" if value is None else f"{value:.2f}"
         lines.append(f"  {section}.{key} = {shown}" + (f" (target {target})" if target else ""))
     lines.extend(_format_interactions(report["interactions"]))
+    lines.extend(_format_schedules(report["schedules"]))
     return "\n".join(lines)
+
+
+def _format_schedules(found: dict[str, Any]) -> list[str]:
+    late = found["lateness"]
+    return [
+        "",
+        f"schedules: {found['schedules']} due every minute at the same second, one beat:",
+        f"  started late by p50 {late['p50_ms']:.0f} ms, p99 {late['p99_ms']:.0f} ms,"
+        f" max {late['max_ms']:.0f} ms (target p99 < 1000);"
+        f" {found['ticks_fired_twice']} tick(s) fired twice",
+        f"  beat CPU {found['beat_cpu_percent_of_a_core']:.1f}% of a core over"
+        f" {found['window_seconds']:.0f} s (target < 10%)",
+    ]
 
 
 def _format_interactions(found: dict[str, Any]) -> list[str]:

@@ -75,6 +75,10 @@ def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
             "3",
             "--sleepers",
             "20",
+            "--schedules",
+            "20",
+            "--schedule-window",
+            "5",
             "--json",
             str(report_path),
         ],
@@ -98,6 +102,12 @@ def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
     assert interactions["timers"]["executions"] == 20
     assert interactions["timers"]["fired_late"]["samples"] == 20
     assert "signal_to_activity_scheduled.p50_ms" in done.stdout
+    scheduled = report["schedules"]
+    assert scheduled["schedules"] == scheduled["ticks_fired"] == 20
+    assert scheduled["ticks_fired_twice"] == 0
+    assert 0 <= scheduled["lateness"]["p50_ms"] <= scheduled["lateness"]["p99_ms"]
+    assert scheduled["window_seconds"] >= 5 and scheduled["beat_cpu_seconds"] > 0
+    assert "beat CPU" in done.stdout
     assert set(report["sequential"]["cpu_seconds"]) >= {"worker", "api", "postgres", "redis"}
     if PEER_INSTALLED:
         assert "sequential.ratio_to_dbos" in done.stdout
