@@ -6,11 +6,12 @@ import os
 import time
 import uuid
 from collections.abc import Callable
+from datetime import datetime
 from pathlib import Path
 from typing import TypeVar
 
 import psycopg
-from sqlalchemy import Engine, make_url
+from sqlalchemy import Engine, make_url, text
 
 from app.devtools.bench import delete_keys
 from app.processes import scripts_dir
@@ -95,3 +96,16 @@ def drop_database(url: str) -> None:
 def delete_broker_keys(prefix: str, broker_url: str = BROKER_URL) -> None:
     """Tidy what a test left in a Redis (the shared one by default) under its key prefix."""
     delete_keys(broker_url, prefix)
+
+
+def schedule_fires(engine: Engine, schedule_id: str) -> list[tuple[datetime, str, str, str | None]]:
+    """A schedule's fire records, by tick: (tick, kind, outcome, execution id)."""
+    with engine.connect() as conn:
+        rows = conn.execute(
+            text(
+                "SELECT tick, kind, outcome, execution_id FROM schedule_fires"
+                " WHERE schedule_id = :s ORDER BY tick"
+            ),
+            {"s": schedule_id},
+        ).all()
+    return [(r[0], r[1], r[2], r[3]) for r in rows]

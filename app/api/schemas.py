@@ -13,12 +13,10 @@ from typing import Annotated, Any
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 
 from app.model.schedule_spec import (
-    Duration,
     OverlapPolicy,
-    ScheduleCalendar,
-    ScheduleInterval,
     SchedulePolicy,
     ScheduleSpec,
+    ScheduleTimes,
 )
 from app.model.statuses import ExecutionStatus
 from app.storage.executions import ExecutionRecord, StoredEvent
@@ -232,20 +230,11 @@ class WorkflowScheduleRequest(BaseModel):
     deployment_name: str | None = None
 
 
-class PartialScheduleDefinition(BaseModel):
-    """The SDK's PartialScheduleDefinition: only the fields sent are changed."""
-
-    model_config = ConfigDict(extra="ignore")
+class PartialScheduleDefinition(ScheduleTimes):
+    """The SDK's PartialScheduleDefinition: only the fields sent are changed (the spec
+    they make with the stored fields is checked whole)."""
 
     input: Any = None
-    calendars: list[ScheduleCalendar] | None = None
-    intervals: list[ScheduleInterval] | None = None
-    cron_expressions: list[str] | None = None
-    skip: list[ScheduleCalendar] | None = None
-    start_at: datetime | None = None
-    end_at: datetime | None = None
-    jitter: Duration | None = None
-    time_zone_name: str | None = None
     policy: SchedulePolicy | None = None
     max_executions: int | None = Field(default=None, ge=1)
 
@@ -282,19 +271,11 @@ class ScheduleRecentExecution(BaseModel):
     execution_id: str
 
 
-class ScheduleDefinitionOutput(BaseModel):
+class ScheduleDefinitionOutput(ScheduleTimes):
     input: Any
     schedule_id: str
     workflow_name: str
     paused: bool
-    calendars: list[ScheduleCalendar] | None = None
-    intervals: list[ScheduleInterval] | None = None
-    cron_expressions: list[str] | None = None
-    skip: list[ScheduleCalendar] | None = None
-    start_at: datetime | None = None
-    end_at: datetime | None = None
-    jitter: str | None = None
-    time_zone_name: str | None = None
     policy: SchedulePolicy
     max_executions: int | None = None
     remaining_executions: int | None = None

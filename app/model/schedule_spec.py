@@ -229,8 +229,8 @@ class SchedulePolicy(BaseModel):
     pause_on_failure: bool = False
 
 
-class ScheduleSpec(BaseModel):
-    """When a schedule fires (the timing part of the SDK's ScheduleDefinition)."""
+class ScheduleTimes(BaseModel):
+    """The timing fields of the SDK's schedule models, each checked on its own."""
 
     model_config = ConfigDict(extra="ignore")
 
@@ -242,6 +242,11 @@ class ScheduleSpec(BaseModel):
     end_at: datetime | None = None
     jitter: Duration | None = None
     time_zone_name: str | None = None
+
+
+class ScheduleSpec(ScheduleTimes):
+    """When a schedule fires (the timing part of the SDK's ScheduleDefinition), checked
+    whole."""
 
     @model_validator(mode="after")
     def _valid(self) -> ScheduleSpec:

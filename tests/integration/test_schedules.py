@@ -20,6 +20,7 @@ from app.model import events as ev
 from app.model.schedule_spec import OverlapPolicy, SchedulePolicy, ScheduleSpec
 from app.storage.executions import read_events, read_execution
 from app.workflows.registry import Registry
+from tests.support import schedule_fires
 
 MINUTE = timedelta(minutes=1)
 
@@ -75,16 +76,8 @@ def _rewind(engine: Engine, schedule_id: str, ticks_ago: int) -> datetime:
     return tick
 
 
-def _fires(engine: Engine, schedule_id: str) -> list[tuple[datetime, str, str, str | None]]:
-    with engine.connect() as conn:
-        rows = conn.execute(
-            text(
-                "SELECT tick, kind, outcome, execution_id FROM schedule_fires"
-                " WHERE schedule_id = :s ORDER BY tick"
-            ),
-            {"s": schedule_id},
-        ).all()
-    return [(r[0], r[1], r[2], r[3]) for r in rows]
+def _outcomes(engine: Engine, schedule_id: str) -> list[str]:
+    return [fire[2] for fire in schedule_fires(engine, schedule_id)]
 
 
 def _executions(engine: Engine, schedule_id: str) -> list[str]:
@@ -151,7 +144,7 @@ def test_a_due_tick_starts_one_execution_named_by_the_schedule_and_tick(
     tick = _rewind(engine, schedule_id, 1)
     _fire_only(engine, registry, schedule_id)
     expected = execution_id_for(schedule_id, tick)
-    assert _fires(engine, schedule_id) == [(tick, "SCHEDULED", "STARTED", expected)]
+    assert schedule_fires(engine, schedule_id) == [(tick, "SCHEDULED", "STARTED", expected)]
     record = read_execution(engine, expected)
     assert record.schedule_id == schedule_id
     assert record.user_id == "key-test"
@@ -190,7 +183,7 @@ def test_two_beats_polling_at_once_start_each_tick_once(engine: Engine, registry
         thread.join(timeout=60)
     assert errors == []
     for schedule_id in ids:
-        fires = _fires(engine, schedule_id)
+        fires = schedule_fires(engine, schedule_id)
         assert [f[2] for f in fires] == ["STARTED"] * 3
         assert _executions(engine, schedule_id) == sorted(f[3] for f in fires if f[3])
 
@@ -201,7 +194,7 @@ def test_skip_records_a_tick_that_comes_while_the_last_execution_runs(
     schedule_id = _create(engine, overlap=OverlapPolicy.SKIP)
     first = _rewind(engine, schedule_id, 2)
     _fire_only(engine, registry, schedule_id)
-    fires = _fires(engine, schedule_id)
+    fires = schedule_fires(engine, schedule_id)
     assert [(f[0], f[2]) for f in fires] == [(first, "STARTED"), (first + MINUTE, "SKIPPED")]
     assert len(_executions(engine, schedule_id)) == 1
 
@@ -212,14 +205,14 @@ def test_buffer_one_starts_one_waiting_tick_once_the_last_execution_closes(
     schedule_id = _create(engine, overlap=OverlapPolicy.BUFFER_ONE)
     first = _rewind(engine, schedule_id, 3)
     _fire_only(engine, registry, schedule_id)
-    assert [f[2] for f in _fires(engine, schedule_id)] == ["STARTED", "BUFFERED", "SKIPPED"]
+    assert _outcomes(engine, schedule_id) == ["STARTED", "BUFFERED", "SKIPPED"]
     assert _row(engine, schedule_id).buffered == 1
     # Still running: the buffered tick waits.
     _fire_only(engine, registry, schedule_id)
     assert len(_executions(engine, schedule_id)) == 1
     interactions.terminate(engine, execution_id_for(schedule_id, first))
     _fire_only(engine, registry, schedule_id)
-    fires = _fires(engine, schedule_id)
+    fires = schedule_fires(engine, schedule_id)
     assert [f[2] for f in fires] == ["STARTED", "STARTED", "SKIPPED"]
     assert fires[1][3] == execution_id_for(schedule_id, first + MINUTE)
     assert _row(engine, schedule_id).buffered == 0
@@ -232,11 +225,15 @@ def test_buffer_all_keeps_every_tick_and_starts_them_one_after_another(
     schedule_id = _create(engine, overlap=OverlapPolicy.BUFFER_ALL)
     first = _rewind(engine, schedule_id, 3)
     _fire_only(engine, registry, schedule_id)
-    assert [f[2] for f in _fires(engine, schedule_id)] == ["STARTED", "BUFFERED", "BUFFERED"]
+    assert _outcomes(engine, schedule_id) == [
+        "STARTED",
+        "BUFFERED",
+        "BUFFERED",
+    ]
     for started in range(2):
         interactions.terminate(engine, execution_id_for(schedule_id, first + MINUTE * started))
         _fire_only(engine, registry, schedule_id)
-    assert [f[2] for f in _fires(engine, schedule_id)] == ["STARTED"] * 3
+    assert _outcomes(engine, schedule_id) == ["STARTED"] * 3
     assert _row(engine, schedule_id).buffered == 0
 
 
@@ -246,7 +243,7 @@ def test_terminate_other_ends_the_running_execution_and_starts_the_tick(
     schedule_id = _create(engine, overlap=OverlapPolicy.TERMINATE_OTHER)
     first = _rewind(engine, schedule_id, 2)
     _fire_only(engine, registry, schedule_id)
-    assert [f[2] for f in _fires(engine, schedule_id)] == ["STARTED", "STARTED"]
+    assert _outcomes(engine, schedule_id) == ["STARTED", "STARTED"]
     old = read_execution(engine, execution_id_for(schedule_id, first))
     new = read_execution(engine, execution_id_for(schedule_id, first + MINUTE))
     assert old.status.value == "TERMINATED"
@@ -259,7 +256,7 @@ def test_cancel_other_asks_the_running_execution_to_cancel_and_buffers_the_tick(
     schedule_id = _create(engine, overlap=OverlapPolicy.CANCEL_OTHER)
     first = _rewind(engine, schedule_id, 2)
     _fire_only(engine, registry, schedule_id)
-    assert [f[2] for f in _fires(engine, schedule_id)] == ["STARTED", "BUFFERED"]
+    assert _outcomes(engine, schedule_id) == ["STARTED", "BUFFERED"]
     old = read_execution(engine, execution_id_for(schedule_id, first))
     assert ev.WORKFLOW_EXECUTION_CANCEL_REQUESTED in [
         e.event_type for e in read_events(engine, old.run_id)
@@ -279,7 +276,7 @@ def test_ticks_older_than_the_catchup_window_are_counted_not_fired(
     schedule_id = _create(engine, overlap=OverlapPolicy.ALLOW_ALL, catchup_window_seconds=150)
     first = _rewind(engine, schedule_id, 6)
     _fire_only(engine, registry, schedule_id)
-    fired = [f[0] for f in _fires(engine, schedule_id)]
+    fired = [f[0] for f in schedule_fires(engine, schedule_id)]
     row = _row(engine, schedule_id)
     # Six ticks were due, the last within the minute: those within 150 s are fired.
     assert row.missed_ticks + len(fired) == 6
@@ -310,12 +307,12 @@ def test_a_paused_schedule_fires_nothing_and_resumes_from_now(
     schedules.set_paused(engine, schedule_id, True, "maintenance")
     assert _row(engine, schedule_id).note == "maintenance"
     _fire_only(engine, registry, schedule_id)
-    assert _fires(engine, schedule_id) == []
+    assert schedule_fires(engine, schedule_id) == []
     schedules.set_paused(engine, schedule_id, False, None)
     row = _row(engine, schedule_id)
     assert row.next_tick is not None and row.next_tick > _db_now(engine) - timedelta(seconds=1)
     _fire_only(engine, registry, schedule_id)
-    assert _fires(engine, schedule_id) == []
+    assert schedule_fires(engine, schedule_id) == []
 
 
 def test_pause_on_failure_pauses_when_an_execution_it_started_fails(
@@ -346,11 +343,11 @@ def test_pause_on_failure_pauses_when_an_execution_it_started_fails(
 def test_trigger_starts_one_now_by_the_overlap_given(engine: Engine, registry: Registry) -> None:
     schedule_id = _create(engine, overlap=OverlapPolicy.SKIP)
     schedules.trigger(engine, registry, schedule_id, None)
-    assert [f[1:3] for f in _fires(engine, schedule_id)] == [("TRIGGERED", "STARTED")]
+    assert [f[1:3] for f in schedule_fires(engine, schedule_id)] == [("TRIGGERED", "STARTED")]
     # The first still runs: SKIP records the second, ALLOW_ALL starts the third.
     schedules.trigger(engine, registry, schedule_id, None)
     schedules.trigger(engine, registry, schedule_id, OverlapPolicy.ALLOW_ALL)
-    assert [f[2] for f in _fires(engine, schedule_id)] == ["STARTED", "SKIPPED", "STARTED"]
+    assert _outcomes(engine, schedule_id) == ["STARTED", "SKIPPED", "STARTED"]
     assert len(_executions(engine, schedule_id)) == 2
     with pytest.raises(ScheduleNotFound):
         schedules.trigger(engine, registry, "no-such-schedule", None)
@@ -367,7 +364,7 @@ def test_a_tick_of_a_workflow_not_deployed_is_recorded_failed(
         )
     _rewind(engine, schedule_id, 1)
     _fire_only(engine, registry, schedule_id)
-    assert [f[2] for f in _fires(engine, schedule_id)] == ["FAILED"]
+    assert _outcomes(engine, schedule_id) == ["FAILED"]
     assert _executions(engine, schedule_id) == []
 
 
@@ -380,7 +377,7 @@ def test_a_tick_whose_execution_id_is_taken_is_recorded_failed(
     definition = registry.workflow("sequential-sum")
     insert_execution(engine, definition, execution_id=taken, input_value={"values": [9]})
     _fire_only(engine, registry, schedule_id)
-    assert [f[2] for f in _fires(engine, schedule_id)] == ["FAILED"]
+    assert _outcomes(engine, schedule_id) == ["FAILED"]
     assert read_execution(engine, taken).schedule_id is None
 
 
