@@ -38,13 +38,11 @@ from app.storage.executions import execution_status, send_insert_execution
 from app.storage.schedules import (
     SCHEDULED,
     TRIGGERED,
-    FireRecord,
     RecentStart,
     ScheduleRow,
     buffered_ticks,
     database_now,
     delete_schedule,
-    fire_records,
     insert_schedule,
     list_schedules,
     lock_due_schedules,
@@ -290,13 +288,6 @@ def list_page(
             after_id=after_id,
             limit=limit,
         )
-
-
-def fires_of(engine: Engine, schedule_id: str, limit: int) -> list[FireRecord]:
-    with autocommit(engine) as tx:
-        if read_schedule(tx, schedule_id) is None:
-            raise ScheduleNotFound(f"Schedule {schedule_id!r} not found")
-        return fire_records(tx, schedule_id, limit=limit)
 
 
 # --- Beat -----------------------------------------------------------------------------

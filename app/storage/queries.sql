@@ -528,11 +528,3 @@ JOIN runs r ON r.execution_id = e.execution_id AND r.run_number = 1
 WHERE f.schedule_id = %(schedule_id)s AND f.outcome = 'STARTED'
 ORDER BY f.recorded_at DESC
 LIMIT %(limit)s;
-
--- name: schedule_fires
--- A schedule's fire records, newest tick first.
-SELECT tick, kind, outcome, execution_id, detail, recorded_at
-FROM schedule_fires
-WHERE schedule_id = %(schedule_id)s
-ORDER BY tick DESC
-LIMIT %(limit)s;

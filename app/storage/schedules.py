@@ -63,16 +63,6 @@ class RecentStart:
     execution_id: str
 
 
-@dataclass(frozen=True)
-class FireRecord:
-    tick: datetime
-    kind: str
-    outcome: str
-    execution_id: str | None
-    detail: str | None
-    recorded_at: datetime
-
-
 def database_now(tx: Transaction) -> datetime:
     row = tx.fetch_one("database_now", {})
     assert row is not None
@@ -188,11 +178,6 @@ def runs_that_exist(tx: Transaction, run_ids: list[uuid.UUID]) -> list[uuid.UUID
 def recent_starts(tx: Transaction, schedule_id: str, *, limit: int) -> list[RecentStart]:
     rows = tx.fetch_all("recent_starts", {"schedule_id": schedule_id, "limit": limit})
     return [RecentStart(*row) for row in rows]
-
-
-def fire_records(tx: Transaction, schedule_id: str, *, limit: int) -> list[FireRecord]:
-    rows = tx.fetch_all("schedule_fires", {"schedule_id": schedule_id, "limit": limit})
-    return [FireRecord(*row) for row in rows]
 
 
 def _params(row: ScheduleRow) -> dict[str, Any]:
