@@ -8,6 +8,7 @@ import os
 import signal
 import sys
 import time
+import uuid
 from collections.abc import Callable
 from datetime import UTC, datetime
 from pathlib import Path
@@ -32,6 +33,10 @@ class ApiError(click.ClickException):
 
     exit_code = 1
 
+    def __init__(self, message: str, status_code: int | None = None) -> None:
+        super().__init__(message)
+        self.status_code = status_code
+
 
 class Api:
     def __init__(self, base_url: str, api_key: str | None) -> None:
@@ -45,7 +50,7 @@ class Api:
         except httpx.HTTPError as exc:
             raise ApiError(f"cannot reach the Chainline API at {self.base_url}: {exc}") from exc
         if reply.status_code >= 400:
-            raise ApiError(_describe_error(reply))
+            raise ApiError(_describe_error(reply), reply.status_code)
         if reply.status_code == 204:
             return None
         return reply.json()
@@ -225,25 +230,50 @@ def run(
     _emit(record, as_json, f"started {record['execution_id']} ({record['status']})")
 
 
+def _read_execution_or_run(api: Api, some_id: str, suffix: str = "") -> Any:
+    """GET an execution's `suffix`, or, when no execution has that id and it is a UUID,
+    the run's (a reset adds runs under one execution id)."""
+    try:
+        return api.call("GET", f"/v1/workflows/executions/{some_id}{suffix}")
+    except ApiError as missing:
+        if missing.status_code != 404 or not _is_uuid(some_id):
+            raise
+    try:
+        return api.call("GET", f"/v1/workflows/runs/{some_id}{suffix}")
+    except ApiError as also_missing:
+        if also_missing.status_code == 404:
+            raise ApiError(f"no execution or run has the id {some_id}", 404) from None
+        raise
+
+
+def _is_uuid(text: str) -> bool:
+    try:
+        uuid.UUID(text)
+    except ValueError:
+        return False
+    return True
+
+
 @main.command()
-@click.argument("execution_id")
+@click.argument("execution_or_run_id")
 @json_option
 @_connection_options
 @click.pass_context
-def get(ctx: click.Context, execution_id: str, as_json: bool) -> None:
-    """Show one execution."""
-    record = _api(ctx).call("GET", f"/v1/workflows/executions/{execution_id}")
+def get(ctx: click.Context, execution_or_run_id: str, as_json: bool) -> None:
+    """Show one execution (as its latest run shows it), or one run of it by run id."""
+    record = _read_execution_or_run(_api(ctx), execution_or_run_id)
     _emit(record, as_json, _describe_execution(record))
 
 
 @main.command()
-@click.argument("execution_id")
+@click.argument("execution_or_run_id")
 @json_option
 @_connection_options
 @click.pass_context
-def history(ctx: click.Context, execution_id: str, as_json: bool) -> None:
-    """Show an execution's history, oldest event first."""
-    events = _api(ctx).call("GET", f"/v1/workflows/executions/{execution_id}/history")
+def history(ctx: click.Context, execution_or_run_id: str, as_json: bool) -> None:
+    """Show the history of an execution's latest run, or of a run by its id, oldest
+    event first."""
+    events = _read_execution_or_run(_api(ctx), execution_or_run_id, "/history")
     rows = []
     for event in events["events"]:
         attributes = event["attributes"]
@@ -278,6 +308,103 @@ _control_command(
 _control_command(
     "terminate", "End an execution TERMINATED now, stopping its running activities.", "terminated"
 )
+
+
+@main.command()
+@click.argument("execution_id")
+@click.option(
+    "--event",
+    "event_id",
+    type=int,
+    required=True,
+    help="A WORKFLOW_TASK_COMPLETED event id of its current run.",
+)
+@click.option("--reason", help="Why, recorded with the reset.")
+@click.option("--exclude-signals", is_flag=True, help="Drop the signals received after the event.")
+@click.option("--exclude-updates", is_flag=True, help="Drop the updates received after the event.")
+@json_option
+@_connection_options
+@click.pass_context
+def reset(
+    ctx: click.Context,
+    execution_id: str,
+    event_id: int,
+    reason: str | None,
+    exclude_signals: bool,
+    exclude_updates: bool,
+    as_json: bool,
+) -> None:
+    """Start a new run of an execution from its history up to EVENT, on the code
+    deployed now; its current run, if open, ends TERMINATED."""
+    api = _api(ctx)
+    body: dict[str, Any] = {
+        "event_id": event_id,
+        "exclude_signals": exclude_signals,
+        "exclude_updates": exclude_updates,
+    }
+    if reason:
+        body["reason"] = reason
+    api.call("POST", f"/v1/workflows/executions/{execution_id}/reset", json=body)
+    record = api.call("GET", f"/v1/workflows/executions/{execution_id}")
+    _emit(record, as_json, f"reset {execution_id}: new run {record['run_id']} ({record['status']})")
+
+
+@main.command()
+@click.option("--workflow", "workflow_identifier", help="Only this workflow's runs.")
+@click.option("--root", "root_execution_id", help="Only this execution's tree of runs.")
+@click.option("--status", "statuses", multiple=True, help="Only runs in this status (repeatable).")
+@click.option("--search", help="A prefix of the workflow's name or the execution's id.")
+@click.option("--since", "start_time_after", help="Only runs started at or after (ISO 8601).")
+@click.option("--until", "start_time_before", help="Only runs started at or before (ISO 8601).")
+@click.option("--oldest-first", is_flag=True, help="Oldest first (default: newest first).")
+@click.option("--limit", default=50, show_default=True, help="How many runs to show.")
+@json_option
+@_connection_options
+@click.pass_context
+def runs(
+    ctx: click.Context,
+    workflow_identifier: str | None,
+    root_execution_id: str | None,
+    statuses: tuple[str, ...],
+    search: str | None,
+    start_time_after: str | None,
+    start_time_before: str | None,
+    oldest_first: bool,
+    limit: int,
+    as_json: bool,
+) -> None:
+    """List runs, newest first: every run of every execution (a reset adds one)."""
+    api = _api(ctx)
+    params: dict[str, Any] = {
+        k: v
+        for k, v in {
+            "workflow_identifier": workflow_identifier,
+            "root_execution_id": root_execution_id,
+            "search": search,
+            "start_time_after": start_time_after,
+            "start_time_before": start_time_before,
+        }.items()
+        if v
+    }
+    params["status"] = list(statuses)
+    params["order"] = "asc" if oldest_first else "desc"
+    listed: list[dict[str, Any]] = []
+    token = None
+    while len(listed) < limit:
+        page_params = {**params, "page_size": min(limit - len(listed), 1000)}
+        if token:
+            page_params["next_page_token"] = token
+        page = api.call("GET", "/v1/workflows/runs", params=page_params)
+        listed.extend(page["executions"])
+        token = page["next_page_token"]
+        if not token:
+            break
+    rows = [
+        f"{r['start_time']:<28} {r['status']:<20} {r['workflow_name']:<24} "
+        f"{r['execution_id']}  run {r['run_id']}"
+        for r in listed
+    ]
+    _emit({"executions": listed}, as_json, "\n".join(rows) or "(no runs)")
 
 
 def _handler_input(raw: str | None) -> Any:

@@ -34,6 +34,22 @@ class ExecutionNotFound(NotFound):
     """Execution not found."""
 
 
+class RunNotFound(NotFound):
+    """Run not found."""
+
+
+class InvalidResetPoint(ChainlineError):
+    """A reset names an event that is not one of the run's WORKFLOW_TASK_COMPLETED."""
+
+    code = "WF_1001"
+    http_status = 422
+
+    def __init__(self, detail: str, event_id: int, valid_event_ids: list[int]) -> None:
+        super().__init__(detail)
+        self.event_id = event_id
+        self.valid_event_ids = valid_event_ids
+
+
 class AlreadyStarted(ChainlineError):
     """An execution with this id already exists."""
 

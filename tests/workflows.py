@@ -550,3 +550,14 @@ class HeartbeatCancel:
     async def run(self, folder: str) -> str:
         result: str = await beating_until_cancelled(folder)
         return result
+
+
+@workflows.workflow.define(
+    name="keyed-order", search_keys=["customer.tier", "region", "coupon", "customer.missing"]
+)
+class KeyedOrder:
+    """Searchable by its customer's tier, its region and its coupon (a null one too)."""
+
+    @workflows.workflow.entrypoint
+    async def run(self, customer: dict[str, Any], region: str, coupon: str | None = None) -> str:
+        return region

@@ -8,6 +8,7 @@ import time
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, Path, Response
+from fastapi.responses import JSONResponse
 from sqlalchemy import Engine
 from starlette.concurrency import run_in_threadpool
 
@@ -23,18 +24,20 @@ from app.api.schemas import (
     HandlerInvocation,
     History,
     QueryResult,
+    ResetInvocationBody,
     SignalAccepted,
     UpdateResult,
     event_json,
     execution_json,
 )
 from app.api.waiting import waiters
-from app.engine import interactions
+from app.engine import interactions, resets
 from app.engine.dispatch import FollowUp
 from app.engine.executions import get_execution, get_history
 from app.errors import (
     ChainlineError,
     ExecutionClosed,
+    InvalidResetPoint,
     StillRunning,
     TooManyWaiting,
     UpdateRejected,
@@ -56,8 +59,11 @@ UPDATE_POLL_MAX_SECONDS = 0.05
 @router.get(
     EXECUTION, response_model=None, responses={200: {"model": Execution}, **errors(404, 422)}
 )
-def read_execution(execution_id: ExecutionId) -> dict[str, Any]:
-    return execution_json(get_execution(get_engine(), execution_id))
+def read_execution(execution_id: ExecutionId, include_search_keys: bool = False) -> dict[str, Any]:
+    record = get_execution(get_engine(), execution_id)
+    if include_search_keys:
+        return {**execution_json(record), "search_keys": record.search_keys or {}}
+    return execution_json(record)
 
 
 @router.get(
@@ -179,6 +185,32 @@ def cancel_execution(execution_id: ExecutionId) -> Response:
 @router.post(EXECUTION + "/terminate", status_code=204, responses=errors(404, 409, 422))
 def terminate_execution(execution_id: ExecutionId) -> Response:
     _send(interactions.terminate(get_engine(), execution_id))
+    return Response(status_code=204)
+
+
+@router.post(EXECUTION + "/reset", status_code=204, responses=errors(404, 422))
+def reset_execution(execution_id: ExecutionId, body: ResetInvocationBody) -> Response:
+    try:
+        _, follow_up = resets.reset(
+            get_engine(),
+            execution_id,
+            body.event_id,
+            reason=body.reason,
+            exclude_signals=body.exclude_signals,
+            exclude_updates=body.exclude_updates,
+        )
+    except InvalidResetPoint as invalid:
+        # FastAPI's validation shape, which the SDK parses (as HTTPValidationError),
+        # with Chainline's code and the valid points.
+        problem = {
+            "loc": ["body", "event_id"],
+            "msg": invalid.detail,
+            "type": "invalid_reset_point",
+            "input": invalid.event_id,
+            "ctx": {"valid_event_ids": invalid.valid_event_ids},
+        }
+        return JSONResponse({"detail": [problem], "code": invalid.code}, status_code=422)
+    _send(follow_up)
     return Response(status_code=204)
 
 

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
-from app.api import executions, health, schedules, unimplemented, workflows
+from app.api import executions, health, runs, schedules, unimplemented, workflows
 from app.api.access import Guard
 from app.api.responses import error_response
 from app.errors import ChainlineError
@@ -31,6 +31,7 @@ app.add_middleware(Guard)
 app.include_router(health.router)
 app.include_router(executions.router)
 app.include_router(schedules.router)
+app.include_router(runs.router)
 app.include_router(workflows.router)
 # Literal paths first: /v1/workflows/runs must not be read as a workflow named "runs".
 app.include_router(unimplemented.router())

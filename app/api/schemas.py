@@ -60,6 +60,15 @@ class HandlerInvocation(BaseModel):
     input: dict[str, Any] | None = None
 
 
+class ResetInvocationBody(BaseModel):
+    model_config = ConfigDict(extra="ignore")
+
+    event_id: int = Field(ge=1)
+    reason: str | None = Field(default=None, max_length=2000)
+    exclude_signals: bool = False
+    exclude_updates: bool = False
+
+
 class SignalAccepted(BaseModel):
     message: str
 
@@ -133,6 +142,28 @@ class Execution(BaseModel):
     run_id: str
     user_id: str | None
     total_duration_ms: int | None
+    # Only when asked for (include_search_keys).
+    search_keys: dict[str, str | None] | None = None
+
+
+class RunListItem(BaseModel):
+    """One run in a listing: the SDK's WorkflowExecutionWithoutResultResponse."""
+
+    workflow_name: str
+    execution_id: str
+    root_execution_id: str
+    parent_execution_id: str | None
+    status: ExecutionStatus
+    start_time: datetime
+    end_time: datetime | None
+    run_id: str
+    user_id: str | None
+    total_duration_ms: int | None
+
+
+class RunList(BaseModel):
+    executions: list[RunListItem]
+    next_page_token: str | None
 
 
 class ExecutionResult(BaseModel):
@@ -166,7 +197,8 @@ def iso(value: datetime | None) -> str | None:
     return value.isoformat().replace("+00:00", "Z")
 
 
-def execution_json(record: ExecutionRecord) -> dict[str, Any]:
+def run_json(record: ExecutionRecord) -> dict[str, Any]:
+    """A run as listings show it: without its result."""
     duration_ms = None
     if record.end_time is not None:
         duration_ms = int((record.end_time - record.start_time).total_seconds() * 1000)
@@ -178,12 +210,14 @@ def execution_json(record: ExecutionRecord) -> dict[str, Any]:
         "status": record.status.value,
         "start_time": iso(record.start_time),
         "end_time": iso(record.end_time),
-        "result": record.result,
-        "error": record.error,
         "run_id": str(record.run_id),
         "user_id": record.user_id,
         "total_duration_ms": duration_ms,
     }
+
+
+def execution_json(record: ExecutionRecord) -> dict[str, Any]:
+    return {**run_json(record), "result": record.result, "error": record.error}
 
 
 def event_json(event: StoredEvent, record: ExecutionRecord) -> dict[str, Any]:

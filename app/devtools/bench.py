@@ -737,9 +737,11 @@ def _preload_events(probe: Probe, count: int) -> None:
             INSERT INTO executions (execution_id, workflow_name, root_execution_id, current_run_id)
             SELECT execution_id, 'bench-sequential', execution_id, run_id FROM new_runs
         ), ins_runs AS (
-            INSERT INTO runs (run_id, execution_id, run_number, status, start_time, end_time,
-                              deadline, random_seed, last_event_id, processed_event_id)
-            SELECT run_id, execution_id, 1, 'COMPLETED', now(), now(), now(), 1, %(per_run)s, 0
+            INSERT INTO runs (run_id, execution_id, run_number, workflow_name,
+                              root_execution_id, status, start_time, end_time, deadline,
+                              random_seed, last_event_id, processed_event_id)
+            SELECT run_id, execution_id, 1, 'bench-sequential', execution_id, 'COMPLETED',
+                   now(), now(), now(), 1, %(per_run)s, 0
             FROM new_runs
         )
         INSERT INTO events (run_id, event_id, execution_id, event_type, attributes,

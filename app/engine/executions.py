@@ -10,6 +10,7 @@ from sqlalchemy import Engine
 
 from app.engine.dispatch import Dispatch
 from app.model import events as ev
+from app.model.search_keys import extract
 from app.model.statuses import ExecutionStatus
 from app.storage.executions import (
     ExecutionRecord,
@@ -52,6 +53,7 @@ def new_execution(
         random_seed=random.getrandbits(63),
         user_id=user_id,
         schedule_id=schedule_id,
+        search_keys=extract(input_value, definition.search_keys) or None,
     )
 
 

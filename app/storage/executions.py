@@ -11,7 +11,7 @@ import psycopg
 from psycopg.types.json import Jsonb
 from sqlalchemy import Engine
 
-from app.errors import AlreadyStarted, ExecutionNotFound
+from app.errors import AlreadyStarted, ExecutionNotFound, RunNotFound
 from app.model.statuses import ExecutionStatus
 from app.storage.transactions import Transaction, autocommit, transaction
 
@@ -33,6 +33,7 @@ class ExecutionRecord:
     result: Any
     error: dict[str, Any] | None
     schedule_id: str | None = None
+    search_keys: dict[str, str | None] | None = None
 
     @property
     def is_open(self) -> bool:
@@ -63,6 +64,7 @@ class NewExecution:
     random_seed: int
     user_id: str | None
     schedule_id: str | None = None
+    search_keys: dict[str, str | None] | None = None
 
 
 def send_insert_execution(tx: Transaction, new: NewExecution) -> psycopg.Cursor[Any]:
@@ -77,6 +79,7 @@ def send_insert_execution(tx: Transaction, new: NewExecution) -> psycopg.Cursor[
             "input": Jsonb(new.input_value),
             "user_id": new.user_id,
             "schedule_id": new.schedule_id,
+            "search_keys": None if new.search_keys is None else Jsonb(new.search_keys),
             "attributes": Jsonb(new.started_attributes),
             "execution_timeout_seconds": new.execution_timeout_seconds,
             "random_seed": new.random_seed,
@@ -96,12 +99,26 @@ def insert_execution(engine: Engine, new: NewExecution) -> datetime:
 
 
 def read_execution(engine: Engine, execution_id: str) -> ExecutionRecord:
+    """The execution as its current run shows it."""
     with autocommit(engine) as tx:
         row = tx.fetch_one("read_execution", {"execution_id": execution_id})
     if row is None:
         raise ExecutionNotFound(f"Execution {execution_id!r} not found")
+    return _record(row)
+
+
+def read_run(engine: Engine, run_id: uuid.UUID) -> ExecutionRecord:
+    """The execution as run `run_id` shows it (its status, times, result and error)."""
+    with autocommit(engine) as tx:
+        row = tx.fetch_one("read_run", {"run_id": run_id})
+    if row is None:
+        raise RunNotFound(f"Run {run_id} not found")
+    return _record(row)
+
+
+def _record(row: tuple[Any, ...]) -> ExecutionRecord:
     (execution_id, workflow_name, root_id, parent_id, user_id, run_id, status, *rest) = row
-    start_time, end_time, result, error, schedule_id = rest
+    start_time, end_time, result, error, schedule_id, search_keys = rest
     return ExecutionRecord(
         execution_id=execution_id,
         workflow_name=workflow_name,
@@ -115,6 +132,7 @@ def read_execution(engine: Engine, execution_id: str) -> ExecutionRecord:
         result=result,
         error=error,
         schedule_id=schedule_id,
+        search_keys=search_keys,
     )
 
 

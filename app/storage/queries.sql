@@ -8,15 +8,17 @@
 -- taken (then nothing is written). `schedule_id` names the schedule starting it, if any.
 WITH execution AS (
     INSERT INTO executions (execution_id, workflow_name, input, root_execution_id,
-                            current_run_id, user_id, schedule_id)
+                            current_run_id, user_id, schedule_id, search_keys)
     VALUES (%(execution_id)s, %(workflow_name)s, %(input)s, %(execution_id)s,
-            %(run_id)s, %(user_id)s, %(schedule_id)s)
+            %(run_id)s, %(user_id)s, %(schedule_id)s, %(search_keys)s)
     ON CONFLICT (execution_id) DO NOTHING
     RETURNING execution_id
 ), run AS (
-    INSERT INTO runs (run_id, execution_id, run_number, status, start_time, deadline,
-                      random_seed, last_event_id, workflow_task_due_at)
-    SELECT %(run_id)s, execution.execution_id, 1, 'RUNNING', clock_timestamp(),
+    INSERT INTO runs (run_id, execution_id, run_number, workflow_name, root_execution_id,
+                      status, start_time, deadline, random_seed, last_event_id,
+                      workflow_task_due_at)
+    SELECT %(run_id)s, execution.execution_id, 1, %(workflow_name)s, %(execution_id)s,
+           'RUNNING', clock_timestamp(),
            clock_timestamp() + make_interval(secs => %(execution_timeout_seconds)s),
            %(random_seed)s, 1, clock_timestamp()
     FROM execution
@@ -34,9 +36,17 @@ SELECT start_time FROM run;
 -- An execution as its latest run shows it.
 SELECT e.execution_id, e.workflow_name, e.root_execution_id, e.parent_execution_id,
        e.user_id, r.run_id, r.status, r.start_time, r.end_time, r.result, r.error,
-       e.schedule_id
+       e.schedule_id, e.search_keys
 FROM executions e JOIN runs r ON r.run_id = e.current_run_id
 WHERE e.execution_id = %(execution_id)s;
+
+-- name: read_run
+-- One run of an execution, as read_execution shows the latest.
+SELECT e.execution_id, e.workflow_name, e.root_execution_id, e.parent_execution_id,
+       e.user_id, r.run_id, r.status, r.start_time, r.end_time, r.result, r.error,
+       e.schedule_id, e.search_keys
+FROM runs r JOIN executions e ON e.execution_id = r.execution_id
+WHERE r.run_id = %(run_id)s;
 
 -- name: read_events
 -- A run's events in order, with what the API shows of each.
@@ -528,3 +538,63 @@ JOIN runs r ON r.execution_id = e.execution_id AND r.run_number = 1
 WHERE f.schedule_id = %(schedule_id)s AND f.outcome = 'STARTED'
 ORDER BY f.recorded_at DESC
 LIMIT %(limit)s;
+
+-- name: lock_execution
+-- Lock an execution's row (resets take it first, so that two resets of one execution
+-- run one after the other) and read its current run.
+SELECT current_run_id FROM executions WHERE execution_id = %(execution_id)s FOR UPDATE;
+
+-- name: start_reset_run
+-- A reset's new run, in one statement: the run (RUNNING, due for a workflow task, with
+-- the old run's random seed and a fresh execution timeout as long as the old one), the
+-- old run's history before the reset point copied as it was (ids, times and dedup keys),
+-- the events appended after it, the activities and timers that history left waiting,
+-- and the execution pointed at the new run.
+WITH old AS (
+    SELECT * FROM runs WHERE run_id = %(from_run_id)s
+), run AS (
+    INSERT INTO runs (run_id, execution_id, run_number, workflow_name, root_execution_id,
+                      status, start_time, deadline, random_seed, last_event_id,
+                      processed_event_id, workflow_task_due_at, reset_from_run_id,
+                      reset_event_id, reset_reason)
+    SELECT %(run_id)s, old.execution_id,
+           (SELECT max(r.run_number) + 1 FROM runs r WHERE r.execution_id = old.execution_id),
+           old.workflow_name, old.root_execution_id, 'RUNNING', clock_timestamp(),
+           clock_timestamp() + (old.deadline - old.start_time), old.random_seed,
+           %(last_event_id)s, %(processed_event_id)s, clock_timestamp(), old.run_id,
+           %(reset_event_id)s, %(reason)s
+    FROM old
+    RETURNING run_id, execution_id
+), kept AS (
+    INSERT INTO events (run_id, event_id, execution_id, event_type, attributes,
+                        event_timestamp, dedup_key)
+    SELECT run.run_id, e.event_id, e.execution_id, e.event_type, e.attributes,
+           e.event_timestamp, e.dedup_key
+    FROM run, events e
+    WHERE e.run_id = %(from_run_id)s AND e.event_id < %(reset_event_id)s
+), appended AS (
+    INSERT INTO events (run_id, event_id, execution_id, event_type, attributes,
+                        event_timestamp)
+    SELECT run.run_id, a.event_id, run.execution_id, a.event_type, a.attributes,
+           chainline_nanoseconds(clock_timestamp()) + a.event_id
+    FROM run, jsonb_to_recordset(%(events)s::jsonb)
+         AS a(event_id int, event_type text, attributes jsonb)
+), waiting_activities AS (
+    INSERT INTO activities (run_id, seq, activity_name, input, state, attempt, retry_policy,
+                            start_to_close_seconds, heartbeat_timeout_seconds, scheduled_at)
+    SELECT run.run_id, a.seq, a.activity_name, a.input, a.state, a.attempt, a.retry_policy,
+           a.start_to_close_seconds, a.heartbeat_timeout_seconds, clock_timestamp()
+    FROM run, jsonb_to_recordset(%(activities)s::jsonb)
+         AS a(seq int, activity_name text, input jsonb, state text, attempt int,
+              retry_policy jsonb, start_to_close_seconds float8,
+              heartbeat_timeout_seconds float8)
+), waiting_timers AS (
+    INSERT INTO timers (run_id, seq, fire_at, state)
+    SELECT run.run_id, t.seq, t.fire_at, 'PENDING'
+    FROM run, timers t
+    WHERE t.run_id = %(from_run_id)s AND t.seq = ANY(%(pending_timers)s::int[])
+), pointed AS (
+    UPDATE executions e SET current_run_id = run.run_id
+    FROM run WHERE e.execution_id = run.execution_id
+)
+SELECT run_id FROM run;

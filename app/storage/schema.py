@@ -50,7 +50,14 @@ executions = Table(
     Column("created_at", DateTime(timezone=True), nullable=False, server_default=text("now()")),
     # The schedule that started it, if one did.
     Column("schedule_id", Text, nullable=True),
+    # Continue-as-new: the execution this one took over from, and the one that took over
+    # from it (app/engine/workflow_tasks.py).
+    Column("continued_from_execution_id", Text, nullable=True),
+    Column("continued_as_execution_id", Text, nullable=True),
+    # Searchable metadata, {key: text or null} (app/model/search_keys.py).
+    Column("search_keys", JSONB, nullable=True),
 )
+Index("executions_by_search_keys", executions.c.search_keys, postgresql_using="gin")
 
 runs = Table(
     "runs",
@@ -63,6 +70,10 @@ runs = Table(
         nullable=False,
     ),
     Column("run_number", Integer, nullable=False),
+    # Its execution's, which never change: copied so that one index answers each filter
+    # of the runs API (app/storage/listing.py).
+    Column("workflow_name", Text, nullable=False),
+    Column("root_execution_id", Text, nullable=False),
     Column("status", Text, nullable=False),
     Column("result", JSONB, nullable=True),
     Column("error", JSONB, nullable=True),
@@ -79,6 +90,11 @@ runs = Table(
     Column("workflow_task_due_at", DateTime(timezone=True), nullable=True),
     # Workflow tasks that failed in a row: the backoff before the next one grows with it.
     Column("workflow_task_attempt", Integer, nullable=False, server_default=text("0")),
+    # A run started by a reset (app/engine/resets.py): the run and the event (a
+    # WORKFLOW_TASK_COMPLETED) whose history it took over, and why.
+    Column("reset_from_run_id", UUID(as_uuid=True), nullable=True),
+    Column("reset_event_id", Integer, nullable=True),
+    Column("reset_reason", Text, nullable=True),
     UniqueConstraint("execution_id", "run_number", name="runs_execution_run_number_key"),
     CheckConstraint(f"status IN ({ALL_STATUSES_SQL})", name="runs_status_valid"),
     CheckConstraint(
@@ -99,6 +115,13 @@ Index(
     runs.c.deadline,
     postgresql_where=text(f"status IN ({OPEN_STATUSES_SQL})"),
 )
+# The runs API's listing: by start time, within one filter each (app/storage/listing.py).
+Index("runs_by_start_time", runs.c.start_time, runs.c.run_id)
+Index("runs_by_workflow", runs.c.workflow_name, runs.c.start_time, runs.c.run_id)
+Index("runs_by_root", runs.c.root_execution_id, runs.c.start_time, runs.c.run_id)
+Index("runs_by_status", runs.c.status, runs.c.start_time, runs.c.run_id)
+# By end time, open runs (no end time yet) last.
+Index("runs_by_end_time", text("coalesce(end_time, 'infinity'::timestamptz)"), runs.c.run_id)
 Index(
     "runs_workflow_task_due",
     runs.c.workflow_task_due_at,

@@ -17,7 +17,7 @@ from contextlib import contextmanager
 from typing import Any, NoReturn
 
 import psycopg
-from sqlalchemy import Connection, Engine
+from sqlalchemy import Connection, Engine, Row, Select
 from sqlalchemy import exc as sa_exc
 
 from app.errors import DatabaseUnavailable, IllegalTransition
@@ -92,6 +92,15 @@ class Transaction:
     def fetch_all(self, name: str, params: Mapping[str, Any]) -> list[tuple[Any, ...]]:
         return self.read_all(self.send(name, params))
 
+    def select(self, statement: Select[Any]) -> list[Row[Any]]:
+        """Run a statement built with SQLAlchemy Core (one whose shape depends on the
+        request, as a filtered listing's does); its rows."""
+        try:
+            return list(self.conn.execute(statement).all())
+        except sa_exc.DBAPIError as exc:
+            self._forget_if_broken(exc)
+            _translated(exc)
+
     def read_one(self, cursor: psycopg.Cursor[Any]) -> tuple[Any, ...] | None:
         """The first row of a statement sent earlier (waiting for it, if need be)."""
         try:
@@ -108,7 +117,7 @@ class Transaction:
             self._forget_if_broken(exc)
             _translated(exc)
 
-    def _forget_if_broken(self, exc: psycopg.Error) -> None:
+    def _forget_if_broken(self, exc: BaseException) -> None:
         _forget_if_broken(self.conn, exc)
 
 

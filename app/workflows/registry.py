@@ -84,6 +84,8 @@ class WorkflowDefinition:
     signals: dict[str, HandlerDefinition] = field(default_factory=dict)
     queries: dict[str, HandlerDefinition] = field(default_factory=dict)
     updates: dict[str, HandlerDefinition] = field(default_factory=dict)
+    # Dot paths into the input whose values each execution is searchable by.
+    search_keys: tuple[str, ...] = ()
 
     @property
     def entrypoint(self) -> Callable[..., Any]:

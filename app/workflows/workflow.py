@@ -14,6 +14,7 @@ from typing import Any, TypeVar, get_type_hints
 from pydantic import TypeAdapter
 
 from app.errors import InvalidDefinition
+from app.model.search_keys import MAX_KEYS, check_key
 from app.workflows.compat import no_effect
 from app.workflows.context import runtime
 from app.workflows.registry import (
@@ -123,7 +124,6 @@ def _warn_of_what_has_no_effect(
     is_technical: bool,
     enforce_determinism: bool | None,
     on_behalf_of: bool,
-    search_keys: list[str] | None,
 ) -> None:
     if schedules is not None:
         no_effect("schedules", "schedules are not supported yet (Mistral deprecates these too)")
@@ -133,8 +133,6 @@ def _warn_of_what_has_no_effect(
         no_effect("enforce_determinism", "Chainline always checks replay against history")
     if on_behalf_of:
         no_effect("on_behalf_of", "executions run as their caller")
-    if search_keys is not None:
-        no_effect("search_keys", "executions are not searchable by input yet")
 
 
 # Lower-case because user code spells it `workflows.workflow`, as in Mistral's SDK.
@@ -161,12 +159,16 @@ class workflow:
             is_technical=is_technical,
             enforce_determinism=enforce_determinism,
             on_behalf_of=on_behalf_of,
-            search_keys=search_keys,
         )
         if not name or not all(ch.isalnum() or ch in "._-" for ch in name):
             raise ValueError(f"workflow name {name!r} must match [A-Za-z0-9._-]+")
         if name in RESERVED_WORKFLOW_NAMES:
             raise ValueError(f"workflow name {name!r} is reserved by the HTTP API")
+        keys = tuple(search_keys or ())
+        if len(keys) > MAX_KEYS:
+            raise ValueError(f"workflow {name!r} declares over {MAX_KEYS} search keys")
+        for key in keys:
+            check_key(key)
 
         def decorate(cls: C) -> C:
             entrypoints = [
@@ -186,6 +188,7 @@ class workflow:
                     signals=handlers["signal"],
                     queries=handlers["query"],
                     updates=handlers["update"],
+                    search_keys=keys,
                 )
             )
             return cls

@@ -57,7 +57,6 @@ def test_sdk_routes_chainline_does_not_serve_yet_answer_501_naming_themselves(
 ) -> None:
     client = Mistral(api_key="test-key", server_url=stack.base_url)
     for call in (
-        client.workflows.runs.list_runs,
         client.workflows.events.get_workflow_events,
         client.workflows.deployments.list_deployments,
     ):
@@ -71,7 +70,8 @@ def test_sdk_routes_chainline_does_not_serve_yet_answer_501_naming_themselves(
         "code": "WF_1300",
     }
     # And none of those words can be a workflow's name.
-    assert http.get("/v1/workflows/runs/some-run").status_code == 501
+    assert http.get("/v1/workflows/deployments/some-name").status_code == 501
+    assert http.get("/v1/workflows/runs").status_code == 200
 
 
 def test_the_caller_is_stored_as_a_key_id_never_a_piece_of_the_key(

@@ -377,6 +377,41 @@ def test_a_swapped_call_is_named_in_the_non_determinism_failure(
     assert wait_for_end(http, started["execution_id"], timeout=90)["status"] == "COMPLETED"
 
 
+def test_a_reset_recovers_a_run_whose_workflow_task_fails_on_the_code_deployed_now(
+    faults: Faults, http: httpx.Client, tmp_path: Path
+) -> None:
+    """The deploy changed the workflow for good: its first task now asks for other
+    activities than history recorded. An operator resets to the last point the new code
+    agrees with (the first workflow task); the new run finishes on the new code."""
+    stack = faults.stack
+    started = start(http, "deploy-check", {"folder": str(tmp_path)})
+    execution_id = started["execution_id"]
+    wait_until(lambda: (tmp_path / "started").exists(), what="the run to wait on its release")
+    try:
+        _deploy(stack, "tests.deploys.swapped")
+        (tmp_path / "release").write_text("go")
+        (failure,) = wait_until(lambda: _workflow_task_failures(http, started), timeout=60)
+        assert failure["attributes"]["failure"]["type"] == "NonDeterminismError"
+        first_task = next(
+            int(e["event_id"])
+            for e in history(http, execution_id)
+            if e["event_type"] == "WORKFLOW_TASK_COMPLETED"
+        )
+        reply = http.post(
+            f"/v1/workflows/executions/{execution_id}/reset",
+            json={"event_id": first_task, "reason": "recover on the new code"},
+        )
+        assert reply.status_code == 204, reply.text
+        record = wait_for_end(http, execution_id, timeout=60)
+        assert record["status"] == "COMPLETED"
+        assert record["result"] == ["c", "released", "a"]
+        assert _workflow_task_failures(http, {"execution_id": execution_id}) == []
+        old = http.get(f"/v1/workflows/runs/{started['run_id']}").json()
+        assert old["status"] == "TERMINATED"
+    finally:
+        _deploy(stack, "tests.deploys.original")
+
+
 def test_a_workflow_unknown_to_the_worker_runs_once_it_is_deployed(
     faults: Faults, http: httpx.Client, tmp_path: Path
 ) -> None:

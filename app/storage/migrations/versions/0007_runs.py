@@ -1,0 +1,72 @@
+"""Executions versus runs: runs listable by the filters of the runs API (each run
+carries its execution's workflow and root, which never change, so that one index
+answers each filter), resets (a run names the run and event it was reset from, and
+why), and continue-as-new (an execution names the one it continued from and the one
+that continued it), and search keys (an execution's searchable metadata, indexed).
+
+Revision ID: 0007
+Revises: 0006
+"""
+
+from __future__ import annotations
+
+import sqlalchemy as sa
+from alembic import op
+from sqlalchemy.dialects.postgresql import JSONB, UUID
+
+revision = "0007"
+down_revision = "0006"
+branch_labels = None
+depends_on = None
+
+LISTING_INDEXES = {
+    "runs_by_start_time": ["start_time", "run_id"],
+    "runs_by_workflow": ["workflow_name", "start_time", "run_id"],
+    "runs_by_root": ["root_execution_id", "start_time", "run_id"],
+    "runs_by_status": ["status", "start_time", "run_id"],
+}
+
+
+def upgrade() -> None:
+    op.add_column("runs", sa.Column("workflow_name", sa.Text(), nullable=True))
+    op.add_column("runs", sa.Column("root_execution_id", sa.Text(), nullable=True))
+    op.execute(
+        "UPDATE runs r SET workflow_name = e.workflow_name,"
+        " root_execution_id = e.root_execution_id"
+        " FROM executions e WHERE e.execution_id = r.execution_id"
+    )
+    op.alter_column("runs", "workflow_name", nullable=False)
+    op.alter_column("runs", "root_execution_id", nullable=False)
+    op.add_column("runs", sa.Column("reset_from_run_id", UUID(as_uuid=True), nullable=True))
+    op.add_column("runs", sa.Column("reset_event_id", sa.Integer(), nullable=True))
+    op.add_column("runs", sa.Column("reset_reason", sa.Text(), nullable=True))
+    op.add_column("executions", sa.Column("continued_from_execution_id", sa.Text()))
+    op.add_column("executions", sa.Column("continued_as_execution_id", sa.Text()))
+    op.add_column("executions", sa.Column("search_keys", JSONB(), nullable=True))
+    op.create_index(
+        "executions_by_search_keys", "executions", ["search_keys"], postgresql_using="gin"
+    )
+    for name, columns in LISTING_INDEXES.items():
+        op.create_index(name, "runs", columns)
+    op.create_index(
+        "runs_by_end_time",
+        "runs",
+        [sa.text("coalesce(end_time, 'infinity'::timestamptz)"), "run_id"],
+    )
+
+
+def downgrade() -> None:
+    op.drop_index("runs_by_end_time", "runs")
+    for name in LISTING_INDEXES:
+        op.drop_index(name, "runs")
+    op.drop_index("executions_by_search_keys", "executions")
+    for column in ("search_keys", "continued_as_execution_id", "continued_from_execution_id"):
+        op.drop_column("executions", column)
+    for column in (
+        "reset_reason",
+        "reset_event_id",
+        "reset_from_run_id",
+        "root_execution_id",
+        "workflow_name",
+    ):
+        op.drop_column("runs", column)
