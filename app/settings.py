@@ -56,6 +56,13 @@ class Settings(BaseSettings):
     stalled_after_seconds: float = 30.0
     # How long workflow code may run in one workflow task (Temporal's default).
     workflow_task_timeout_seconds: float = 10.0
+    # A run's history cap, as Mistral's (Temporal's): a workflow task that finds it
+    # reached ends the run FAILED. should_continue_as_new() turns true well before, at
+    # Temporal's suggestion thresholds.
+    history_event_limit: int = 51_200
+    history_byte_limit: int = 50 * 1024 * 1024
+    history_suggest_events: int = 4_096
+    history_suggest_bytes: int = 4 * 1024 * 1024
     beat_schedule_file: str = "/tmp/chainline-beat-schedule"
     # The longest a worker holds a task event (for Flower) to publish it with others.
     event_flush_seconds: float = 0.1

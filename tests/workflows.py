@@ -561,3 +561,45 @@ class KeyedOrder:
     @workflows.workflow.entrypoint
     async def run(self, customer: dict[str, Any], region: str, coupon: str | None = None) -> str:
         return region
+
+
+class CounterState(BaseModel):
+    count: int
+    target: int
+
+
+@workflows.workflow.define(name="counter")
+class Counter:
+    """Counts to `target`, one execution per step: each continues as new with the next."""
+
+    @workflows.workflow.entrypoint
+    async def run(self, count: int, target: int) -> dict[str, int]:
+        count = await add(count, 1)
+        if count < target:
+            workflows.workflow.continue_as_new(CounterState(count=count, target=target))
+        return {"count": count}
+
+
+@workflows.workflow.define(name="until-suggested")
+class UntilSuggested:
+    """Adds one at a time, continuing as new each time the engine suggests it."""
+
+    @workflows.workflow.entrypoint
+    async def run(self, done: int, total: int) -> dict[str, int]:
+        while done < total:
+            done = await add(done, 1)
+            if workflows.workflow.should_continue_as_new():
+                workflows.workflow.continue_as_new({"done": done, "total": total})
+        return {"done": done}
+
+
+@workflows.workflow.define(name="never-continues")
+class NeverContinues:
+    """Ignores should_continue_as_new(): the history cap ends it."""
+
+    @workflows.workflow.entrypoint
+    async def run(self, total: int) -> int:
+        done = 0
+        while done < total:
+            done = await add(done, 1)
+        return done

@@ -89,6 +89,7 @@ def _send(follow_up: FollowUp) -> None:
 )
 def signal_execution(execution_id: ExecutionId, body: HandlerInvocation) -> dict[str, Any]:
     record = get_execution(get_engine(), execution_id)
+    interactions.refuse_if_continued(record, "signals")
     handler = interactions.find_handler(registry, record.workflow_name, "signal", body.name)
     input_value = validated_input(handler.fn, body.input)
     _send(interactions.signal(get_engine(), execution_id, body.name, input_value))
@@ -130,6 +131,7 @@ async def update_execution(execution_id: ExecutionId, body: HandlerInvocation) -
 async def _update(engine: Engine, execution_id: str, body: HandlerInvocation) -> dict[str, Any]:
     def accept() -> interactions.AcceptedUpdate:
         record = get_execution(engine, execution_id)
+        interactions.refuse_if_continued(record, "updates")
         handler = interactions.find_handler(registry, record.workflow_name, "update", body.name)
         input_value = validated_input(handler.fn, body.input)
         accepted = interactions.accept_update(engine, execution_id, body.name, input_value)

@@ -142,6 +142,9 @@ class Execution(BaseModel):
     run_id: str
     user_id: str | None
     total_duration_ms: int | None
+    # Continue-as-new: the execution this one took over from, and its successor.
+    continued_from_execution_id: str | None = None
+    continued_as_execution_id: str | None = None
     # Only when asked for (include_search_keys).
     search_keys: dict[str, str | None] | None = None
 
@@ -182,6 +185,8 @@ class Event(BaseModel):
     workflow_exec_id: str
     workflow_run_id: str
     workflow_name: str
+    continued_run_id: str | None
+    first_execution_run_id: str | None
     schedule_id: str | None
     event_type: str
     attributes: dict[str, Any]
@@ -195,6 +200,10 @@ def iso(value: datetime | None) -> str | None:
     if value is None:
         return None
     return value.isoformat().replace("+00:00", "Z")
+
+
+def _text(value: object | None) -> str | None:
+    return None if value is None else str(value)
 
 
 def run_json(record: ExecutionRecord) -> dict[str, Any]:
@@ -217,7 +226,13 @@ def run_json(record: ExecutionRecord) -> dict[str, Any]:
 
 
 def execution_json(record: ExecutionRecord) -> dict[str, Any]:
-    return {**run_json(record), "result": record.result, "error": record.error}
+    return {
+        **run_json(record),
+        "result": record.result,
+        "error": record.error,
+        "continued_from_execution_id": record.continued_from_execution_id,
+        "continued_as_execution_id": record.continued_as_execution_id,
+    }
 
 
 def event_json(event: StoredEvent, record: ExecutionRecord) -> dict[str, Any]:
@@ -229,6 +244,8 @@ def event_json(event: StoredEvent, record: ExecutionRecord) -> dict[str, Any]:
         "workflow_exec_id": event.execution_id,
         "workflow_run_id": str(event.run_id),
         "workflow_name": record.workflow_name,
+        "continued_run_id": _text(record.continued_from_run_id),
+        "first_execution_run_id": _text(record.first_execution_run_id),
         "schedule_id": record.schedule_id,
         "event_type": event.event_type,
         "attributes": event.attributes,

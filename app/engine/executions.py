@@ -34,8 +34,14 @@ def new_execution(
     input_value: Any,
     user_id: str | None = None,
     schedule_id: str | None = None,
+    root_execution_id: str | None = None,
+    parent_execution_id: str | None = None,
+    continued_from_execution_id: str | None = None,
+    continued_from_run_id: uuid.UUID | None = None,
+    first_execution_run_id: uuid.UUID | None = None,
 ) -> NewExecution:
-    """What recording a new execution of `definition` writes (`input_value` encoded)."""
+    """What recording a new execution of `definition` writes (`input_value` encoded);
+    a child or a continuation names its place in its tree."""
     run_id = uuid.uuid4()
     return NewExecution(
         execution_id=execution_id,
@@ -54,6 +60,11 @@ def new_execution(
         user_id=user_id,
         schedule_id=schedule_id,
         search_keys=extract(input_value, definition.search_keys) or None,
+        root_execution_id=root_execution_id,
+        parent_execution_id=parent_execution_id,
+        continued_from_execution_id=continued_from_execution_id,
+        continued_from_run_id=continued_from_run_id,
+        first_execution_run_id=first_execution_run_id,
     )
 
 

@@ -28,7 +28,7 @@ from app.model import events as ev
 from app.model.events import HistoryEvent
 from app.model.payloads import encode
 from app.model.statuses import ExecutionStatus
-from app.storage.executions import ExecutionRecord, read_events
+from app.storage.executions import ExecutionRecord, read_events, read_successor
 from app.storage.runs import (
     KeyedEvent,
     RunState,
@@ -64,11 +64,27 @@ def _closed_message(execution_id: str, status: ExecutionStatus, what: str) -> st
     return f"Execution {execution_id!r} is {status.value}: it takes no {what}"
 
 
+def _continued(execution_id: str, successor: str | None, what: str) -> ExecutionClosed:
+    return ExecutionClosed(
+        f"Execution {execution_id!r} continued as new as {successor!r}: it takes no"
+        f" {what}; send them to {successor!r}"
+    )
+
+
+def refuse_if_continued(record: ExecutionRecord, what: str) -> None:
+    """An execution that continued as new takes nothing more: 409 naming its successor
+    (checked before its handlers, which the successor's code may have changed)."""
+    if record.status is ExecutionStatus.CONTINUED_AS_NEW:
+        raise _continued(record.execution_id, record.continued_as_execution_id, what)
+
+
 def _lock_open_run(tx: Transaction, execution_id: str, what: str) -> RunState:
     run_id = current_run_id(tx, execution_id)
     state = None if run_id is None else lock_run_state(tx, run_id)
     if state is None:
         raise ExecutionNotFound(f"Execution {execution_id!r} not found")
+    if state.run.status is ExecutionStatus.CONTINUED_AS_NEW:
+        raise _continued(execution_id, read_successor(tx, execution_id), what)
     if not state.run.is_open:
         raise ExecutionClosed(_closed_message(execution_id, state.run.status, what))
     return state

@@ -35,7 +35,7 @@ from app.model.events import HistoryEvent
 from app.model.payloads import digest, encode, storable_text
 from app.model.retry import RetryPolicy
 from app.workflows.context import current_runtime
-from app.workflows.errors import ActivityError
+from app.workflows.errors import ActivityError, ContinueAsNew
 from app.workflows.registry import (
     ActivityDefinition,
     HandlerDefinition,
@@ -110,6 +110,13 @@ class CancelWorkflow:
     message: str
 
 
+@dataclass(frozen=True)
+class ContinueAsNewWorkflow:
+    """The code continued as new: a new execution takes over, with `input` (encoded)."""
+
+    input: Any
+
+
 Command = (
     ScheduleActivity
     | StartTimer
@@ -120,9 +127,10 @@ Command = (
     | CompleteWorkflow
     | FailWorkflow
     | CancelWorkflow
+    | ContinueAsNewWorkflow
 )
-ClosingCommand = CompleteWorkflow | FailWorkflow | CancelWorkflow
-CLOSING_COMMANDS = (CompleteWorkflow, FailWorkflow, CancelWorkflow)
+ClosingCommand = CompleteWorkflow | FailWorkflow | CancelWorkflow | ContinueAsNewWorkflow
+CLOSING_COMMANDS = (CompleteWorkflow, FailWorkflow, CancelWorkflow, ContinueAsNewWorkflow)
 
 
 @dataclass(frozen=True)
@@ -307,6 +315,8 @@ class DeterministicLoop(asyncio.AbstractEventLoop):
 class _Activation:
     processed_event_id: int
     task_time: datetime
+    # What should_continue_as_new() answered in it (recorded, so that replay agrees).
+    suggest_continue_as_new: bool = False
     recorded: list[_Identity] = field(default_factory=list)
 
 
@@ -319,6 +329,7 @@ def _split_activations(history: list[HistoryEvent]) -> list[_Activation]:
                 _Activation(
                     processed_event_id=int(attributes["processed_event_id"]),
                     task_time=datetime.fromisoformat(attributes["task_time"]),
+                    suggest_continue_as_new=bool(attributes.get("suggest_continue_as_new")),
                 )
             )
         elif event.event_type in ev.COMMANDS and activations:
@@ -356,6 +367,7 @@ class Replayer:
         self.loop = DeterministicLoop()  # type: ignore[abstract]
         self.instance: Any = None
         self._task_time: datetime | None = None
+        self._suggest_continue_as_new = False
         self._next_seq = 1
         self._pending: dict[int, tuple[asyncio.Future[Any], ActivityDefinition]] = {}
         self._timers: dict[int, asyncio.Future[None]] = {}
@@ -371,6 +383,9 @@ class Replayer:
     def now(self) -> datetime:
         assert self._task_time is not None
         return self._task_time
+
+    def should_continue_as_new(self) -> bool:
+        return self._suggest_continue_as_new
 
     def schedule_activity(
         self, definition: ActivityDefinition, args: tuple[Any, ...], kwargs: dict[str, Any]
@@ -587,15 +602,21 @@ class Replayer:
 
     def _activate(self, activation: _Activation, events: list[HistoryEvent], consumed: int) -> None:
         self._task_time = activation.task_time
+        self._suggest_continue_as_new = activation.suggest_continue_as_new
         self._commands = []
         for event in events:
             if consumed < event.event_id <= activation.processed_event_id:
                 self._apply(event)
 
-    def replay(self, *, now: datetime) -> ActivationOutcome:
-        """Replay all recorded activations, then run the new one at time `now`."""
+    def replay(self, *, now: datetime, suggest_continue_as_new: bool = False) -> ActivationOutcome:
+        """Replay all recorded activations, then run the new one at time `now` (in which
+        should_continue_as_new() answers `suggest_continue_as_new`)."""
         last_event_id = self.history[-1].event_id
-        new = _Activation(processed_event_id=last_event_id, task_time=now)
+        new = _Activation(
+            processed_event_id=last_event_id,
+            task_time=now,
+            suggest_continue_as_new=suggest_continue_as_new,
+        )
         token = current_runtime.set(self)
         try:
             failed = self._replay_recorded(then=new)
@@ -680,6 +701,11 @@ def _closing_command(main: asyncio.Task[Any], *, cancel_requested: bool) -> Clos
         raise error  # the workflow task ran out of time, not the workflow
     if isinstance(error, asyncio.CancelledError) and cancel_requested:
         return CancelWorkflow("the workflow was cancelled")
+    if isinstance(error, ContinueAsNew):
+        try:
+            return ContinueAsNewWorkflow(encode(error.input_value, "continue_as_new's input"))
+        except (InvalidPayload, PayloadTooLarge) as exc:
+            return FailWorkflow(type(exc).__name__, exc.detail)
     if error is not None:
         return FailWorkflow(type(error).__name__, storable_text(str(error)))
     try:

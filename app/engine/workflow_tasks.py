@@ -20,6 +20,7 @@ import uuid
 from sqlalchemy import Engine
 
 from app.engine.dispatch import ActivityDispatch, Dispatch, FollowUp
+from app.engine.executions import new_execution
 from app.engine.replay import (
     CLOSING_COMMANDS,
     ActivationOutcome,
@@ -30,6 +31,8 @@ from app.engine.replay import (
     Command,
     CompleteUpdate,
     CompleteWorkflow,
+    ContinueAsNewWorkflow,
+    FailWorkflow,
     RejectUpdate,
     Replayer,
     ScheduleActivity,
@@ -42,7 +45,8 @@ from app.model.activity_states import ActivityState
 from app.model.events import HistoryEvent
 from app.model.payloads import storable_text
 from app.model.statuses import ExecutionStatus
-from app.settings import get_settings
+from app.settings import Settings, get_settings
+from app.storage.executions import read_chain, record_successor, send_insert_execution
 from app.storage.runs import (
     ActivityChange,
     NewActivity,
@@ -112,8 +116,22 @@ def advance(tx: Transaction, registry: Registry, step: Step, state: RunState) ->
     with the new commands; returns what to dispatch."""
     run = step.run
     history = [*(state.history or []), *_appended(step)]
+    settings = get_settings()
+    over = _over_history_cap(len(history), state.history_bytes, settings)
+    if over is not None:
+        return _close(
+            tx,
+            step,
+            FailWorkflow("HistoryLimitExceeded", over),
+            ev.workflow_task_id(run.run_id, step.next_event_id),
+            registry,
+        )
+    suggest = (
+        len(history) >= settings.history_suggest_events
+        or state.history_bytes >= settings.history_suggest_bytes
+    )
     try:
-        outcome = _replay(registry, state, history)
+        outcome = _replay(registry, state, history, suggest)
     except WorkflowTaskFailure as task_failure:
         return _fail_workflow_task(tx, step, history, task_failure)
     task_id = ev.workflow_task_id(run.run_id, step.next_event_id)
@@ -123,6 +141,7 @@ def advance(tx: Transaction, registry: Registry, step: Step, state: RunState) ->
             "task_id": task_id,
             "processed_event_id": outcome.processed_event_id,
             "task_time": outcome.task_time.isoformat(),
+            **({"suggest_continue_as_new": True} if suggest else {}),
         },
     )
     step.processed_event_id = outcome.processed_event_id
@@ -136,7 +155,7 @@ def advance(tx: Transaction, registry: Registry, step: Step, state: RunState) ->
         elif not isinstance(command, CLOSING_COMMANDS):
             _record_command(step, command)
     if closing is not None:
-        return _close(tx, step, closing, task_id)
+        return _close(tx, step, closing, task_id, registry)
     settle_retrying(step, state.retrying, "retried activity settled")
     stopped = write_step(tx, step)
     if not scheduled:
@@ -153,7 +172,26 @@ def advance(tx: Transaction, registry: Registry, step: Step, state: RunState) ->
     )
 
 
-def _close(tx: Transaction, step: Step, closing: ClosingCommand, task_id: str) -> FollowUp:
+def _over_history_cap(events: int, stored_bytes: int, settings: Settings) -> str | None:
+    """Why the history is at its cap, or None if it is not."""
+    if events >= settings.history_event_limit:
+        return (
+            f"the history reached {events} events, the cap is {settings.history_event_limit}:"
+            " continue as new (workflow.should_continue_as_new()) before it"
+        )
+    if stored_bytes >= settings.history_byte_limit:
+        return (
+            f"the history reached {stored_bytes} bytes, the cap is"
+            f" {settings.history_byte_limit}: continue as new before it"
+        )
+    return None
+
+
+def _close(
+    tx: Transaction, step: Step, closing: ClosingCommand, task_id: str, registry: Registry
+) -> FollowUp:
+    if isinstance(closing, ContinueAsNewWorkflow):
+        return _continue_as_new(tx, step, closing, task_id, registry)
     if isinstance(closing, CompleteWorkflow):
         stopped = close_run(
             tx,
@@ -185,6 +223,53 @@ def _close(tx: Transaction, step: Step, closing: ClosingCommand, task_id: str) -
         error=failure,
     )
     return FollowUp("failed", stop_task_ids=tuple(stopped), advanced=True)
+
+
+def _continue_as_new(
+    tx: Transaction,
+    step: Step,
+    closing: ContinueAsNewWorkflow,
+    task_id: str,
+    registry: Registry,
+) -> FollowUp:
+    """End the run CONTINUED_AS_NEW and start its successor: a new execution of the same
+    workflow, in the same tree, linked both ways, all in this transaction."""
+    run = step.run
+    definition = registry.workflow(run.workflow_name)
+    chain = read_chain(tx, run.execution_id)
+    successor = new_execution(
+        definition,
+        execution_id=uuid.uuid4().hex,
+        input_value=closing.input,
+        user_id=chain.user_id,
+        root_execution_id=chain.root_execution_id,
+        parent_execution_id=chain.parent_execution_id,
+        continued_from_execution_id=run.execution_id,
+        continued_from_run_id=run.run_id,
+        first_execution_run_id=chain.first_execution_run_id,
+    )
+    inserted = send_insert_execution(tx, successor)
+    stopped = close_run(
+        tx,
+        step,
+        ExecutionStatus.CONTINUED_AS_NEW,
+        ev.WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+        {
+            "task_id": task_id,
+            "new_execution_run_id": str(successor.run_id),
+            "new_execution_id": successor.execution_id,
+            "workflow_name": definition.name,
+            "input": ev.payload(closing.input),
+        },
+    )
+    record_successor(tx, run.execution_id, successor.execution_id)
+    assert tx.read_one(inserted) is not None, "a new random id is not taken"
+    return FollowUp(
+        "continued as new",
+        dispatches=(Dispatch(successor.run_id),),
+        stop_task_ids=tuple(stopped),
+        advanced=True,
+    )
 
 
 def _record_command(step: Step, command: Command) -> None:
@@ -237,7 +322,9 @@ def _appended(step: Step) -> list[HistoryEvent]:
     ]
 
 
-def _replay(registry: Registry, state: RunState, history: list[HistoryEvent]) -> ActivationOutcome:
+def _replay(
+    registry: Registry, state: RunState, history: list[HistoryEvent], suggest: bool
+) -> ActivationOutcome:
     """Run the workflow code over `history` within the workflow task's time limit."""
     run = state.run
     definition = registry.workflows.get(run.workflow_name)
@@ -259,7 +346,7 @@ def _replay(registry: Registry, state: RunState, history: list[HistoryEvent]) ->
     try:
         with limit.enforced(WorkflowTaskTimeout):
             try:
-                outcome = replayer.replay(now=state.now)
+                outcome = replayer.replay(now=state.now, suggest_continue_as_new=suggest)
             except Exception as exc:
                 error = exc
     except WorkflowTaskTimeout:

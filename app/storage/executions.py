@@ -34,6 +34,10 @@ class ExecutionRecord:
     error: dict[str, Any] | None
     schedule_id: str | None = None
     search_keys: dict[str, str | None] | None = None
+    continued_from_execution_id: str | None = None
+    continued_as_execution_id: str | None = None
+    continued_from_run_id: uuid.UUID | None = None
+    first_execution_run_id: uuid.UUID | None = None
 
     @property
     def is_open(self) -> bool:
@@ -65,6 +69,13 @@ class NewExecution:
     user_id: str | None
     schedule_id: str | None = None
     search_keys: dict[str, str | None] | None = None
+    # A child's or a continuation's place in its tree (a fresh execution is its own
+    # root, and the first of its chain).
+    root_execution_id: str | None = None
+    parent_execution_id: str | None = None
+    continued_from_execution_id: str | None = None
+    continued_from_run_id: uuid.UUID | None = None
+    first_execution_run_id: uuid.UUID | None = None
 
 
 def send_insert_execution(tx: Transaction, new: NewExecution) -> psycopg.Cursor[Any]:
@@ -80,6 +91,11 @@ def send_insert_execution(tx: Transaction, new: NewExecution) -> psycopg.Cursor[
             "user_id": new.user_id,
             "schedule_id": new.schedule_id,
             "search_keys": None if new.search_keys is None else Jsonb(new.search_keys),
+            "root_execution_id": new.root_execution_id,
+            "parent_execution_id": new.parent_execution_id,
+            "continued_from_execution_id": new.continued_from_execution_id,
+            "continued_from_run_id": new.continued_from_run_id,
+            "first_execution_run_id": new.first_execution_run_id,
             "attributes": Jsonb(new.started_attributes),
             "execution_timeout_seconds": new.execution_timeout_seconds,
             "random_seed": new.random_seed,
@@ -118,7 +134,8 @@ def read_run(engine: Engine, run_id: uuid.UUID) -> ExecutionRecord:
 
 def _record(row: tuple[Any, ...]) -> ExecutionRecord:
     (execution_id, workflow_name, root_id, parent_id, user_id, run_id, status, *rest) = row
-    start_time, end_time, result, error, schedule_id, search_keys = rest
+    start_time, end_time, result, error, schedule_id, search_keys, *links = rest
+    continued_from, continued_as, continued_from_run_id, first_execution_run_id = links
     return ExecutionRecord(
         execution_id=execution_id,
         workflow_name=workflow_name,
@@ -133,6 +150,10 @@ def _record(row: tuple[Any, ...]) -> ExecutionRecord:
         error=error,
         schedule_id=schedule_id,
         search_keys=search_keys,
+        continued_from_execution_id=continued_from,
+        continued_as_execution_id=continued_as,
+        continued_from_run_id=continued_from_run_id,
+        first_execution_run_id=first_execution_run_id,
     )
 
 
@@ -145,3 +166,30 @@ def execution_status(tx: Transaction, execution_id: str) -> ExecutionStatus | No
 def read_events(engine: Engine, run_id: uuid.UUID) -> list[StoredEvent]:
     with autocommit(engine) as tx:
         return [StoredEvent(*row) for row in tx.fetch_all("read_events", {"run_id": run_id})]
+
+
+@dataclass(frozen=True)
+class Chain:
+    """What an execution's successor (continue-as-new) takes over of its place."""
+
+    root_execution_id: str
+    parent_execution_id: str | None
+    user_id: str | None
+    first_execution_run_id: uuid.UUID
+
+
+def read_chain(tx: Transaction, execution_id: str) -> Chain:
+    row = tx.fetch_one("read_chain", {"execution_id": execution_id})
+    if row is None:
+        raise ExecutionNotFound(f"Execution {execution_id!r} not found")
+    return Chain(*row)
+
+
+def record_successor(tx: Transaction, execution_id: str, successor_id: str) -> None:
+    """Name the execution that continued `execution_id` (continue-as-new)."""
+    tx.send("record_successor", {"execution_id": execution_id, "successor_id": successor_id})
+
+
+def read_successor(tx: Transaction, execution_id: str) -> str | None:
+    row = tx.fetch_one("read_successor", {"execution_id": execution_id})
+    return None if row is None else row[0]

@@ -5,20 +5,27 @@
 -- name: insert_execution
 -- Record a new execution, its first run (RUNNING, due for its first workflow task)
 -- and WORKFLOW_EXECUTION_STARTED; returns the run's start time, or no row if the id is
--- taken (then nothing is written). `schedule_id` names the schedule starting it, if any.
+-- taken (then nothing is written). `schedule_id` names the schedule starting it, if
+-- any; an execution that continues another (continue-as-new) or a child names its root,
+-- parent and predecessor, and a fresh one is its own root and the first of its chain.
 WITH execution AS (
     INSERT INTO executions (execution_id, workflow_name, input, root_execution_id,
-                            current_run_id, user_id, schedule_id, search_keys)
-    VALUES (%(execution_id)s, %(workflow_name)s, %(input)s, %(execution_id)s,
-            %(run_id)s, %(user_id)s, %(schedule_id)s, %(search_keys)s)
+                            parent_execution_id, current_run_id, user_id, schedule_id,
+                            search_keys, continued_from_execution_id,
+                            continued_from_run_id, first_execution_run_id)
+    VALUES (%(execution_id)s, %(workflow_name)s, %(input)s,
+            coalesce(%(root_execution_id)s, %(execution_id)s), %(parent_execution_id)s,
+            %(run_id)s, %(user_id)s, %(schedule_id)s, %(search_keys)s,
+            %(continued_from_execution_id)s, %(continued_from_run_id)s,
+            coalesce(%(first_execution_run_id)s, %(run_id)s))
     ON CONFLICT (execution_id) DO NOTHING
-    RETURNING execution_id
+    RETURNING execution_id, root_execution_id
 ), run AS (
     INSERT INTO runs (run_id, execution_id, run_number, workflow_name, root_execution_id,
                       status, start_time, deadline, random_seed, last_event_id,
                       workflow_task_due_at)
-    SELECT %(run_id)s, execution.execution_id, 1, %(workflow_name)s, %(execution_id)s,
-           'RUNNING', clock_timestamp(),
+    SELECT %(run_id)s, execution.execution_id, 1, %(workflow_name)s,
+           execution.root_execution_id, 'RUNNING', clock_timestamp(),
            clock_timestamp() + make_interval(secs => %(execution_timeout_seconds)s),
            %(random_seed)s, 1, clock_timestamp()
     FROM execution
@@ -36,7 +43,8 @@ SELECT start_time FROM run;
 -- An execution as its latest run shows it.
 SELECT e.execution_id, e.workflow_name, e.root_execution_id, e.parent_execution_id,
        e.user_id, r.run_id, r.status, r.start_time, r.end_time, r.result, r.error,
-       e.schedule_id, e.search_keys
+       e.schedule_id, e.search_keys, e.continued_from_execution_id,
+       e.continued_as_execution_id, e.continued_from_run_id, e.first_execution_run_id
 FROM executions e JOIN runs r ON r.run_id = e.current_run_id
 WHERE e.execution_id = %(execution_id)s;
 
@@ -44,7 +52,8 @@ WHERE e.execution_id = %(execution_id)s;
 -- One run of an execution, as read_execution shows the latest.
 SELECT e.execution_id, e.workflow_name, e.root_execution_id, e.parent_execution_id,
        e.user_id, r.run_id, r.status, r.start_time, r.end_time, r.result, r.error,
-       e.schedule_id, e.search_keys
+       e.schedule_id, e.search_keys, e.continued_from_execution_id,
+       e.continued_as_execution_id, e.continued_from_run_id, e.first_execution_run_id
 FROM runs r JOIN executions e ON e.execution_id = r.execution_id
 WHERE r.run_id = %(run_id)s;
 
@@ -91,7 +100,8 @@ FROM runs WHERE run_id = %(run_id)s;
 -- Sent after lock_run, so read after the lock was granted (nothing in it is stale):
 -- Postgres's time, whether the run's deadline has passed, how long until its workflow
 -- task is due, whether an activity other than `seq` is retrying, activity `seq` with
--- whether its attempt's deadline has passed, and the history when asked for.
+-- whether its attempt's deadline has passed, and the history when asked for, with its
+-- size as stored (for the history cap).
 SELECT clock_timestamp() AS now,
        r.deadline <= clock_timestamp() AS overdue,
        extract(epoch FROM r.workflow_task_due_at - clock_timestamp())::float8
@@ -106,12 +116,14 @@ SELECT clock_timestamp() AS now,
        a.attempt_deadline <= clock_timestamp() AS attempt_late,
        a.heartbeat_deadline <= clock_timestamp() AS heartbeat_late,
        a.heartbeat_details,
-       CASE WHEN %(with_history)s::boolean THEN (
-           SELECT json_agg(json_build_array(h.event_id, h.event_type, h.attributes)
-                           ORDER BY h.event_id)
-           FROM events h WHERE h.run_id = r.run_id
-       ) END AS history
+       h.history, h.history_bytes
 FROM runs r LEFT JOIN activities a ON a.run_id = r.run_id AND a.seq = %(seq)s::int
+LEFT JOIN LATERAL (
+    SELECT json_agg(json_build_array(e.event_id, e.event_type, e.attributes)
+                    ORDER BY e.event_id) AS history,
+           sum(pg_column_size(e.attributes))::bigint AS history_bytes
+    FROM events e WHERE %(with_history)s::boolean AND e.run_id = r.run_id
+) h ON true
 WHERE r.run_id = %(run_id)s;
 
 -- name: record_step
@@ -598,3 +610,18 @@ WITH old AS (
     FROM run WHERE e.execution_id = run.execution_id
 )
 SELECT run_id FROM run;
+
+-- name: read_chain
+-- What a continuing execution hands its successor: its tree, its caller, and the first
+-- run of its chain.
+SELECT root_execution_id, parent_execution_id, user_id, first_execution_run_id
+FROM executions WHERE execution_id = %(execution_id)s;
+
+-- name: record_successor
+-- Name the execution that continued this one as new.
+UPDATE executions SET continued_as_execution_id = %(successor_id)s
+WHERE execution_id = %(execution_id)s;
+
+-- name: read_successor
+-- The execution that continued this one as new, if any.
+SELECT continued_as_execution_id FROM executions WHERE execution_id = %(execution_id)s;

@@ -68,6 +68,8 @@ class RunState:
     history: list[HistoryEvent] | None = None
     # Whether an activity of the run (besides `seq`, when given) is retrying.
     retrying: bool = False
+    # The stored size of the history's attributes, when the history was read.
+    history_bytes: int = 0
 
 
 def lock_run_state(
@@ -98,7 +100,7 @@ def lock_run_state(
         processed_event_id=row[6],
         workflow_task_attempt=row[7],
     )
-    now, overdue, due_in, others_retrying, *activity_columns, history = read
+    now, overdue, due_in, others_retrying, *activity_columns, history, history_bytes = read
     activity = None
     if activity_columns[0] is not None:
         activity = _activity(activity_columns)
@@ -110,6 +112,7 @@ def lock_run_state(
         activity=activity,
         history=None if history is None else [HistoryEvent(*e) for e in history],
         retrying=bool(others_retrying),
+        history_bytes=int(history_bytes or 0),
     )
 
 

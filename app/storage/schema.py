@@ -54,6 +54,11 @@ executions = Table(
     # from it (app/engine/workflow_tasks.py).
     Column("continued_from_execution_id", Text, nullable=True),
     Column("continued_as_execution_id", Text, nullable=True),
+    # The last run of the execution it continued from, and the first run of the first
+    # execution of the chain (its own first run, when it starts one): the events'
+    # continued_run_id and first_execution_run_id.
+    Column("continued_from_run_id", UUID(as_uuid=True), nullable=True),
+    Column("first_execution_run_id", UUID(as_uuid=True), nullable=False),
     # Searchable metadata, {key: text or null} (app/model/search_keys.py).
     Column("search_keys", JSONB, nullable=True),
 )

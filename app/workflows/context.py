@@ -30,6 +30,8 @@ class WorkflowRuntime(Protocol):
 
     def condition(self, predicate: Callable[[], bool]) -> asyncio.Future[None]: ...
 
+    def should_continue_as_new(self) -> bool: ...
+
 
 current_runtime: ContextVar[WorkflowRuntime | None] = ContextVar(
     "chainline_workflow_runtime", default=None

@@ -33,3 +33,13 @@ class ActivityError(Exception):
         self.activity_name = activity_name
         self.attempt = attempt
         self.cause = ApplicationError(message, type=error_type)
+
+
+class ContinueAsNew(BaseException):
+    """Raised by `workflow.continue_as_new(...)`: ends the execution CONTINUED_AS_NEW and
+    starts its successor with `input`. A BaseException, as Temporal's is, so that code
+    catching Exception does not stop it on its way out."""
+
+    def __init__(self, input_value: Any) -> None:
+        super().__init__("continue as new")
+        self.input_value = input_value

@@ -9,14 +9,15 @@ import uuid
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from datetime import datetime, timedelta
-from typing import Any, TypeVar, get_type_hints
+from typing import Any, NoReturn, TypeVar, get_type_hints
 
-from pydantic import TypeAdapter
+from pydantic import BaseModel, TypeAdapter
 
 from app.errors import InvalidDefinition
 from app.model.search_keys import MAX_KEYS, check_key
 from app.workflows.compat import no_effect
-from app.workflows.context import runtime
+from app.workflows.context import current_runtime, runtime
+from app.workflows.errors import ContinueAsNew
 from app.workflows.registry import (
     DEFAULT_EXECUTION_TIMEOUT,
     RESERVED_WORKFLOW_NAMES,
@@ -241,6 +242,23 @@ class workflow:
         Postgres, not in a worker, and resumes on whichever worker is free."""
         seconds = _seconds(duration, "sleep's duration")
         await runtime().start_timer(seconds, summary)
+
+    @staticmethod
+    def continue_as_new(params: BaseModel | dict[str, Any]) -> NoReturn:
+        """End this execution CONTINUED_AS_NEW and start a new one of the same workflow,
+        with a new execution id, `params` as its input and an empty history; it stays in
+        the same tree (root_execution_id), linked both ways. It does not return."""
+        value = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
+        runtime()  # only inside workflow code
+        raise ContinueAsNew(value)
+
+    @staticmethod
+    def should_continue_as_new() -> bool:
+        """Whether the history has grown long enough that the workflow should continue
+        as new, before it meets the cap the engine enforces (51,200 events or 50 MB, as
+        Mistral's). False outside workflow code."""
+        rt = current_runtime.get()
+        return rt is not None and rt.should_continue_as_new()
 
     @staticmethod
     async def wait_condition(

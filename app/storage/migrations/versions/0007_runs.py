@@ -42,6 +42,13 @@ def upgrade() -> None:
     op.add_column("runs", sa.Column("reset_reason", sa.Text(), nullable=True))
     op.add_column("executions", sa.Column("continued_from_execution_id", sa.Text()))
     op.add_column("executions", sa.Column("continued_as_execution_id", sa.Text()))
+    op.add_column("executions", sa.Column("continued_from_run_id", UUID(as_uuid=True)))
+    op.add_column("executions", sa.Column("first_execution_run_id", UUID(as_uuid=True)))
+    op.execute(
+        "UPDATE executions e SET first_execution_run_id = r.run_id"
+        " FROM runs r WHERE r.execution_id = e.execution_id AND r.run_number = 1"
+    )
+    op.alter_column("executions", "first_execution_run_id", nullable=False)
     op.add_column("executions", sa.Column("search_keys", JSONB(), nullable=True))
     op.create_index(
         "executions_by_search_keys", "executions", ["search_keys"], postgresql_using="gin"
@@ -60,7 +67,13 @@ def downgrade() -> None:
     for name in LISTING_INDEXES:
         op.drop_index(name, "runs")
     op.drop_index("executions_by_search_keys", "executions")
-    for column in ("search_keys", "continued_as_execution_id", "continued_from_execution_id"):
+    for column in (
+        "search_keys",
+        "first_execution_run_id",
+        "continued_from_run_id",
+        "continued_as_execution_id",
+        "continued_from_execution_id",
+    ):
         op.drop_column("executions", column)
     for column in (
         "reset_reason",
