@@ -603,3 +603,67 @@ class NeverContinues:
         while done < total:
             done = await add(done, 1)
         return done
+
+
+@workflows.workflow.define(name="square-child")
+class SquareChild:
+    @workflows.workflow.entrypoint
+    async def run(self, value: int) -> int:
+        result: int = await square(value)
+        return result
+
+
+@workflows.workflow.define(name="child-gatherer")
+class ChildGatherer:
+    """Starts one child per value, all at once, and gathers their results."""
+
+    @workflows.workflow.entrypoint
+    async def run(self, values: list[int]) -> dict[str, Any]:
+        squares = await asyncio.gather(
+            *(workflows.workflow.execute_workflow(SquareChild, {"value": v}) for v in values)
+        )
+        return {"squares": list(squares)}
+
+
+@workflows.workflow.define(name="failing-child")
+class FailingChild:
+    @workflows.workflow.entrypoint
+    async def run(self, reason: str) -> int:
+        raise workflows.WorkflowError(reason, type="ChildRefused")
+
+
+@workflows.workflow.define(name="child-failure-catcher")
+class ChildFailureCatcher:
+    """Catches its child's failure, and a child whose id is taken."""
+
+    @workflows.workflow.entrypoint
+    async def run(self, taken_id: str | None = None) -> dict[str, Any]:
+        caught: dict[str, Any] = {}
+        try:
+            await workflows.workflow.execute_workflow(FailingChild, {"reason": "nope"})
+        except workflows.ChildWorkflowError as error:
+            caught["failed"] = [error.status, error.type, error.message]
+        if taken_id is not None:
+            try:
+                await workflows.workflow.execute_workflow(
+                    SquareChild, {"value": 2}, execution_id=taken_id
+                )
+            except workflows.ChildWorkflowError as error:
+                caught["taken"] = [error.status, error.type]
+        return caught
+
+
+@workflows.workflow.define(name="child-starter")
+class ChildStarter:
+    """Starts a `held` child without waiting for it, and ends at once."""
+
+    @workflows.workflow.entrypoint
+    async def run(self, folder: str, policy: str) -> str:
+        handle = await workflows.workflow.execute_workflow(
+            Held,
+            {"folder": folder},
+            wait=False,
+            parent_close_policy=workflows.ParentClosePolicy[policy],
+        )
+        child_id: str = handle.execution_id
+        return child_id

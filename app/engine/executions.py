@@ -39,6 +39,9 @@ def new_execution(
     continued_from_execution_id: str | None = None,
     continued_from_run_id: uuid.UUID | None = None,
     first_execution_run_id: uuid.UUID | None = None,
+    parent_seq: int | None = None,
+    parent_close_policy: str | None = None,
+    execution_timeout_seconds: float | None = None,
 ) -> NewExecution:
     """What recording a new execution of `definition` writes (`input_value` encoded);
     a child or a continuation names its place in its tree."""
@@ -55,7 +58,11 @@ def new_execution(
             "input": ev.payload(input_value),
             "attempt": 1,
         },
-        execution_timeout_seconds=definition.execution_timeout.total_seconds(),
+        execution_timeout_seconds=(
+            definition.execution_timeout.total_seconds()
+            if execution_timeout_seconds is None
+            else execution_timeout_seconds
+        ),
         random_seed=random.getrandbits(63),
         user_id=user_id,
         schedule_id=schedule_id,
@@ -65,6 +72,8 @@ def new_execution(
         continued_from_execution_id=continued_from_execution_id,
         continued_from_run_id=continued_from_run_id,
         first_execution_run_id=first_execution_run_id,
+        parent_seq=parent_seq,
+        parent_close_policy=parent_close_policy,
     )
 
 

@@ -181,7 +181,7 @@ def terminate_in(tx: Transaction, execution_id: str, reason: str) -> FollowUp:
     state = _lock_open_run(tx, execution_id, "terminate")
     step = Step(run=state.run)
     failure = ev.failure("Terminated", reason)
-    stopped = close_run(
+    closed = close_run(
         tx,
         step,
         ExecutionStatus.TERMINATED,
@@ -189,7 +189,7 @@ def terminate_in(tx: Transaction, execution_id: str, reason: str) -> FollowUp:
         {"reason": reason, "failure": failure},
         error=failure,
     )
-    return FollowUp("terminated", stop_task_ids=tuple(stopped))
+    return FollowUp("terminated", dispatches=closed.dispatches, stop_task_ids=closed.stopped)
 
 
 def query(
@@ -208,6 +208,7 @@ def query(
         execution_id=record.execution_id,
         random_seed=_random_seed(engine, record.run_id),
         history=history,
+        run_id=record.run_id,
     )
     result = replayer.query(name, input_value)
     try:

@@ -21,6 +21,7 @@ import inspect
 import json
 import logging
 import random
+import uuid
 from collections import deque
 from collections.abc import Callable, Coroutine
 from dataclasses import dataclass, field
@@ -35,7 +36,7 @@ from app.model.events import HistoryEvent
 from app.model.payloads import digest, encode, storable_text
 from app.model.retry import RetryPolicy
 from app.workflows.context import current_runtime
-from app.workflows.errors import ActivityError, ContinueAsNew
+from app.workflows.errors import ActivityError, ChildWorkflowError, ContinueAsNew, WorkflowError
 from app.workflows.registry import (
     ActivityDefinition,
     HandlerDefinition,
@@ -44,6 +45,9 @@ from app.workflows.registry import (
 )
 
 log = logging.getLogger(__name__)
+
+# Default child execution ids are UUIDs derived from the parent's run and the command.
+CHILD_ID_NAMESPACE = uuid.UUID("6f1c5a5e-3c1b-4b7e-9a52-1d2c3b4a5f60")
 
 
 @dataclass(frozen=True)
@@ -93,6 +97,20 @@ class RejectUpdate:
 
 
 @dataclass(frozen=True)
+class StartChildWorkflow:
+    """Start a child execution (its input encoded); its outcome comes back by `seq`."""
+
+    seq: int
+    workflow_name: str
+    execution_id: str
+    input: Any
+    input_digest: str
+    parent_close_policy: str
+    # None: the child workflow's own execution_timeout.
+    execution_timeout_seconds: float | None = None
+
+
+@dataclass(frozen=True)
 class CompleteWorkflow:
     result: Any
 
@@ -124,6 +142,7 @@ Command = (
     | CancelActivity
     | CompleteUpdate
     | RejectUpdate
+    | StartChildWorkflow
     | CompleteWorkflow
     | FailWorkflow
     | CancelWorkflow
@@ -209,6 +228,13 @@ def _identity(command: Command) -> _Identity | None:
             return _Identity(
                 ev.WORKFLOW_EXECUTION_UPDATE_REJECTED, update_id, None, f"reject update {update_id}"
             )
+        case StartChildWorkflow(seq=seq, workflow_name=name, input=data):
+            return _Identity(
+                ev.CHILD_WORKFLOW_STARTED,
+                f"{seq}:{name}",
+                command.input_digest,
+                f"child workflow #{seq} {name!r} {_preview(data)}",
+            )
     return None
 
 
@@ -230,6 +256,14 @@ def _recorded_identity(event: HistoryEvent) -> _Identity:
     if kind == ev.ACTIVITY_TASK_CANCEL_REQUESTED:
         seq, name = int(a["seq"]), str(a["activity_name"])
         return _Identity(kind, f"{seq}:{name}", None, f"cancel activity #{seq} {name!r}")
+    if kind == ev.CHILD_WORKFLOW_STARTED:
+        seq, name = int(a["seq"]), str(a["workflow_name"])
+        return _Identity(
+            kind,
+            f"{seq}:{name}",
+            a.get("input_digest"),
+            f"child workflow #{seq} {name!r} {_preview(a.get('input', {}).get('value'))}",
+        )
     verb = "complete" if kind == ev.WORKFLOW_EXECUTION_UPDATE_COMPLETED else "reject"
     return _Identity(kind, str(a["update_id"]), None, f"{verb} update {a['update_id']}")
 
@@ -358,10 +392,19 @@ class Replayer:
         execution_id: str,
         random_seed: int,
         history: list[HistoryEvent],
+        run_id: uuid.UUID | None = None,
     ) -> None:
         self.definition = definition
         self.registry = registry
         self.execution_id = execution_id
+        self.run_id = run_id
+        # The ids of the children this run started, by command: replay hands the code
+        # the id recorded, whatever a new one would be.
+        self._child_ids = {
+            int(e.attributes["seq"]): str(e.attributes["execution_id"])
+            for e in history
+            if e.event_type == ev.CHILD_WORKFLOW_STARTED
+        }
         self.rng = random.Random(random_seed)
         self.history = history
         self.loop = DeterministicLoop()  # type: ignore[abstract]
@@ -371,6 +414,7 @@ class Replayer:
         self._next_seq = 1
         self._pending: dict[int, tuple[asyncio.Future[Any], ActivityDefinition]] = {}
         self._timers: dict[int, asyncio.Future[None]] = {}
+        self._children: dict[int, tuple[asyncio.Future[Any], WorkflowDefinition]] = {}
         self._conditions: list[tuple[Callable[[], bool], asyncio.Future[None]]] = []
         self._handler_tasks: list[asyncio.Task[Any]] = []
         self._commands: list[_Produced] = []
@@ -420,6 +464,45 @@ class Replayer:
         future.add_done_callback(on_done)
         return future
 
+    def start_child(
+        self,
+        workflow_name: str,
+        input_value: Any,
+        *,
+        execution_id: str | None,
+        execution_timeout_seconds: float | None,
+        parent_close_policy: str,
+    ) -> tuple[str, asyncio.Future[Any]]:
+        self._refuse_if_read_only(f"start workflow {workflow_name!r}")
+        definition = self.registry.workflows.get(workflow_name)
+        if definition is None:
+            raise WorkflowError(
+                f"workflow {workflow_name!r} is not registered on this worker",
+                type="UnknownWorkflow",
+            )
+        data = encode(input_value, f"the input of child workflow {workflow_name!r}")
+        seq = self._take_seq()
+        child_id = self._child_ids.get(seq) or execution_id or self._child_id(seq)
+        future = self.loop.create_future()
+        self._children[seq] = (future, definition)
+        self._commands.append(
+            StartChildWorkflow(
+                seq=seq,
+                workflow_name=workflow_name,
+                execution_id=child_id,
+                input=data,
+                input_digest=digest(data),
+                parent_close_policy=parent_close_policy,
+                execution_timeout_seconds=execution_timeout_seconds,
+            )
+        )
+        return child_id, future
+
+    def _child_id(self, seq: int) -> str:
+        """A new child's default id: the same for every replay of this run, and another
+        in a run that a reset started (so that it never meets the old run's child)."""
+        return uuid.uuid5(CHILD_ID_NAMESPACE, f"{self.run_id}:{seq}").hex
+
     def condition(self, predicate: Callable[[], bool]) -> asyncio.Future[None]:
         self._refuse_if_read_only("wait")
         future: asyncio.Future[None] = self.loop.create_future()
@@ -441,6 +524,8 @@ class Replayer:
         kind = event.event_type
         if kind in ev.ACTIVITY_OUTCOMES:
             self._apply_activity_outcome(event)
+        elif kind in ev.CHILD_OUTCOMES:
+            self._apply_child_outcome(event)
         elif kind == ev.TIMER_FIRED:
             self._apply_timer_fired(event)
         elif kind == ev.WORKFLOW_EXECUTION_SIGNALED:
@@ -472,6 +557,32 @@ class Replayer:
                     attempt=int(event.attributes.get("attempt", 1)),
                 )
             )
+
+    def _apply_child_outcome(self, event: HistoryEvent) -> None:
+        a = event.attributes
+        found = self._children.pop(int(a["seq"]), None)
+        if found is None:
+            return
+        future, definition = found
+        if future.done():
+            return
+        if event.event_type == ev.CHILD_WORKFLOW_COMPLETED:
+            try:
+                future.set_result(result_from_json(definition.entrypoint, a["result"]["value"]))
+            except Exception as exc:  # a result the annotation rejects fails the await
+                future.set_exception(exc)
+            return
+        failure = a["failure"]
+        future.set_exception(
+            ChildWorkflowError(
+                failure.get("message", ""),
+                workflow_name=definition.name,
+                execution_id=str(a["execution_id"]),
+                # No status: it never started (its id was taken).
+                status=str(a.get("status") or "NOT_STARTED"),
+                error_type=str(failure.get("type", "Exception")),
+            )
+        )
 
     def _apply_timer_fired(self, event: HistoryEvent) -> None:
         future = self._timers.pop(int(event.attributes["seq"]), None)
@@ -595,7 +706,7 @@ class Replayer:
                 if isinstance(error, TimeLimitExceeded):
                     raise error
                 assert error is not None
-                return FailWorkflow(type(error).__name__, storable_text(str(error)))
+                return FailWorkflow(_error_type(error), storable_text(str(error)))
         if main is None or not main.done():
             return None
         return _closing_command(main, cancel_requested=self._cancel_requested)
@@ -707,11 +818,17 @@ def _closing_command(main: asyncio.Task[Any], *, cancel_requested: bool) -> Clos
         except (InvalidPayload, PayloadTooLarge) as exc:
             return FailWorkflow(type(exc).__name__, exc.detail)
     if error is not None:
-        return FailWorkflow(type(error).__name__, storable_text(str(error)))
+        return FailWorkflow(_error_type(error), storable_text(str(error)))
     try:
         return CompleteWorkflow(encode(main.result(), "the workflow result"))
     except (InvalidPayload, PayloadTooLarge) as exc:
         return FailWorkflow(type(exc).__name__, exc.detail)
+
+
+def _error_type(error: BaseException) -> str:
+    """A WorkflowError's own `type` (what the code named it), else the class's name."""
+    named = getattr(error, "type", None)
+    return named if isinstance(named, str) and named else type(error).__name__
 
 
 def _preview(value: Any) -> str:

@@ -59,17 +59,20 @@ def reset(
                 points,
             )
         new_run_id = uuid.uuid4()
-        stopped: list[str] = []
+        stopped: tuple[str, ...] = ()
+        woken: tuple[Dispatch, ...] = ()
         if state.run.is_open:
             failure = ev.failure("Terminated", f"reset to event {event_id}: {why}")
-            stopped = close_run(
+            closed = close_run(
                 tx,
                 Step(run=state.run),
                 ExecutionStatus.TERMINATED,
                 ev.WORKFLOW_EXECUTION_TERMINATED,
                 {"reason": why, "failure": failure, "new_run_id": str(new_run_id)},
                 error=failure,
+                report_to_parent=False,
             )
+            stopped, woken = closed.stopped, closed.dispatches
         new = _new_run(
             new_run_id, state.run.run_id, history, event_id, why, exclude_signals, exclude_updates
         )
@@ -85,7 +88,7 @@ def reset(
         if copied.activity.state is ActivityState.SCHEDULED
     )
     follow_up = FollowUp(
-        "reset", dispatches=(Dispatch(new_run_id, waiting),), stop_task_ids=tuple(stopped)
+        "reset", dispatches=(Dispatch(new_run_id, waiting), *woken), stop_task_ids=stopped
     )
     return new_run_id, follow_up
 

@@ -7,14 +7,15 @@ records the same events, whoever makes it.
 
 from __future__ import annotations
 
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from typing import Any
 
-from app.engine.dispatch import FollowUp
+from app.engine.dispatch import Dispatch, FollowUp
 from app.model import events as ev
 from app.model.activity_states import ActivityState
 from app.model.retry import RetryPolicy
 from app.model.statuses import ExecutionStatus, sources_of
+from app.storage.executions import ChildOutcome, record_child_outcome
 from app.storage.runs import ActivityChange, ActivityRow, RunState, Step, write_step
 from app.storage.transactions import Transaction
 
@@ -32,6 +33,16 @@ def change_status(step: Step, status: ExecutionStatus, reason: str) -> None:
     step.status = status
 
 
+@dataclass(frozen=True)
+class Closed:
+    """What closing a run leaves to do after commit."""
+
+    # Task ids of the attempts still running, which are to be stopped.
+    stopped: tuple[str, ...]
+    # A child's closing wakes its parent, whose run it recorded its outcome in.
+    dispatches: tuple[Dispatch, ...] = ()
+
+
 def close_run(
     tx: Transaction,
     step: Step,
@@ -41,9 +52,12 @@ def close_run(
     *,
     result: Any = None,
     error: dict[str, Any] | None = None,
-) -> list[str]:
-    """Write the step, ending the run with `status` and its closing event; returns the
-    task ids of the attempts still running, which are to be stopped.
+    report_to_parent: bool = True,
+) -> Closed:
+    """Write the step, ending the run with `status` and its closing event. A child's
+    outcome is recorded in its parent's run in the same transaction (but for
+    CONTINUED_AS_NEW, whose successor reports instead, and when not
+    `report_to_parent`: a reset ends the run, not the execution).
 
     A retrying run passes through RUNNING first, as the status table demands: one
     statement records that (with the rest of the step), a second the closing.
@@ -58,7 +72,43 @@ def close_run(
     step.closing = True
     step.result = result
     step.error = error
-    return write_step(tx, step)
+    stopped = tuple(write_step(tx, step))
+    run = step.run
+    if run.parent_execution_id is None or run.parent_seq is None:
+        return Closed(stopped)
+    if status is ExecutionStatus.CONTINUED_AS_NEW or not report_to_parent:
+        return Closed(stopped)
+    parent_run_id = record_child_outcome(
+        tx, _child_outcome(run.parent_execution_id, run.parent_seq, step, status, result, error)
+    )
+    if parent_run_id is None:
+        return Closed(stopped)
+    return Closed(stopped, (Dispatch(parent_run_id),))
+
+
+def _child_outcome(
+    parent_execution_id: str,
+    parent_seq: int,
+    step: Step,
+    status: ExecutionStatus,
+    result: Any,
+    error: dict[str, Any] | None,
+) -> ChildOutcome:
+    run = step.run
+    attributes: dict[str, Any] = {
+        "seq": parent_seq,
+        "execution_id": run.execution_id,
+        "run_id": str(run.run_id),
+        "workflow_name": run.workflow_name,
+        "status": status.value,
+    }
+    if status is ExecutionStatus.COMPLETED:
+        event_type = ev.CHILD_WORKFLOW_COMPLETED
+        attributes["result"] = ev.payload(result)
+    else:
+        event_type = ev.CHILD_WORKFLOW_FAILED
+        attributes["failure"] = error or ev.failure(status.value, f"the child ended {status}")
+    return ChildOutcome(parent_execution_id, parent_seq, run.execution_id, event_type, attributes)
 
 
 def _after(step: Step) -> Any:
@@ -75,7 +125,7 @@ def time_out_run(tx: Transaction, state: RunState) -> FollowUp:
     """Close a run whose execution deadline has passed; its attempts are stopped."""
     step = Step(run=state.run)
     failure = ev.failure("TimeoutError", "the execution exceeded its execution_timeout")
-    stopped = close_run(
+    closed = close_run(
         tx,
         step,
         ExecutionStatus.TIMED_OUT,
@@ -87,7 +137,7 @@ def time_out_run(tx: Transaction, state: RunState) -> FollowUp:
         },
         error=failure,
     )
-    return FollowUp("run timed out", stop_task_ids=tuple(stopped))
+    return FollowUp("run timed out", dispatches=closed.dispatches, stop_task_ids=closed.stopped)
 
 
 def settle_retrying(step: Step, others_retrying: bool, reason: str) -> None:

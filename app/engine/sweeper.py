@@ -5,6 +5,8 @@ Each sweep:
 - closes runs past their execution deadline TIMED_OUT, stopping their attempts;
 - times out attempts past their start-to-close deadline, or whose heartbeats stopped
   for longer than their heartbeat timeout, and retries them by policy;
+- applies a closed parent's close policy to its children still running (terminates
+  them, or asks them to cancel);
 - sends again the messages of work that has waited too long for one (a lost message,
   or a crash between a commit and its publish).
 
@@ -21,15 +23,18 @@ from sqlalchemy import Engine
 
 from app.engine.activities.outcome import time_out_attempt
 from app.engine.dispatch import ActivityDispatch, Dispatch, FollowUp
+from app.engine.interactions import request_cancel, terminate_in
 from app.engine.steps import time_out_run
-from app.errors import IllegalTransition
+from app.errors import ExecutionClosed, IllegalTransition
 from app.storage import sweeps
+from app.storage.executions import children_to_close
 from app.storage.runs import lock_run_state
 from app.storage.transactions import autocommit, transaction
 
 log = logging.getLogger(__name__)
 
 BATCH = 100
+PARENT_CLOSED = "its parent closed (parent_close_policy TERMINATE)"
 
 
 def sweep(engine: Engine, *, stalled_after_seconds: float) -> list[FollowUp]:
@@ -38,6 +43,7 @@ def sweep(engine: Engine, *, stalled_after_seconds: float) -> list[FollowUp]:
         *_time_out_runs(engine),
         *_time_out_attempts(engine),
         *_time_out_attempts(engine, heartbeat=True),
+        *_close_children_of_closed_parents(engine),
     ]
     follow_ups.extend(_resend_stalled(engine, stalled_after_seconds))
     return follow_ups
@@ -74,6 +80,22 @@ def _time_out_attempts(engine: Engine, *, heartbeat: bool = False) -> list[Follo
             continue
         if follow_up is not None:
             follow_ups.append(follow_up)
+    return follow_ups
+
+
+def _close_children_of_closed_parents(engine: Engine) -> list[FollowUp]:
+    with autocommit(engine) as tx:
+        children = children_to_close(tx, limit=BATCH)
+    follow_ups = []
+    for child in children:
+        try:
+            with transaction(engine) as tx:
+                if child.policy == "TERMINATE":
+                    follow_ups.append(terminate_in(tx, child.execution_id, PARENT_CLOSED))
+                else:
+                    follow_ups.append(request_cancel(tx, child.execution_id))
+        except (ExecutionClosed, IllegalTransition):
+            continue  # it closed meanwhile
     return follow_ups
 
 

@@ -36,9 +36,10 @@ from app.engine.replay import (
     RejectUpdate,
     Replayer,
     ScheduleActivity,
+    StartChildWorkflow,
     StartTimer,
 )
-from app.engine.steps import close_run, settle_retrying, time_out_run
+from app.engine.steps import Closed, close_run, settle_retrying, time_out_run
 from app.engine.time_limits import Limit, WorkflowTaskTimeout
 from app.model import events as ev
 from app.model.activity_states import ActivityState
@@ -148,28 +149,88 @@ def advance(tx: Transaction, registry: Registry, step: Step, state: RunState) ->
     step.workflow_task = "done"
     closing = next((c for c in outcome.commands if isinstance(c, CLOSING_COMMANDS)), None)
     scheduled: list[ScheduleActivity] = []
+    children: list[StartChildWorkflow] = []
     for command in outcome.commands:
         if isinstance(command, ScheduleActivity):
             _schedule(step, command, abandoned=closing is not None)
             scheduled.append(command)
+        elif isinstance(command, StartChildWorkflow):
+            children.append(command)
         elif not isinstance(command, CLOSING_COMMANDS):
             _record_command(step, command)
+    started, refused = _start_children(tx, registry, step, children)
     if closing is not None:
-        return _close(tx, step, closing, task_id, registry)
+        return _close(tx, step, closing, task_id, registry, started)
     settle_retrying(step, state.retrying, "retried activity settled")
     stopped = write_step(tx, step)
-    if not scheduled:
-        return FollowUp("waiting", stop_task_ids=tuple(stopped), advanced=True)
     activities = tuple(
         ActivityDispatch(run.run_id, c.seq, c.activity_name, c.start_to_close_seconds)
         for c in scheduled
     )
-    return FollowUp(
-        "advanced",
-        dispatches=(Dispatch(run.run_id, activities),),
-        stop_task_ids=tuple(stopped),
-        advanced=True,
-    )
+    # A child that could not start is an outcome already: the run needs a task for it.
+    if activities or refused:
+        started = (Dispatch(run.run_id, activities), *started)
+    if not started:
+        return FollowUp("waiting", stop_task_ids=tuple(stopped), advanced=True)
+    return FollowUp("advanced", dispatches=started, stop_task_ids=tuple(stopped), advanced=True)
+
+
+def _start_children(
+    tx: Transaction, registry: Registry, step: Step, children: list[StartChildWorkflow]
+) -> tuple[tuple[Dispatch, ...], bool]:
+    """Record each child's start and insert its execution, in this transaction; returns
+    their first workflow tasks, and whether one was refused. A child whose id is taken
+    fails at once: its outcome is recorded for the code, and the run's workflow task is
+    due."""
+    run = step.run
+    inserting = []
+    for child in children:
+        new = new_execution(
+            registry.workflow(child.workflow_name),
+            execution_id=child.execution_id,
+            input_value=child.input,
+            user_id=run.user_id,
+            root_execution_id=run.root_execution_id,
+            parent_execution_id=run.execution_id,
+            parent_seq=child.seq,
+            parent_close_policy=child.parent_close_policy,
+            execution_timeout_seconds=child.execution_timeout_seconds,
+        )
+        step.record(
+            ev.CHILD_WORKFLOW_STARTED,
+            {
+                "seq": child.seq,
+                "workflow_name": child.workflow_name,
+                "execution_id": child.execution_id,
+                "run_id": str(new.run_id),
+                "input": ev.payload(child.input),
+                "input_digest": child.input_digest,
+                "parent_close_policy": child.parent_close_policy,
+                "execution_timeout_seconds": new.execution_timeout_seconds,
+            },
+            dedup_key=f"child:{child.seq}:started",
+        )
+        inserting.append((child, new, send_insert_execution(tx, new)))
+    started = []
+    for child, new, cursor in inserting:
+        if tx.read_one(cursor) is not None:
+            started.append(Dispatch(new.run_id))
+            continue
+        step.record(
+            ev.CHILD_WORKFLOW_FAILED,
+            {
+                "seq": child.seq,
+                "execution_id": child.execution_id,
+                "workflow_name": child.workflow_name,
+                "status": None,
+                "failure": ev.failure(
+                    "AlreadyStarted", f"an execution {child.execution_id!r} already exists"
+                ),
+            },
+            dedup_key=f"child:{child.seq}:outcome",
+        )
+        step.workflow_task = "due"
+    return tuple(started), len(started) < len(inserting)
 
 
 def _over_history_cap(events: int, stored_bytes: int, settings: Settings) -> str | None:
@@ -188,12 +249,22 @@ def _over_history_cap(events: int, stored_bytes: int, settings: Settings) -> str
 
 
 def _close(
-    tx: Transaction, step: Step, closing: ClosingCommand, task_id: str, registry: Registry
+    tx: Transaction,
+    step: Step,
+    closing: ClosingCommand,
+    task_id: str,
+    registry: Registry,
+    started: tuple[Dispatch, ...] = (),
 ) -> FollowUp:
+    """Close the run as `closing` says; `started`: the first workflow tasks of the
+    children the same activation started, to send as well."""
     if isinstance(closing, ContinueAsNewWorkflow):
-        return _continue_as_new(tx, step, closing, task_id, registry)
-    if isinstance(closing, CompleteWorkflow):
-        stopped = close_run(
+        successor, closed = _continue_as_new(tx, step, closing, task_id, registry)
+        reason = "continued as new"
+        started = (*started, successor)
+    elif isinstance(closing, CompleteWorkflow):
+        reason = "completed"
+        closed = close_run(
             tx,
             step,
             ExecutionStatus.COMPLETED,
@@ -201,10 +272,10 @@ def _close(
             {"task_id": task_id, "result": ev.payload(closing.result), "attempt": 1},
             result=closing.result,
         )
-        return FollowUp("completed", stop_task_ids=tuple(stopped), advanced=True)
-    if isinstance(closing, CancelWorkflow):
+    elif isinstance(closing, CancelWorkflow):
+        reason = "canceled"
         failure = ev.failure("CancelledError", closing.message)
-        stopped = close_run(
+        closed = close_run(
             tx,
             step,
             ExecutionStatus.CANCELED,
@@ -212,17 +283,23 @@ def _close(
             {"task_id": task_id, "failure": failure},
             error=failure,
         )
-        return FollowUp("canceled", stop_task_ids=tuple(stopped), advanced=True)
-    failure = ev.failure(closing.error_type, closing.message)
-    stopped = close_run(
-        tx,
-        step,
-        ExecutionStatus.FAILED,
-        ev.WORKFLOW_EXECUTION_FAILED,
-        {"task_id": task_id, "failure": failure, "attempt": 1},
-        error=failure,
+    else:
+        reason = "failed"
+        failure = ev.failure(closing.error_type, closing.message)
+        closed = close_run(
+            tx,
+            step,
+            ExecutionStatus.FAILED,
+            ev.WORKFLOW_EXECUTION_FAILED,
+            {"task_id": task_id, "failure": failure, "attempt": 1},
+            error=failure,
+        )
+    return FollowUp(
+        reason,
+        dispatches=(*started, *closed.dispatches),
+        stop_task_ids=closed.stopped,
+        advanced=True,
     )
-    return FollowUp("failed", stop_task_ids=tuple(stopped), advanced=True)
 
 
 def _continue_as_new(
@@ -231,9 +308,10 @@ def _continue_as_new(
     closing: ContinueAsNewWorkflow,
     task_id: str,
     registry: Registry,
-) -> FollowUp:
+) -> tuple[Dispatch, Closed]:
     """End the run CONTINUED_AS_NEW and start its successor: a new execution of the same
-    workflow, in the same tree, linked both ways, all in this transaction."""
+    workflow, in the same tree, linked both ways, all in this transaction. Returns the
+    successor's first workflow task."""
     run = step.run
     definition = registry.workflow(run.workflow_name)
     chain = read_chain(tx, run.execution_id)
@@ -244,12 +322,14 @@ def _continue_as_new(
         user_id=chain.user_id,
         root_execution_id=chain.root_execution_id,
         parent_execution_id=chain.parent_execution_id,
+        parent_seq=chain.parent_seq,
+        parent_close_policy=chain.parent_close_policy,
         continued_from_execution_id=run.execution_id,
         continued_from_run_id=run.run_id,
         first_execution_run_id=chain.first_execution_run_id,
     )
     inserted = send_insert_execution(tx, successor)
-    stopped = close_run(
+    closed = close_run(
         tx,
         step,
         ExecutionStatus.CONTINUED_AS_NEW,
@@ -264,12 +344,7 @@ def _continue_as_new(
     )
     record_successor(tx, run.execution_id, successor.execution_id)
     assert tx.read_one(inserted) is not None, "a new random id is not taken"
-    return FollowUp(
-        "continued as new",
-        dispatches=(Dispatch(successor.run_id),),
-        stop_task_ids=tuple(stopped),
-        advanced=True,
-    )
+    return Dispatch(successor.run_id), closed
 
 
 def _record_command(step: Step, command: Command) -> None:
@@ -339,6 +414,7 @@ def _replay(
         execution_id=run.execution_id,
         random_seed=run.random_seed,
         history=history,
+        run_id=run.run_id,
     )
     outcome: ActivationOutcome | None = None
     error: Exception | None = None

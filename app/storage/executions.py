@@ -76,6 +76,9 @@ class NewExecution:
     continued_from_execution_id: str | None = None
     continued_from_run_id: uuid.UUID | None = None
     first_execution_run_id: uuid.UUID | None = None
+    # A child: its parent's command that started it, and the parent's close policy.
+    parent_seq: int | None = None
+    parent_close_policy: str | None = None
 
 
 def send_insert_execution(tx: Transaction, new: NewExecution) -> psycopg.Cursor[Any]:
@@ -96,6 +99,8 @@ def send_insert_execution(tx: Transaction, new: NewExecution) -> psycopg.Cursor[
             "continued_from_execution_id": new.continued_from_execution_id,
             "continued_from_run_id": new.continued_from_run_id,
             "first_execution_run_id": new.first_execution_run_id,
+            "parent_seq": new.parent_seq,
+            "parent_close_policy": new.parent_close_policy,
             "attributes": Jsonb(new.started_attributes),
             "execution_timeout_seconds": new.execution_timeout_seconds,
             "random_seed": new.random_seed,
@@ -176,6 +181,9 @@ class Chain:
     parent_execution_id: str | None
     user_id: str | None
     first_execution_run_id: uuid.UUID
+    # A child's successor stays its parent's child, for the same command.
+    parent_seq: int | None
+    parent_close_policy: str | None
 
 
 def read_chain(tx: Transaction, execution_id: str) -> Chain:
@@ -193,3 +201,43 @@ def record_successor(tx: Transaction, execution_id: str, successor_id: str) -> N
 def read_successor(tx: Transaction, execution_id: str) -> str | None:
     row = tx.fetch_one("read_successor", {"execution_id": execution_id})
     return None if row is None else row[0]
+
+
+@dataclass(frozen=True)
+class ChildOutcome:
+    """A closing child's outcome, recorded in its parent's current run."""
+
+    parent_execution_id: str
+    parent_seq: int
+    execution_id: str
+    event_type: str
+    attributes: dict[str, Any]
+
+
+def record_child_outcome(tx: Transaction, outcome: ChildOutcome) -> uuid.UUID | None:
+    """Record the outcome in the parent's current run if that run is open, started this
+    child, and has no outcome for it yet; its workflow task becomes due. Returns the
+    parent's run (to send it a workflow task), None if nothing was recorded."""
+    row = tx.fetch_one(
+        "record_child_outcome",
+        {
+            "parent_execution_id": outcome.parent_execution_id,
+            "child_execution_id": outcome.execution_id,
+            "started_key": f"child:{outcome.parent_seq}:started",
+            "outcome_key": f"child:{outcome.parent_seq}:outcome",
+            "event_type": outcome.event_type,
+            "attributes": Jsonb(outcome.attributes),
+        },
+    )
+    return None if row is None else row[0]
+
+
+@dataclass(frozen=True)
+class ChildToClose:
+    execution_id: str
+    policy: str
+
+
+def children_to_close(tx: Transaction, limit: int) -> list[ChildToClose]:
+    """Open children whose parent has closed, with a policy that closes them too."""
+    return [ChildToClose(*row) for row in tx.fetch_all("children_to_close", {"limit": limit})]

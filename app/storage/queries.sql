@@ -12,12 +12,14 @@ WITH execution AS (
     INSERT INTO executions (execution_id, workflow_name, input, root_execution_id,
                             parent_execution_id, current_run_id, user_id, schedule_id,
                             search_keys, continued_from_execution_id,
-                            continued_from_run_id, first_execution_run_id)
+                            continued_from_run_id, first_execution_run_id, parent_seq,
+                            parent_close_policy)
     VALUES (%(execution_id)s, %(workflow_name)s, %(input)s,
             coalesce(%(root_execution_id)s, %(execution_id)s), %(parent_execution_id)s,
             %(run_id)s, %(user_id)s, %(schedule_id)s, %(search_keys)s,
             %(continued_from_execution_id)s, %(continued_from_run_id)s,
-            coalesce(%(first_execution_run_id)s, %(run_id)s))
+            coalesce(%(first_execution_run_id)s, %(run_id)s), %(parent_seq)s,
+            %(parent_close_policy)s)
     ON CONFLICT (execution_id) DO NOTHING
     RETURNING execution_id, root_execution_id
 ), run AS (
@@ -74,7 +76,8 @@ SELECT 1;
 -- name: lock_run
 -- Lock a run, the per-execution lock every writer takes first, and read it.
 SELECT r.run_id, r.execution_id, e.workflow_name, r.status, r.random_seed,
-       r.last_event_id, r.processed_event_id, r.workflow_task_attempt
+       r.last_event_id, r.processed_event_id, r.workflow_task_attempt,
+       r.root_execution_id, e.user_id, e.parent_execution_id, e.parent_seq
 FROM runs r JOIN executions e ON e.execution_id = r.execution_id
 WHERE r.run_id = %(run_id)s
 FOR UPDATE OF r;
@@ -83,7 +86,8 @@ FOR UPDATE OF r;
 -- Lock a run if no one else holds it (the sweeper's way: a locked run is being
 -- worked on, and will be looked at again on the next sweep).
 SELECT r.run_id, r.execution_id, e.workflow_name, r.status, r.random_seed,
-       r.last_event_id, r.processed_event_id, r.workflow_task_attempt
+       r.last_event_id, r.processed_event_id, r.workflow_task_attempt,
+       r.root_execution_id, e.user_id, e.parent_execution_id, e.parent_seq
 FROM runs r JOIN executions e ON e.execution_id = r.execution_id
 WHERE r.run_id = %(run_id)s
 FOR UPDATE OF r SKIP LOCKED;
@@ -614,7 +618,8 @@ SELECT run_id FROM run;
 -- name: read_chain
 -- What a continuing execution hands its successor: its tree, its caller, and the first
 -- run of its chain.
-SELECT root_execution_id, parent_execution_id, user_id, first_execution_run_id
+SELECT root_execution_id, parent_execution_id, user_id, first_execution_run_id,
+       parent_seq, parent_close_policy
 FROM executions WHERE execution_id = %(execution_id)s;
 
 -- name: record_successor
@@ -625,3 +630,50 @@ WHERE execution_id = %(execution_id)s;
 -- name: read_successor
 -- The execution that continued this one as new, if any.
 SELECT continued_as_execution_id FROM executions WHERE execution_id = %(execution_id)s;
+
+-- name: record_child_outcome
+-- A child's outcome, in its parent's current run: only if that run is open, recorded
+-- starting this very child (its start command names it), and holds no outcome for it
+-- yet (a reset child closing again records nothing). The parent's workflow task becomes
+-- due. Returns the parent's run, or no row if nothing was recorded.
+WITH parent AS MATERIALIZED (
+    SELECT r.run_id, r.execution_id, r.last_event_id
+    FROM executions e JOIN runs r ON r.run_id = e.current_run_id
+    WHERE e.execution_id = %(parent_execution_id)s
+      AND r.status IN ('RUNNING', 'RETRYING_AFTER_ERROR')
+    FOR UPDATE OF r
+), eligible AS MATERIALIZED (
+    SELECT parent.* FROM parent
+    WHERE EXISTS (SELECT 1 FROM events s
+                  WHERE s.run_id = parent.run_id AND s.dedup_key = %(started_key)s
+                    AND s.attributes->>'execution_id' = %(child_execution_id)s)
+      AND NOT EXISTS (SELECT 1 FROM events o
+                      WHERE o.run_id = parent.run_id AND o.dedup_key = %(outcome_key)s)
+), appended AS (
+    INSERT INTO events (run_id, event_id, execution_id, event_type, attributes,
+                        event_timestamp, dedup_key)
+    SELECT eligible.run_id, eligible.last_event_id + 1, eligible.execution_id,
+           %(event_type)s, %(attributes)s, chainline_nanoseconds(clock_timestamp()),
+           %(outcome_key)s
+    FROM eligible
+), bumped AS (
+    UPDATE runs r
+    SET last_event_id = r.last_event_id + 1,
+        workflow_task_due_at = coalesce(r.workflow_task_due_at, clock_timestamp())
+    FROM eligible WHERE r.run_id = eligible.run_id
+    RETURNING r.run_id
+)
+SELECT run_id FROM bumped;
+
+-- name: children_to_close
+-- Open children whose parent's current run has closed, with a close policy that ends
+-- them too (the sweeper terminates them or asks them to cancel).
+SELECT c.execution_id, c.parent_close_policy
+FROM executions c
+JOIN runs cr ON cr.run_id = c.current_run_id
+JOIN executions p ON p.execution_id = c.parent_execution_id
+JOIN runs pr ON pr.run_id = p.current_run_id
+WHERE c.parent_close_policy IN ('REQUEST_CANCEL', 'TERMINATE')
+  AND cr.status IN ('RUNNING', 'RETRYING_AFTER_ERROR')
+  AND pr.status NOT IN ('RUNNING', 'RETRYING_AFTER_ERROR')
+LIMIT %(limit)s;

@@ -31,6 +31,11 @@ class LockedRun:
     processed_event_id: int
     # Workflow tasks that failed in a row.
     workflow_task_attempt: int
+    root_execution_id: str = ""
+    user_id: str | None = None
+    # A child's parent, and the parent's command that started it.
+    parent_execution_id: str | None = None
+    parent_seq: int | None = None
 
     @property
     def is_open(self) -> bool:
@@ -99,6 +104,10 @@ def lock_run_state(
         last_event_id=row[5],
         processed_event_id=row[6],
         workflow_task_attempt=row[7],
+        root_execution_id=row[8],
+        user_id=row[9],
+        parent_execution_id=row[10],
+        parent_seq=row[11],
     )
     now, overdue, due_in, others_retrying, *activity_columns, history, history_bytes = read
     activity = None

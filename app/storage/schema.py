@@ -61,6 +61,20 @@ executions = Table(
     Column("first_execution_run_id", UUID(as_uuid=True), nullable=False),
     # Searchable metadata, {key: text or null} (app/model/search_keys.py).
     Column("search_keys", JSONB, nullable=True),
+    # A child workflow: the parent's command (seq) that started it, whose outcome event
+    # its closing records in the parent's current run, and what the parent's closing
+    # does to it (ABANDON, REQUEST_CANCEL or TERMINATE; the sweeper applies it).
+    Column("parent_seq", Integer, nullable=True),
+    Column("parent_close_policy", Text, nullable=True),
+    CheckConstraint(
+        "parent_close_policy IN ('ABANDON', 'REQUEST_CANCEL', 'TERMINATE')",
+        name="executions_parent_close_policy_valid",
+    ),
+)
+Index(
+    "executions_children_to_close",
+    executions.c.parent_execution_id,
+    postgresql_where=text("parent_close_policy IN ('REQUEST_CANCEL', 'TERMINATE')"),
 )
 Index("executions_by_search_keys", executions.c.search_keys, postgresql_using="gin")
 

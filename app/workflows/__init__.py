@@ -10,8 +10,13 @@ from app.workflows.context import (
     current_heartbeat,
     current_runtime,
 )
-from app.workflows.errors import ActivityError, ApplicationError, WorkflowError
-from app.workflows.workflow import workflow
+from app.workflows.errors import (
+    ActivityError,
+    ApplicationError,
+    ChildWorkflowError,
+    WorkflowError,
+)
+from app.workflows.workflow import ChildWorkflowHandle, ParentClosePolicy, workflow
 
 
 def get_execution_id() -> str | None:
@@ -36,6 +41,9 @@ def activity_heartbeat(*details: Any) -> None:
 __all__ = [
     "ActivityError",
     "ApplicationError",
+    "ChildWorkflowError",
+    "ChildWorkflowHandle",
+    "ParentClosePolicy",
     "WorkflowError",
     "activity",
     "activity_heartbeat",

@@ -32,6 +32,16 @@ class WorkflowRuntime(Protocol):
 
     def should_continue_as_new(self) -> bool: ...
 
+    def start_child(
+        self,
+        workflow_name: str,
+        input_value: Any,
+        *,
+        execution_id: str | None,
+        execution_timeout_seconds: float | None,
+        parent_close_policy: str,
+    ) -> tuple[str, asyncio.Future[Any]]: ...
+
 
 current_runtime: ContextVar[WorkflowRuntime | None] = ContextVar(
     "chainline_workflow_runtime", default=None

@@ -43,3 +43,24 @@ class ContinueAsNew(BaseException):
     def __init__(self, input_value: Any) -> None:
         super().__init__("continue as new")
         self.input_value = input_value
+
+
+class ChildWorkflowError(Exception):
+    """What workflow code sees when a child workflow it awaits did not complete (it
+    failed, was cancelled, terminated or timed out, or could not start)."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        workflow_name: str,
+        execution_id: str,
+        status: str,
+        error_type: str = "Exception",
+    ) -> None:
+        super().__init__(f"child workflow {workflow_name!r} ({execution_id}) {status}: {message}")
+        self.message = message
+        self.workflow_name = workflow_name
+        self.execution_id = execution_id
+        self.status = status
+        self.type = error_type

@@ -5,10 +5,12 @@ from __future__ import annotations
 import asyncio
 import inspect
 import random as _random
+import re
 import uuid
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Generator
 from dataclasses import dataclass
 from datetime import datetime, timedelta
+from enum import IntEnum
 from typing import Any, NoReturn, TypeVar, get_type_hints
 
 from pydantic import BaseModel, TypeAdapter
@@ -16,7 +18,7 @@ from pydantic import BaseModel, TypeAdapter
 from app.errors import InvalidDefinition
 from app.model.search_keys import MAX_KEYS, check_key
 from app.workflows.compat import no_effect
-from app.workflows.context import current_runtime, runtime
+from app.workflows.context import NotInWorkflow, current_runtime, runtime
 from app.workflows.errors import ContinueAsNew
 from app.workflows.registry import (
     DEFAULT_EXECUTION_TIMEOUT,
@@ -28,11 +30,58 @@ from app.workflows.registry import (
     registry,
 )
 
+# Ids go into URL paths unescaped (app/api/schemas.py's EXECUTION_ID_PATTERN).
+_URL_SAFE = re.compile(r"[A-Za-z0-9._-]{1,200}")
+
 C = TypeVar("C", bound=type)
 A = TypeVar("A", bound=Callable[..., Awaitable[Any]])
 F = TypeVar("F", bound=Callable[..., Any])
 
 _ENTRYPOINT_MARK = "__chainline_entrypoint__"
+# Set on a workflow class by define: the name it is registered under.
+_WORKFLOW_NAME_MARK = "__chainline_workflow_name__"
+
+
+class ParentClosePolicy(IntEnum):
+    """What a parent's closing does to a child still running (Temporal's values)."""
+
+    UNSPECIFIED = 0
+    TERMINATE = 1
+    ABANDON = 2
+    REQUEST_CANCEL = 3
+
+
+class ChildWorkflowHandle:
+    """A child workflow started with `wait=False`: its `execution_id`, and its result
+    when awaited (raising ChildWorkflowError if it did not complete)."""
+
+    def __init__(self, execution_id: str, outcome: asyncio.Future[Any]) -> None:
+        self.execution_id = execution_id
+        self._outcome = outcome
+
+    @property
+    def id(self) -> str:
+        return self.execution_id
+
+    def done(self) -> bool:
+        return self._outcome.done()
+
+    async def result(self) -> Any:
+        return await self._outcome
+
+    def __await__(self) -> Generator[Any, None, Any]:
+        return self._outcome.__await__()
+
+
+def _workflow_name(workflow_type: type | str) -> str:
+    if isinstance(workflow_type, str):
+        return workflow_type
+    name = getattr(workflow_type, _WORKFLOW_NAME_MARK, None)
+    if not isinstance(name, str):
+        raise InvalidDefinition(f"{workflow_type!r} is not a workflow (@workflow.define)")
+    return name
+
+
 _HANDLER_MARK = "__chainline_handler__"
 
 
@@ -192,6 +241,7 @@ class workflow:
                     search_keys=keys,
                 )
             )
+            setattr(cls, _WORKFLOW_NAME_MARK, name)
             return cls
 
         return decorate
@@ -242,6 +292,49 @@ class workflow:
         Postgres, not in a worker, and resumes on whichever worker is free."""
         seconds = _seconds(duration, "sleep's duration")
         await runtime().start_timer(seconds, summary)
+
+    @staticmethod
+    async def execute_workflow(
+        workflow: type | str,
+        params: BaseModel | dict[str, Any] | None = None,
+        execution_timeout: timedelta | None = None,
+        execution_id: str | None = None,
+        wait: bool = True,
+        parent_close_policy: ParentClosePolicy | None = None,
+    ) -> Any:
+        """Start `workflow` (a class of @workflow.define, or its name) as a child of this
+        one: an execution of its own, in this one's tree. `wait=True` returns its result
+        (raising ChildWorkflowError if it did not complete); `wait=False` returns a
+        ChildWorkflowHandle at once. When this workflow closes first, the child is
+        terminated (`parent_close_policy`, default TERMINATE when waiting, ABANDON
+        otherwise), asked to cancel, or left running."""
+        rt = current_runtime.get()
+        if rt is None:
+            raise NotInWorkflow(
+                "execute_workflow starts a child from workflow code; start executions from"
+                " elsewhere through the HTTP API (the mistralai client)"
+            )
+        value = params.model_dump(mode="json") if isinstance(params, BaseModel) else params
+        if execution_id is not None and not _URL_SAFE.fullmatch(execution_id):
+            raise ValueError(f"execution id {execution_id!r} must match [A-Za-z0-9._-]{{1,200}}")
+        policy = parent_close_policy or ParentClosePolicy.UNSPECIFIED
+        if policy is ParentClosePolicy.UNSPECIFIED:
+            policy = ParentClosePolicy.TERMINATE if wait else ParentClosePolicy.ABANDON
+        child_id, outcome = rt.start_child(
+            _workflow_name(workflow),
+            value,
+            execution_id=execution_id,
+            execution_timeout_seconds=(
+                None
+                if execution_timeout is None
+                else _seconds(execution_timeout, "execution_timeout")
+            ),
+            parent_close_policy=policy.name,
+        )
+        handle = ChildWorkflowHandle(child_id, outcome)
+        if not wait:
+            return handle
+        return await handle
 
     @staticmethod
     def continue_as_new(params: BaseModel | dict[str, Any]) -> NoReturn:

@@ -2,7 +2,9 @@
 carries its execution's workflow and root, which never change, so that one index
 answers each filter), resets (a run names the run and event it was reset from, and
 why), and continue-as-new (an execution names the one it continued from and the one
-that continued it), and search keys (an execution's searchable metadata, indexed).
+that continued it), child workflows (a child names the command of its parent that
+started it, and what the parent's closing does to it), and search keys (an
+execution's searchable metadata, indexed).
 
 Revision ID: 0007
 Revises: 0006
@@ -50,6 +52,19 @@ def upgrade() -> None:
     )
     op.alter_column("executions", "first_execution_run_id", nullable=False)
     op.add_column("executions", sa.Column("search_keys", JSONB(), nullable=True))
+    op.add_column("executions", sa.Column("parent_seq", sa.Integer()))
+    op.add_column("executions", sa.Column("parent_close_policy", sa.Text()))
+    op.create_check_constraint(
+        "executions_parent_close_policy_valid",
+        "executions",
+        "parent_close_policy IN ('ABANDON', 'REQUEST_CANCEL', 'TERMINATE')",
+    )
+    op.create_index(
+        "executions_children_to_close",
+        "executions",
+        ["parent_execution_id"],
+        postgresql_where=sa.text("parent_close_policy IN ('REQUEST_CANCEL', 'TERMINATE')"),
+    )
     op.create_index(
         "executions_by_search_keys", "executions", ["search_keys"], postgresql_using="gin"
     )
@@ -67,7 +82,10 @@ def downgrade() -> None:
     for name in LISTING_INDEXES:
         op.drop_index(name, "runs")
     op.drop_index("executions_by_search_keys", "executions")
+    op.drop_index("executions_children_to_close", "executions")
     for column in (
+        "parent_close_policy",
+        "parent_seq",
         "search_keys",
         "first_execution_run_id",
         "continued_from_run_id",
