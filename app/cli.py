@@ -841,6 +841,12 @@ def dev(data_dir: Path, host: str, port: int, flower_port: int) -> None:
     help="Seconds over which beat's CPU is measured, the schedules' tick inside.",
 )
 @click.option(
+    "--listing-runs",
+    default=1_000_000,
+    show_default=True,
+    help="Runs written to time the runs API's filtered pages at that size.",
+)
+@click.option(
     "--peer/--no-peer",
     default=True,
     show_default=True,
@@ -867,6 +873,7 @@ def bench(
     sleepers: int,
     schedules: int,
     schedule_window: float,
+    listing_runs: int,
     peer: bool,
     dbos_concurrency: str,
     json_path: Path | None,
@@ -893,6 +900,7 @@ def bench(
         sleepers=sleepers,
         schedules=schedules,
         schedule_window=schedule_window,
+        listing_runs=listing_runs,
         peer=peer,
         dbos_concurrency=tuple(int(level) for level in dbos_concurrency.split(",")),
     )

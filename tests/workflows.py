@@ -667,3 +667,22 @@ class ChildStarter:
         )
         child_id: str = handle.execution_id
         return child_id
+
+
+@workflows.activity(start_to_close_timeout=timedelta(seconds=10))
+async def tag_customer(tier: str) -> str:
+    await workflows.workflow.add_search_keys({"customer.tier": tier, "stage": "activity"})
+    return tier
+
+
+@workflows.workflow.define(name="self-tagging")
+class SelfTagging:
+    """Changes its own search keys as it goes: from its code and from an activity."""
+
+    @workflows.workflow.entrypoint
+    async def run(self, tier: str) -> str:
+        await workflows.workflow.add_search_keys({"stage": "started", "scratch": "x"})
+        await tag_customer(tier)
+        await workflows.workflow.delete_search_keys(["scratch", "never-set"])
+        await workflows.workflow.add_search_keys({"stage": "done", "coupon": None})
+        return tier

@@ -13,6 +13,7 @@ from app.engine.activities.heartbeat import Heartbeats
 from app.engine.activities.outcome import record_outcome
 from app.engine.activities.run import run_attempt
 from app.engine.dispatch import FollowUp
+from app.engine.search_keys import upsert_search_keys
 from app.engine.workflow_tasks import run_workflow_task
 from app.errors import DatabaseUnavailable
 from app.messaging.broker import TIME_LIMIT_MARGIN_SECONDS, WORKFLOW_TASK, activity_task_name
@@ -81,7 +82,13 @@ def run_activity_message(task: Task[Any, Any], run_id: str, seq: int, activity_n
         return attempt.reason
     heartbeats = Heartbeats(engine, attempt)
     try:
-        outcome = run_attempt(attempt, heartbeats)
+        outcome = run_attempt(
+            attempt,
+            heartbeats,
+            lambda values, deleted: upsert_search_keys(
+                engine, attempt.execution_id, values, deleted
+            ),
+        )
     finally:
         heartbeats.close()
     follow_up = record_outcome(engine, registry, attempt, outcome)

@@ -50,6 +50,15 @@ def list_runs_route(
     next_page_token: Annotated[str | None, Query(max_length=500)] = None,
     search_key: Annotated[list[str] | None, Query(max_length=3)] = None,
 ) -> dict[str, Any]:
+    _refuse_nul(
+        workflow_identifier=workflow_identifier,
+        root_execution_id=root_execution_id,
+        search=search,
+        deployment_name=deployment_name,
+        user_id=user_id,
+        workflow_tags=workflow_tags,
+        search_key=search_key,
+    )
     wanted_keys = _search_key_filters(search_key or [])
     sorting: SortBy = sort_by or "start_time"
     # Chainline records neither deployments nor workflow tags on executions: no run
@@ -101,6 +110,23 @@ def read_run_history(run_id: uuid.UUID, decode_payloads: bool = True) -> dict[st
     engine = get_engine()
     record = read_run(engine, run_id)
     return {"events": [event_json(e, record) for e in get_history(engine, run_id)]}
+
+
+def _refuse_nul(**given: str | list[str] | None) -> None:
+    """A NUL names nothing Postgres can store: 422, before any query."""
+    for name, value in given.items():
+        values = value if isinstance(value, list) else [value]
+        if any(v is not None and "\x00" in v for v in values):
+            raise RequestValidationError(
+                [
+                    {
+                        "loc": ("query", name),
+                        "msg": "holds a NUL character",
+                        "type": "value_error",
+                        "input": repr(value),
+                    }
+                ]
+            )
 
 
 def _search_key_filters(given: list[str]) -> tuple[SearchKeyFilter, ...]:

@@ -111,6 +111,18 @@ class StartChildWorkflow:
 
 
 @dataclass(frozen=True)
+class UpsertSearchKeys:
+    """Set `values` and remove `deleted` in the execution's search keys."""
+
+    values: dict[str, str | None]
+    deleted: list[str]
+
+    @property
+    def digest(self) -> str:
+        return digest({"values": self.values, "deleted": self.deleted})
+
+
+@dataclass(frozen=True)
 class CompleteWorkflow:
     result: Any
 
@@ -143,6 +155,7 @@ Command = (
     | CompleteUpdate
     | RejectUpdate
     | StartChildWorkflow
+    | UpsertSearchKeys
     | CompleteWorkflow
     | FailWorkflow
     | CancelWorkflow
@@ -228,6 +241,13 @@ def _identity(command: Command) -> _Identity | None:
             return _Identity(
                 ev.WORKFLOW_EXECUTION_UPDATE_REJECTED, update_id, None, f"reject update {update_id}"
             )
+        case UpsertSearchKeys(values=values, deleted=deleted):
+            return _Identity(
+                ev.SEARCH_KEYS_UPSERTED,
+                command.digest,
+                None,
+                f"search keys {_preview({'values': values, 'deleted': deleted})}",
+            )
         case StartChildWorkflow(seq=seq, workflow_name=name, input=data):
             return _Identity(
                 ev.CHILD_WORKFLOW_STARTED,
@@ -256,6 +276,9 @@ def _recorded_identity(event: HistoryEvent) -> _Identity:
     if kind == ev.ACTIVITY_TASK_CANCEL_REQUESTED:
         seq, name = int(a["seq"]), str(a["activity_name"])
         return _Identity(kind, f"{seq}:{name}", None, f"cancel activity #{seq} {name!r}")
+    if kind == ev.SEARCH_KEYS_UPSERTED:
+        change = {"values": a["values"], "deleted": a["deleted"]}
+        return _Identity(kind, digest(change), None, f"search keys {_preview(change)}")
     if kind == ev.CHILD_WORKFLOW_STARTED:
         seq, name = int(a["seq"]), str(a["workflow_name"])
         return _Identity(
@@ -497,6 +520,16 @@ class Replayer:
             )
         )
         return child_id, future
+
+    def upsert_search_keys(
+        self, values: dict[str, str | None], deleted: list[str]
+    ) -> asyncio.Future[None]:
+        self._refuse_if_read_only("change search keys")
+        self._commands.append(UpsertSearchKeys(values, deleted))
+        # Recorded with the workflow task's other commands, in its transaction.
+        done: asyncio.Future[None] = self.loop.create_future()
+        done.set_result(None)
+        return done
 
     def _child_id(self, seq: int) -> str:
         """A new child's default id: the same for every replay of this run, and another

@@ -16,15 +16,24 @@ import uuid
 from sqlalchemy import Engine
 
 from app.engine.dispatch import ActivityDispatch, Dispatch, FollowUp
-from app.engine.steps import close_run
+from app.engine.steps import child_outcome, close_run
 from app.errors import ExecutionNotFound, InvalidResetPoint
 from app.model import events as ev
 from app.model.activity_states import ActivityState
 from app.model.events import HistoryEvent
+from app.model.payloads import storable_text
 from app.model.statuses import ExecutionStatus
-from app.storage.resets import CopiedActivity, ResetRun, lock_execution, start_reset_run
-from app.storage.runs import NewActivity, NewEvent, Step, lock_run_state
-from app.storage.transactions import transaction
+from app.storage.executions import read_execution_in, record_child_outcome
+from app.storage.resets import CopiedActivity, ResetRun, start_reset_run
+from app.storage.runs import (
+    NewActivity,
+    NewEvent,
+    RunState,
+    Step,
+    current_run_id,
+    lock_run_state,
+)
+from app.storage.transactions import Transaction, transaction
 
 # The event a reset appends after the copied history: engine bookkeeping, which replay
 # passes over.
@@ -43,12 +52,9 @@ def reset(
     """Reset the execution to its current run's WORKFLOW_TASK_COMPLETED `event_id`;
     returns the new run's id and what to send (its workflow task and the activities
     it waits on; the old run's attempts to stop)."""
-    why = reason or "reset"
+    why = storable_text(reason) if reason else "reset"
     with transaction(engine) as tx:
-        run_id = lock_execution(tx, execution_id)
-        state = None if run_id is None else lock_run_state(tx, run_id, with_history=True)
-        if state is None:
-            raise ExecutionNotFound(f"Execution {execution_id!r} not found")
+        state = _lock_current_run(tx, execution_id)
         history = state.history or []
         points = [e.event_id for e in history if e.event_type == ev.WORKFLOW_TASK_COMPLETED]
         if event_id not in points:
@@ -77,6 +83,7 @@ def reset(
             new_run_id, state.run.run_id, history, event_id, why, exclude_signals, exclude_updates
         )
         start_reset_run(tx, new)
+        _deliver_children_closed_since(tx, execution_id, history, event_id)
     waiting = tuple(
         ActivityDispatch(
             new_run_id,
@@ -91,6 +98,55 @@ def reset(
         "reset", dispatches=(Dispatch(new_run_id, waiting), *woken), stop_task_ids=stopped
     )
     return new_run_id, follow_up
+
+
+def _lock_current_run(tx: Transaction, execution_id: str) -> RunState:
+    """Lock the execution's current run, with its history. The run is locked first, as
+    every writer does (a workflow task then writes its execution's row), and is checked
+    to be still current once locked: a reset that went first has replaced it, and then
+    its successor is locked instead. So racing resets run one after the other."""
+    run_id = current_run_id(tx, execution_id)
+    while run_id is not None:
+        state = lock_run_state(tx, run_id, with_history=True)
+        now_current = current_run_id(tx, execution_id)
+        if state is not None and now_current == run_id:
+            return state
+        run_id = now_current
+    raise ExecutionNotFound(f"Execution {execution_id!r} not found")
+
+
+def _deliver_children_closed_since(
+    tx: Transaction, execution_id: str, history: list[HistoryEvent], event_id: int
+) -> None:
+    """Children the copied history started, and whose outcome it does not hold, that
+    have closed since: their outcome went to the old run, so it is recorded again, in
+    the new one (now the execution's current run). Those still running report when
+    they close."""
+    kept = [e for e in history if e.event_id < event_id]
+    ended = {e.attributes["seq"] for e in kept if e.event_type in ev.CHILD_OUTCOMES}
+    for start in kept:
+        if start.event_type != ev.CHILD_WORKFLOW_STARTED or start.attributes["seq"] in ended:
+            continue
+        child_id = str(start.attributes["execution_id"])
+        child = read_execution_in(tx, child_id)
+        # A child that continued as new ends with the last of its successors.
+        while child is not None and child.continued_as_execution_id is not None:
+            child = read_execution_in(tx, child.continued_as_execution_id)
+        if child is None or child.is_open:
+            continue
+        record_child_outcome(
+            tx,
+            child_outcome(
+                execution_id,
+                int(start.attributes["seq"]),
+                child_id,
+                child.run_id,
+                child.workflow_name,
+                child.status,
+                child.result,
+                child.error,
+            ),
+        )
 
 
 def _new_run(

@@ -79,27 +79,39 @@ def close_run(
     if status is ExecutionStatus.CONTINUED_AS_NEW or not report_to_parent:
         return Closed(stopped)
     parent_run_id = record_child_outcome(
-        tx, _child_outcome(run.parent_execution_id, run.parent_seq, step, status, result, error)
+        tx,
+        child_outcome(
+            run.parent_execution_id,
+            run.parent_seq,
+            run.execution_id,
+            run.run_id,
+            run.workflow_name,
+            status,
+            result,
+            error,
+        ),
     )
     if parent_run_id is None:
         return Closed(stopped)
     return Closed(stopped, (Dispatch(parent_run_id),))
 
 
-def _child_outcome(
+def child_outcome(
     parent_execution_id: str,
     parent_seq: int,
-    step: Step,
+    execution_id: str,
+    run_id: object,
+    workflow_name: str,
     status: ExecutionStatus,
     result: Any,
     error: dict[str, Any] | None,
 ) -> ChildOutcome:
-    run = step.run
+    """The event a child's closing records in its parent's run."""
     attributes: dict[str, Any] = {
         "seq": parent_seq,
-        "execution_id": run.execution_id,
-        "run_id": str(run.run_id),
-        "workflow_name": run.workflow_name,
+        "execution_id": execution_id,
+        "run_id": str(run_id),
+        "workflow_name": workflow_name,
         "status": status.value,
     }
     if status is ExecutionStatus.COMPLETED:
@@ -108,7 +120,7 @@ def _child_outcome(
     else:
         event_type = ev.CHILD_WORKFLOW_FAILED
         attributes["failure"] = error or ev.failure(status.value, f"the child ended {status}")
-    return ChildOutcome(parent_execution_id, parent_seq, run.execution_id, event_type, attributes)
+    return ChildOutcome(parent_execution_id, parent_seq, execution_id, event_type, attributes)
 
 
 def _after(step: Step) -> Any:

@@ -38,7 +38,9 @@ from app.engine.replay import (
     ScheduleActivity,
     StartChildWorkflow,
     StartTimer,
+    UpsertSearchKeys,
 )
+from app.engine.search_keys import apply_search_keys
 from app.engine.steps import Closed, close_run, settle_retrying, time_out_run
 from app.engine.time_limits import Limit, WorkflowTaskTimeout
 from app.model import events as ev
@@ -156,6 +158,11 @@ def advance(tx: Transaction, registry: Registry, step: Step, state: RunState) ->
             scheduled.append(command)
         elif isinstance(command, StartChildWorkflow):
             children.append(command)
+        elif isinstance(command, UpsertSearchKeys):
+            step.record(
+                ev.SEARCH_KEYS_UPSERTED, {"values": command.values, "deleted": command.deleted}
+            )
+            apply_search_keys(tx, run.execution_id, command.values, command.deleted)
         elif not isinstance(command, CLOSING_COMMANDS):
             _record_command(step, command)
     started, refused = _start_children(tx, registry, step, children)

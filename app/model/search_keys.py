@@ -8,6 +8,7 @@ SDK. Filters (`list_runs(search_key=...)`) follow the SDK's rules.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from datetime import date, datetime
 from enum import Enum
@@ -29,6 +30,35 @@ def check_key(key: str) -> None:
         raise ValueError(f"search key {key!r} starts with the reserved {RESERVED_PREFIX!r}")
     if len(key) > MAX_KEY_CHARS:
         raise ValueError(f"search key {key[:40]!r}... is over {MAX_KEY_CHARS} characters")
+
+
+def checked_changes(
+    values: Mapping[str, Any], deleted: Sequence[str]
+) -> tuple[dict[str, str | None], list[str]]:
+    """What add_search_keys / delete_search_keys were given, as stored: values as text
+    or null, keys over MAX_KEY_CHARS left out (as Mistral's server drops them). Raises
+    ValueError for what Mistral's SDK refuses: a bad key, or over MAX_KEYS in one call."""
+    if len(values) > MAX_KEYS or len(deleted) > MAX_KEYS:
+        raise ValueError(f"at most {MAX_KEYS} search keys may be sent in one call")
+    for key in [*values, *deleted]:
+        if not isinstance(key, str):
+            raise ValueError(f"a search key is a string, not {key!r}")
+        if len(key) <= MAX_KEY_CHARS:
+            check_key(key)
+    kept = {k: as_text(v) for k, v in values.items() if len(k) <= MAX_KEY_CHARS}
+    return kept, [k for k in deleted if len(k) <= MAX_KEY_CHARS]
+
+
+def merged(
+    current: Mapping[str, str | None], values: Mapping[str, str | None], deleted: Sequence[str]
+) -> dict[str, str | None]:
+    """`current` with `deleted` removed and `values` set: keys it holds are updated, new
+    ones added while it holds fewer than MAX_KEYS (the rest are dropped)."""
+    result = {k: v for k, v in current.items() if k not in set(deleted)}
+    for key, value in values.items():
+        if key in result or len(result) < MAX_KEYS:
+            result[key] = value
+    return result
 
 
 def as_text(value: Any) -> str | None:

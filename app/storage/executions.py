@@ -162,6 +162,12 @@ def _record(row: tuple[Any, ...]) -> ExecutionRecord:
     )
 
 
+def read_execution_in(tx: Transaction, execution_id: str) -> ExecutionRecord | None:
+    """`read_execution`, in the caller's transaction; None if there is no such one."""
+    row = tx.fetch_one("read_execution", {"execution_id": execution_id})
+    return None if row is None else _record(row)
+
+
 def execution_status(tx: Transaction, execution_id: str) -> ExecutionStatus | None:
     """The status of the execution's current run; None if there is no such execution."""
     row = tx.fetch_one("read_execution", {"execution_id": execution_id})
@@ -241,3 +247,16 @@ class ChildToClose:
 def children_to_close(tx: Transaction, limit: int) -> list[ChildToClose]:
     """Open children whose parent has closed, with a policy that closes them too."""
     return [ChildToClose(*row) for row in tx.fetch_all("children_to_close", {"limit": limit})]
+
+
+def lock_search_keys(tx: Transaction, execution_id: str) -> dict[str, str | None] | None:
+    """The execution's search keys ({} if none), its row locked; None: no such one."""
+    row = tx.fetch_one("lock_search_keys", {"execution_id": execution_id})
+    return None if row is None else dict(row[0] or {})
+
+
+def write_search_keys(tx: Transaction, execution_id: str, keys: dict[str, str | None]) -> None:
+    tx.send(
+        "write_search_keys",
+        {"execution_id": execution_id, "search_keys": Jsonb(keys) if keys else None},
+    )

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from datetime import datetime
 from typing import Any, Literal
 
-from sqlalchemy import ColumnElement, Engine, and_, func, literal, or_, select, tuple_
+from sqlalchemy import ColumnElement, Engine, and_, func, literal_column, or_, select, tuple_
 
 from app.model.search_keys import SearchKeyFilter
 from app.model.statuses import ExecutionStatus
@@ -24,8 +24,9 @@ from app.storage.schema import executions, runs
 from app.storage.transactions import autocommit
 
 SortBy = Literal["start_time", "end_time"]
-# Where open runs sort when ordered by end time: after every closed one.
-NOT_ENDED = literal("infinity").cast(runs.c.end_time.type)
+# Where open runs sort when ordered by end time: after every closed one. Written into
+# the statement, not bound, so that it matches runs_by_end_time's expression.
+NOT_ENDED: ColumnElement[Any] = literal_column("'infinity'::timestamptz")
 
 
 @dataclass(frozen=True)
@@ -136,11 +137,10 @@ def _conditions(where: RunFilter) -> list[ColumnElement[bool]]:
     if where.root_execution_id is not None:
         conditions.append(runs.c.root_execution_id == where.root_execution_id)
     if where.search is not None:
+        # Prefixes, each served by a text_pattern_ops index.
+        pattern = _escaped(where.search) + "%"
         conditions.append(
-            or_(
-                func.starts_with(runs.c.workflow_name, where.search),
-                func.starts_with(runs.c.execution_id, where.search),
-            )
+            or_(runs.c.workflow_name.like(pattern), runs.c.execution_id.like(pattern))
         )
     if where.statuses:
         conditions.append(runs.c.status.in_([s.value for s in where.statuses]))
@@ -169,5 +169,10 @@ def _search_key_condition(wanted: SearchKeyFilter) -> ColumnElement[bool]:
         return present
     # Similar: contained, whatever the case; the key's presence narrows by the index.
     assert wanted.value is not None
-    escaped = wanted.value.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")
-    return and_(keys.has_key(wanted.key), keys[wanted.key].astext.ilike(f"%{escaped}%"))
+    similar = f"%{_escaped(wanted.value)}%"
+    return and_(keys.has_key(wanted.key), keys[wanted.key].astext.ilike(similar))
+
+
+def _escaped(text: str) -> str:
+    """`text` matched as itself by LIKE (whose escape character is a backslash)."""
+    return text.replace("\\", "\\\\").replace("%", "\\%").replace("_", "\\_")

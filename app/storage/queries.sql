@@ -555,11 +555,6 @@ WHERE f.schedule_id = %(schedule_id)s AND f.outcome = 'STARTED'
 ORDER BY f.recorded_at DESC
 LIMIT %(limit)s;
 
--- name: lock_execution
--- Lock an execution's row (resets take it first, so that two resets of one execution
--- run one after the other) and read its current run.
-SELECT current_run_id FROM executions WHERE execution_id = %(execution_id)s FOR UPDATE;
-
 -- name: start_reset_run
 -- A reset's new run, in one statement: the run (RUNNING, due for a workflow task, with
 -- the old run's random seed and a fresh execution timeout as long as the old one), the
@@ -677,3 +672,12 @@ WHERE c.parent_close_policy IN ('REQUEST_CANCEL', 'TERMINATE')
   AND cr.status IN ('RUNNING', 'RETRYING_AFTER_ERROR')
   AND pr.status NOT IN ('RUNNING', 'RETRYING_AFTER_ERROR')
 LIMIT %(limit)s;
+
+-- name: lock_search_keys
+-- An execution's search keys, its row locked until the transaction ends (writers merge
+-- their change into what they read).
+SELECT search_keys FROM executions WHERE execution_id = %(execution_id)s FOR UPDATE;
+
+-- name: write_search_keys
+-- An execution's search keys, as merged (null when none is left).
+UPDATE executions SET search_keys = %(search_keys)s WHERE execution_id = %(execution_id)s;

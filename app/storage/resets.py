@@ -40,12 +40,6 @@ class ResetRun:
         return self.reset_event_id - 1 + len(self.events)
 
 
-def lock_execution(tx: Transaction, execution_id: str) -> uuid.UUID | None:
-    """Lock the execution's row; its current run (None: no such execution)."""
-    row = tx.fetch_one("lock_execution", {"execution_id": execution_id})
-    return None if row is None else row[0]
-
-
 def start_reset_run(tx: Transaction, new: ResetRun) -> None:
     events = [
         {

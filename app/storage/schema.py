@@ -136,7 +136,19 @@ Index(
 )
 # The runs API's listing: by start time, within one filter each (app/storage/listing.py).
 Index("runs_by_start_time", runs.c.start_time, runs.c.run_id)
-Index("runs_by_workflow", runs.c.workflow_name, runs.c.start_time, runs.c.run_id)
+# text_pattern_ops: equality, and a prefix (the listing's `search`) too.
+Index(
+    "runs_by_workflow",
+    runs.c.workflow_name,
+    runs.c.start_time,
+    runs.c.run_id,
+    postgresql_ops={"workflow_name": "text_pattern_ops"},
+)
+Index(
+    "runs_by_execution_prefix",
+    runs.c.execution_id,
+    postgresql_ops={"execution_id": "text_pattern_ops"},
+)
 Index("runs_by_root", runs.c.root_execution_id, runs.c.start_time, runs.c.run_id)
 Index("runs_by_status", runs.c.status, runs.c.start_time, runs.c.run_id)
 # By end time, open runs (no end time yet) last.

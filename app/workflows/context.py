@@ -32,6 +32,10 @@ class WorkflowRuntime(Protocol):
 
     def should_continue_as_new(self) -> bool: ...
 
+    def upsert_search_keys(
+        self, values: dict[str, str | None], deleted: list[str]
+    ) -> asyncio.Future[None]: ...
+
     def start_child(
         self,
         workflow_name: str,
@@ -52,6 +56,12 @@ current_activity_execution_id: ContextVar[str | None] = ContextVar(
 # Set while an activity attempt runs: reports its heartbeats (app/engine/activities).
 current_heartbeat: ContextVar[Callable[[tuple[Any, ...]], None] | None] = ContextVar(
     "chainline_activity_heartbeat", default=None
+)
+
+
+# Set while an activity attempt runs: writes its execution's search keys (values, deleted).
+current_search_keys: ContextVar[Callable[[dict[str, str | None], list[str]], None] | None] = (
+    ContextVar("chainline_activity_search_keys", default=None)
 )
 
 

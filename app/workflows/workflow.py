@@ -7,7 +7,7 @@ import inspect
 import random as _random
 import re
 import uuid
-from collections.abc import Awaitable, Callable, Generator
+from collections.abc import Awaitable, Callable, Generator, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 from enum import IntEnum
@@ -16,10 +16,15 @@ from typing import Any, NoReturn, TypeVar, get_type_hints
 from pydantic import BaseModel, TypeAdapter
 
 from app.errors import InvalidDefinition
-from app.model.search_keys import MAX_KEYS, check_key
+from app.model.search_keys import MAX_KEYS, check_key, checked_changes
 from app.workflows.compat import no_effect
-from app.workflows.context import NotInWorkflow, current_runtime, runtime
-from app.workflows.errors import ContinueAsNew
+from app.workflows.context import (
+    NotInWorkflow,
+    current_runtime,
+    current_search_keys,
+    runtime,
+)
+from app.workflows.errors import ContinueAsNew, WorkflowError
 from app.workflows.registry import (
     DEFAULT_EXECUTION_TIMEOUT,
     RESERVED_WORKFLOW_NAMES,
@@ -71,6 +76,20 @@ class ChildWorkflowHandle:
 
     def __await__(self) -> Generator[Any, None, Any]:
         return self._outcome.__await__()
+
+
+async def _change_search_keys(values: Mapping[str, Any], deleted: list[str]) -> None:
+    try:
+        checked, removed = checked_changes(values, deleted)
+    except ValueError as exc:
+        raise WorkflowError(str(exc), type="InvalidSearchKey", non_retryable=True) from None
+    rt = current_runtime.get()
+    if rt is not None:
+        await rt.upsert_search_keys(checked, removed)
+        return
+    write = current_search_keys.get()
+    if write is not None:
+        write(checked, removed)
 
 
 def _workflow_name(workflow_type: type | str) -> str:
@@ -352,6 +371,25 @@ class workflow:
         Mistral's). False outside workflow code."""
         rt = current_runtime.get()
         return rt is not None and rt.should_continue_as_new()
+
+    @staticmethod
+    async def add_search_keys(search_keys: Mapping[str, Any]) -> None:
+        """Set searchable metadata on this execution (from workflow code or one of its
+        activities): keys it holds are updated; it holds at most 20 (new keys past that
+        are dropped). Values are stored as text (enums by value, dates in ISO 8601), None
+        as null. Stored unencrypted, to be searchable. A bad key (empty, with ':', or
+        starting 'internal.') or over 20 in one call raises a non-retryable
+        ApplicationError."""
+        await _change_search_keys(search_keys, [])
+
+    @staticmethod
+    async def delete_search_keys(keys: Sequence[str]) -> None:
+        """Remove search keys from this execution; keys it does not hold are ignored."""
+        if not isinstance(keys, list | tuple):
+            raise WorkflowError(
+                "delete_search_keys takes a list or tuple of keys", non_retryable=True
+            )
+        await _change_search_keys({}, list(keys))
 
     @staticmethod
     async def wait_condition(

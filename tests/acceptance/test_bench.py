@@ -79,6 +79,8 @@ def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
             "20",
             "--schedule-window",
             "5",
+            "--listing-runs",
+            "2000",
             "--json",
             str(report_path),
         ],
@@ -108,6 +110,13 @@ def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
     assert 0 <= scheduled["lateness"]["p50_ms"] <= scheduled["lateness"]["p99_ms"]
     assert scheduled["window_seconds"] >= 5 and scheduled["beat_cpu_seconds"] > 0
     assert "beat CPU" in done.stdout
+    listing = report["runs_listing"]
+    assert listing["runs"] >= 2000 and listing["page_size"] == 50
+    for name in ("workflow", "rare_status", "root_tree", "search_key_exact", "second_page"):
+        assert 0 < listing[name]["p50_ms"] <= listing[name]["p99_ms"], name
+        assert listing[name]["runs_on_page"] > 0, name
+    assert listing["root_tree"]["runs_on_page"] == 10
+    assert "runs_listing.worst_p99_ms" in done.stdout
     assert set(report["sequential"]["cpu_seconds"]) >= {"worker", "api", "postgres", "redis"}
     if PEER_INSTALLED:
         assert "sequential.ratio_to_dbos" in done.stdout

@@ -254,3 +254,48 @@ def test_schedules_from_the_cli(stack: Stack, tmp_path: Path) -> None:
     missing = chainline(stack, "schedules", "show", schedule_id)
     assert missing.returncode == 1
     assert missing.stderr.strip() == f"Error: HTTP 404 WF_1100: Schedule '{schedule_id}' not found"
+
+
+def test_runs_reset_and_reading_a_run_by_its_id_from_the_cli(stack: Stack) -> None:
+    chosen = execution_id()
+    ran = chainline(
+        stack, "run", "sequential-sum", "--input", '{"values": [2, 5]}', "--id", chosen, "--wait"
+    )
+    assert ran.returncode == 0, ran.stderr
+    first = json.loads(chainline(stack, "get", chosen, "--json").stdout)
+    events = json.loads(chainline(stack, "history", chosen, "--json").stdout)["events"]
+    point = next(e["event_id"] for e in events if e["event_type"] == "WORKFLOW_TASK_COMPLETED")
+
+    reset = chainline(stack, "reset", chosen, "--event", point, "--reason", "from the cli")
+    assert reset.returncode == 0, reset.stderr
+    assert reset.stdout.startswith(f"reset {chosen}: new run ")
+    refused = chainline(stack, "reset", chosen, "--event", "1")
+    assert refused.returncode == 1
+    assert "WF_1001" in refused.stderr and "reset point" in refused.stderr
+    assert len(refused.stderr.strip().splitlines()) == 1
+
+    def completed_again() -> dict[str, object] | None:
+        now = json.loads(chainline(stack, "get", chosen, "--json").stdout)
+        return now if now["run_id"] != first["run_id"] and now["status"] == "COMPLETED" else None
+
+    second = wait_until(completed_again, what="the new run to complete")
+    # The old run, by its id: as it was, and its history.
+    old = json.loads(chainline(stack, "get", str(first["run_id"]), "--json").stdout)
+    assert old["run_id"] == first["run_id"] and old["status"] == "COMPLETED"
+    old_history = chainline(stack, "history", str(first["run_id"])).stdout.splitlines()
+    assert "WORKFLOW_EXECUTION_STARTED" in old_history[0]
+    assert "WORKFLOW_EXECUTION_RESET" not in "\n".join(old_history)
+    new_history = chainline(stack, "history", chosen).stdout
+    assert "WORKFLOW_EXECUTION_RESET" in new_history
+
+    listed = chainline(stack, "runs", "--search", chosen)
+    assert listed.returncode == 0, listed.stderr
+    lines = listed.stdout.splitlines()
+    assert len(lines) == 2 and all(chosen in line for line in lines)
+    assert str(second["run_id"]) in lines[0] and str(first["run_id"]) in lines[1]
+    as_json = json.loads(chainline(stack, "runs", "--search", chosen, "--json").stdout)
+    assert [r["run_id"] for r in as_json["executions"]] == [second["run_id"], first["run_id"]]
+    only_failed = chainline(stack, "runs", "--search", chosen, "--status", "FAILED")
+    assert only_failed.stdout.strip() == "(no runs)"
+    missing = chainline(stack, "get", "00000000-0000-4000-8000-000000000000")
+    assert missing.returncode == 1 and "no execution or run" in missing.stderr

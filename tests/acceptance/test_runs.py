@@ -144,6 +144,10 @@ def test_bad_run_ids_and_page_tokens_are_refused(http: httpx.Client) -> None:
         )
         assert reply.status_code == 422
     assert http.get("/v1/workflows/runs", params={"status": "NOPE"}).status_code == 422
+    for name in ("search", "workflow_identifier", "search_key", "root_execution_id"):
+        reply = http.get("/v1/workflows/runs", params={name: "a\x00b"})
+        assert reply.status_code == 422, name
+        assert reply.json()["detail"][0]["loc"] == ["query", name]
     assert http.get("/v1/workflows/runs", params={"page_size": 0}).status_code == 422
 
 
@@ -189,3 +193,21 @@ def test_runs_are_found_by_search_keys_with_the_sdk_s_matching_rules(
     for bad in ([":x"], ["a", "b", "c", "d"]):
         reply = http.get("/v1/workflows/runs", params={"search_key": bad})
         assert reply.status_code == 422, bad
+
+
+def test_workflow_code_and_its_activities_change_its_search_keys(
+    stack: Stack, http: httpx.Client
+) -> None:
+    client = Mistral(api_key="test-key", server_url=stack.base_url)
+    execution_id = f"self-tagging-{uuid.uuid4().hex}"
+    _start(http, "self-tagging", execution_id, {"tier": "platinum"})
+    assert wait_for_end(http, execution_id)["status"] == "COMPLETED"
+    record = client.workflows.executions.get_workflow_execution(
+        execution_id=execution_id, include_search_keys=True
+    )
+    assert record.search_keys == {"stage": "done", "customer.tier": "platinum", "coupon": None}
+    found = _all_pages(
+        client, search=execution_id, search_key=["customer.tier==:platinum", "coupon=="]
+    )
+    assert [r.execution_id for r in found] == [execution_id]
+    assert _all_pages(client, search=execution_id, search_key=["scratch"]) == []

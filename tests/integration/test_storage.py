@@ -41,6 +41,7 @@ def _insert_run(conn: Connection, status: ExecutionStatus = ExecutionStatus.RUNN
             workflow_name="sequential-sum",
             root_execution_id=execution_id,
             current_run_id=run_id,
+            first_execution_run_id=run_id,
         )
     )
     conn.execute(

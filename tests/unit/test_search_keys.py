@@ -7,7 +7,14 @@ from datetime import UTC, datetime
 
 import pytest
 
-from app.model.search_keys import SearchKeyFilter, check_key, extract, parse_filter
+from app.model.search_keys import (
+    SearchKeyFilter,
+    check_key,
+    checked_changes,
+    extract,
+    merged,
+    parse_filter,
+)
 
 
 class Tier(enum.Enum):
@@ -59,3 +66,23 @@ def test_a_filter_without_a_key_is_refused(text: str) -> None:
 def test_keys_mistral_refuses_are_refused(key: str) -> None:
     with pytest.raises(ValueError):
         check_key(key)
+
+
+def test_a_change_is_checked_and_stored_as_text() -> None:
+    values, deleted = checked_changes({"tier": Tier.GOLD, "n": 2, "k" * 300: "x"}, ["old"])
+    assert values == {"tier": "gold", "n": "2"}
+    assert deleted == ["old"]
+    with pytest.raises(ValueError):
+        checked_changes({f"k{n}": n for n in range(21)}, [])
+    with pytest.raises(ValueError):
+        checked_changes({"a:b": 1}, [])
+
+
+def test_a_merge_updates_held_keys_and_adds_new_ones_up_to_twenty() -> None:
+    full = {f"k{n}": str(n) for n in range(20)}
+    assert merged(full, {"k0": "new", "extra": "x"}, []) == {**full, "k0": "new"}
+    assert merged(full, {"extra": "x"}, ["k1"]) == {
+        **{k: v for k, v in full.items() if k != "k1"},
+        "extra": "x",
+    }
+    assert merged({"a": "1"}, {}, ["a", "missing"]) == {}

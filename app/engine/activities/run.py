@@ -18,7 +18,11 @@ from app.engine.time_limits import Limit, StartToCloseTimeout
 from app.errors import InvalidPayload, PayloadTooLarge
 from app.model import events as ev
 from app.model.payloads import encode, storable_text
-from app.workflows.context import current_activity_execution_id, current_heartbeat
+from app.workflows.context import (
+    current_activity_execution_id,
+    current_heartbeat,
+    current_search_keys,
+)
 from app.workflows.errors import WorkflowError
 
 
@@ -41,13 +45,17 @@ def failed(error_type: str, message: str, *, retryable: bool = True) -> Failed:
 
 
 def run_attempt(
-    attempt: Attempt, heartbeat: Callable[[tuple[Any, ...]], None] | None = None
+    attempt: Attempt,
+    heartbeat: Callable[[tuple[Any, ...]], None] | None = None,
+    search_keys: Callable[[dict[str, str | None], list[str]], None] | None = None,
 ) -> Outcome:
-    """Call the activity's function (its heartbeats go to `heartbeat`); what came of it."""
+    """Call the activity's function (its heartbeats go to `heartbeat`, its search keys
+    to `search_keys`); what came of it."""
     definition = attempt.definition
     limit = Limit(attempt.seconds_left)
     token = current_activity_execution_id.set(attempt.execution_id)
     heartbeat_token = current_heartbeat.set(heartbeat)
+    search_keys_token = current_search_keys.set(search_keys)
     try:
         with limit.enforced(StartToCloseTimeout):
             value = _call(attempt)
@@ -62,6 +70,7 @@ def run_attempt(
         if not limit.expired:
             return failed(type(exc).__name__, str(exc))
     finally:
+        current_search_keys.reset(search_keys_token)
         current_heartbeat.reset(heartbeat_token)
         current_activity_execution_id.reset(token)
     if limit.expired:

@@ -23,9 +23,13 @@ depends_on = None
 
 LISTING_INDEXES = {
     "runs_by_start_time": ["start_time", "run_id"],
-    "runs_by_workflow": ["workflow_name", "start_time", "run_id"],
     "runs_by_root": ["root_execution_id", "start_time", "run_id"],
     "runs_by_status": ["status", "start_time", "run_id"],
+}
+# text_pattern_ops: equality, and a prefix (the listing's `search`) too.
+PREFIX_INDEXES = {
+    "runs_by_workflow": ["workflow_name", "start_time", "run_id"],
+    "runs_by_execution_prefix": ["execution_id"],
 }
 
 
@@ -70,6 +74,8 @@ def upgrade() -> None:
     )
     for name, columns in LISTING_INDEXES.items():
         op.create_index(name, "runs", columns)
+    for name, columns in PREFIX_INDEXES.items():
+        op.create_index(name, "runs", columns, postgresql_ops={columns[0]: "text_pattern_ops"})
     op.create_index(
         "runs_by_end_time",
         "runs",
@@ -79,7 +85,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.drop_index("runs_by_end_time", "runs")
-    for name in LISTING_INDEXES:
+    for name in [*LISTING_INDEXES, *PREFIX_INDEXES]:
         op.drop_index(name, "runs")
     op.drop_index("executions_by_search_keys", "executions")
     op.drop_index("executions_children_to_close", "executions")
