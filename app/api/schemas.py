@@ -129,26 +129,6 @@ class WorkflowGet(BaseModel):
     workflow: WorkflowFull
 
 
-class Execution(BaseModel):
-    workflow_name: str
-    execution_id: str
-    root_execution_id: str
-    parent_execution_id: str | None
-    status: ExecutionStatus
-    start_time: datetime
-    end_time: datetime | None
-    result: Any
-    error: dict[str, Any] | None
-    run_id: str
-    user_id: str | None
-    total_duration_ms: int | None
-    # Continue-as-new: the execution this one took over from, and its successor.
-    continued_from_execution_id: str | None = None
-    continued_as_execution_id: str | None = None
-    # Only when asked for (include_search_keys).
-    search_keys: dict[str, str | None] | None = None
-
-
 class RunListItem(BaseModel):
     """One run in a listing: the SDK's WorkflowExecutionWithoutResultResponse."""
 
@@ -162,6 +142,18 @@ class RunListItem(BaseModel):
     run_id: str
     user_id: str | None
     total_duration_ms: int | None
+
+
+class Execution(RunListItem):
+    """One execution as its current run (or a run, by id) shows it."""
+
+    result: Any
+    error: dict[str, Any] | None
+    # Continue-as-new: the execution this one took over from, and its successor.
+    continued_from_execution_id: str | None = None
+    continued_as_execution_id: str | None = None
+    # Only when asked for (include_search_keys).
+    search_keys: dict[str, str | None] | None = None
 
 
 class RunList(BaseModel):

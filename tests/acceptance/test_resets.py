@@ -37,6 +37,14 @@ def _started_seqs(events: list[dict[str, Any]]) -> list[int]:
     return [e["attributes"]["seq"] for e in events if e["event_type"] == "ACTIVITY_TASK_STARTED"]
 
 
+def _held(http: httpx.Client, tmp_path: Path) -> tuple[dict[str, Any], int]:
+    """A `held` execution waiting in its activity, and its one reset point."""
+    started = start(http, "held", {"folder": str(tmp_path)})
+    wait_until(lambda: (tmp_path / "started").exists(), what="the activity to start")
+    (point,) = _task_completions(history(http, started["execution_id"]))
+    return started, point
+
+
 def test_resetting_a_completed_execution_runs_it_again_from_the_point_in_a_new_run(
     stack: Stack, http: httpx.Client
 ) -> None:
@@ -81,10 +89,8 @@ def test_resetting_a_running_execution_terminates_its_run_and_keeps_one_open(
     stack: Stack, http: httpx.Client, tmp_path: Path
 ) -> None:
     client = _client(stack)
-    started = start(http, "held", {"folder": str(tmp_path)})
+    started, point = _held(http, tmp_path)
     execution_id = started["execution_id"]
-    wait_until(lambda: (tmp_path / "started").exists(), what="the activity to start")
-    (point,) = _task_completions(history(http, execution_id))
     (tmp_path / "started").unlink()
 
     client.workflows.executions.reset_workflow(
@@ -140,10 +146,8 @@ def test_two_racing_resets_leave_exactly_one_open_run(
     stack: Stack, http: httpx.Client, tmp_path: Path
 ) -> None:
     client = _client(stack)
-    started = start(http, "held", {"folder": str(tmp_path)})
+    started, point = _held(http, tmp_path)
     execution_id = started["execution_id"]
-    wait_until(lambda: (tmp_path / "started").exists(), what="the activity to start")
-    (point,) = _task_completions(history(http, execution_id))
     gate = threading.Barrier(2)
     answers: list[int] = []
 

@@ -13,22 +13,13 @@ from app.engine.workflow_tasks import run_workflow_task
 from app.model import events as ev
 from app.storage.listing import RunFilter, list_runs
 from app.workflows.registry import Registry
-from tests.integration.test_continue_as_new import _drive
-
-
-def _run(engine: Engine, registry: Registry, name: str, value: object) -> str:
-    execution_id = f"children-{uuid.uuid4().hex}"
-    record = insert_execution(
-        engine, registry.workflow(name), execution_id=execution_id, input_value=value
-    )
-    _drive(engine, registry, run_workflow_task(engine, registry, record.run_id))
-    return execution_id
+from tests.integration.driving import drive, start_and_drive
 
 
 def test_a_parent_gathers_three_children_each_an_execution_of_its_tree(
     engine: Engine, registry: Registry
 ) -> None:
-    parent_id = _run(engine, registry, "child-gatherer", {"values": [2, 3, 4]})
+    parent_id = start_and_drive(engine, registry, "child-gatherer", {"values": [2, 3, 4]})
     parent = get_execution(engine, parent_id)
     assert parent.status.value == "COMPLETED"
     assert parent.result == {"squares": [4, 9, 16]}
@@ -50,8 +41,8 @@ def test_a_parent_gathers_three_children_each_an_execution_of_its_tree(
 def test_a_child_s_failure_and_a_taken_id_reach_the_parent_as_errors_it_can_catch(
     engine: Engine, registry: Registry
 ) -> None:
-    taken = _run(engine, registry, "sequential-sum", {"values": [1]})
-    parent_id = _run(engine, registry, "child-failure-catcher", {"taken_id": taken})
+    taken = start_and_drive(engine, registry, "sequential-sum", {"values": [1]})
+    parent_id = start_and_drive(engine, registry, "child-failure-catcher", {"taken_id": taken})
     parent = get_execution(engine, parent_id)
     assert parent.status.value == "COMPLETED", parent.error
     assert parent.result == {
@@ -73,8 +64,8 @@ def test_a_reset_parent_gets_the_outcomes_of_children_that_closed_after_its_poin
     first_task = run_workflow_task(engine, registry, record.run_id)
     assert len(first_task.dispatches) == 3
     # One child ends, and the parent's next workflow task sees it; then the others.
-    _drive(engine, registry, FollowUp("one child", dispatches=first_task.dispatches[:1]))
-    _drive(engine, registry, FollowUp("the others", dispatches=first_task.dispatches[1:]))
+    drive(engine, registry, FollowUp("one child", dispatches=first_task.dispatches[:1]))
+    drive(engine, registry, FollowUp("the others", dispatches=first_task.dispatches[1:]))
     before = get_execution(engine, parent_id)
     assert before.result == {"squares": [4, 9, 16]}
     history = get_history(engine, before.run_id)
@@ -85,7 +76,7 @@ def test_a_reset_parent_gets_the_outcomes_of_children_that_closed_after_its_poin
     assert sum(e.event_type in ev.CHILD_OUTCOMES for e in kept) == 1
 
     _, follow_up = reset(engine, parent_id, point, reason="again")
-    _drive(engine, registry, follow_up)
+    drive(engine, registry, follow_up)
 
     after = get_execution(engine, parent_id)
     assert after.run_id != before.run_id

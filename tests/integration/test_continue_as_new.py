@@ -3,53 +3,18 @@
 from __future__ import annotations
 
 import itertools
-import uuid
-from collections import deque
 from collections.abc import Iterator
 
 import pytest
 from sqlalchemy import Engine
 
-from app.engine.activities.claim import Attempt, claim
-from app.engine.activities.outcome import record_outcome
-from app.engine.activities.run import run_attempt
-from app.engine.dispatch import FollowUp
-from app.engine.executions import get_execution, get_history, insert_execution
+from app.engine.executions import get_execution, get_history
 from app.engine.interactions import signal
-from app.engine.workflow_tasks import run_workflow_task
 from app.errors import ExecutionClosed
 from app.model import events as ev
 from app.settings import get_settings
 from app.workflows.registry import Registry
-
-
-def _drive(engine: Engine, registry: Registry, first: FollowUp) -> None:
-    """Do all the work follow-ups ask for, as workers would, until none is left."""
-    pending = deque([first])
-    while pending:
-        follow_up = pending.popleft()
-        for dispatch in follow_up.dispatches:
-            for activity in dispatch.activities:
-                attempt = claim(
-                    engine,
-                    registry,
-                    activity.run_id,
-                    activity.seq,
-                    activity_name=activity.activity_name,
-                    task_id=uuid.uuid4().hex,
-                )
-                if isinstance(attempt, Attempt):
-                    pending.append(record_outcome(engine, registry, attempt, run_attempt(attempt)))
-            pending.append(run_workflow_task(engine, registry, dispatch.run_id))
-
-
-def _start_and_drive(engine: Engine, registry: Registry, name: str, value: object) -> str:
-    execution_id = f"can-{uuid.uuid4().hex}"
-    record = insert_execution(
-        engine, registry.workflow(name), execution_id=execution_id, input_value=value
-    )
-    _drive(engine, registry, run_workflow_task(engine, registry, record.run_id))
-    return execution_id
+from tests.integration.driving import start_and_drive
 
 
 def _chain(engine: Engine, execution_id: str) -> list[str]:
@@ -72,7 +37,7 @@ def history_limits(monkeypatch: pytest.MonkeyPatch) -> Iterator[None]:
 def test_a_counter_continues_as_new_twice_then_completes_linked_both_ways(
     engine: Engine, registry: Registry
 ) -> None:
-    first = _start_and_drive(engine, registry, "counter", {"count": 0, "target": 3})
+    first = start_and_drive(engine, registry, "counter", {"count": 0, "target": 3})
     chain = _chain(engine, first)
     assert len(chain) == 3
     records = [get_execution(engine, e) for e in chain]
@@ -98,7 +63,7 @@ def test_a_counter_continues_as_new_twice_then_completes_linked_both_ways(
 def test_should_continue_as_new_turns_true_before_the_cap_and_replays_the_same(
     engine: Engine, registry: Registry
 ) -> None:
-    first = _start_and_drive(engine, registry, "until-suggested", {"done": 0, "total": 12})
+    first = start_and_drive(engine, registry, "until-suggested", {"done": 0, "total": 12})
     records = [get_execution(engine, e) for e in _chain(engine, first)]
     assert len(records) >= 2
     assert records[-1].status.value == "COMPLETED" and records[-1].result == {"done": 12}
@@ -118,7 +83,7 @@ def test_should_continue_as_new_turns_true_before_the_cap_and_replays_the_same(
 def test_a_run_that_reaches_the_history_cap_fails_saying_so(
     engine: Engine, registry: Registry
 ) -> None:
-    execution_id = _start_and_drive(engine, registry, "never-continues", {"total": 50})
+    execution_id = start_and_drive(engine, registry, "never-continues", {"total": 50})
     record = get_execution(engine, execution_id)
     assert record.status.value == "FAILED"
     assert record.error is not None and record.error["type"] == "HistoryLimitExceeded"
