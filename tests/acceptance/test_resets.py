@@ -175,3 +175,47 @@ def test_two_racing_resets_leave_exactly_one_open_run(
     (tmp_path / "release").write_text("go")
     assert wait_for_end(http, execution_id)["status"] == "COMPLETED"
     assert "WORKFLOW_EXECUTION_RESET" in types(history(http, execution_id))
+
+
+def _received(http: httpx.Client, execution_id: str) -> list[int]:
+    reply = http.post(f"/v1/workflows/executions/{execution_id}/queries", json={"name": "received"})
+    result: list[int] = reply.json()["result"]
+    return result
+
+
+@pytest.mark.parametrize("exclude", [False, True])
+def test_signals_and_updates_after_the_point_are_applied_again_unless_excluded(
+    stack: Stack, http: httpx.Client, exclude: bool
+) -> None:
+    client = _client(stack)
+    execution_id = start(http, "signal-counter", {"expected": 4})["execution_id"]
+    path = f"/v1/workflows/executions/{execution_id}"
+    http.post(path + "/signals", json={"name": "add", "input": {"number": 1}})
+    wait_until(lambda: _received(http, execution_id) == [1], what="the first signal")
+    # The reset point: the workflow task that handled the first signal.
+    point = _task_completions(history(http, execution_id))[-1]
+    http.post(path + "/signals", json={"name": "add", "input": {"number": 2}})
+    update = http.post(path + "/updates", json={"name": "add-and-double", "input": {"number": 3}})
+    assert update.json()["result"] == 6
+    assert _received(http, execution_id) == [1, 2, 3]
+
+    client.workflows.executions.reset_workflow(
+        execution_id=execution_id,
+        event_id=point,
+        exclude_signals=exclude,
+        exclude_updates=exclude,
+    )
+
+    expected = [1] if exclude else [1, 2, 3]
+    wait_until(
+        lambda: _received(http, execution_id) == expected,
+        what=f"the new run to hold {expected}",
+    )
+    events = history(http, execution_id)
+    marker = next(e for e in events if e["event_type"] == "WORKFLOW_EXECUTION_RESET")
+    assert len(marker["attributes"]["reapplied_event_ids"]) == (0 if exclude else 2)
+    for number in (7, 8, 9)[: 4 - len(expected)]:
+        http.post(path + "/signals", json={"name": "add", "input": {"number": number}})
+    record = wait_for_end(http, execution_id)
+    assert record["status"] == "COMPLETED"
+    assert record["result"] == [*expected, 7, 8, 9][:4]
