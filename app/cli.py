@@ -287,6 +287,65 @@ def history(ctx: click.Context, execution_or_run_id: str, as_json: bool) -> None
     _emit(events, as_json, "\n".join(rows))
 
 
+@main.command()
+@click.argument("execution_id")
+@click.option("--json", "as_json", is_flag=True, help="Print each event as a JSON line.")
+@_connection_options
+@click.pass_context
+def watch(ctx: click.Context, execution_id: str, as_json: bool) -> None:
+    """Follow an execution live, from its stream: each activity and task as it starts,
+    progresses and ends, then the result. Exits 1 unless it completed."""
+    api = _api(ctx)
+    record = api.call("GET", f"/v1/workflows/executions/{execution_id}")
+    if not as_json:
+        click.echo(f"{record['workflow_name']} {execution_id}: {record['status']}")
+    # A stream goes quiet between events (keep-alives only): no read timeout.
+    api.client.timeout = httpx.Timeout(30, read=None)
+    try:
+        with api.client.stream("GET", f"/v1/workflows/executions/{execution_id}/stream") as reply:
+            if reply.status_code >= 400:
+                reply.read()
+                raise ApiError(_describe_error(reply), reply.status_code)
+            for line in reply.iter_lines():
+                if not line.startswith("data: "):
+                    continue
+                event = json.loads(line[6:])["data"]
+                click.echo(json.dumps(event) if as_json else _watch_line(event))
+    except httpx.HTTPError as exc:
+        raise ApiError(f"the stream of {execution_id} broke off: {exc}") from exc
+    record = api.call("GET", f"/v1/workflows/executions/{execution_id}")
+    if not as_json:
+        click.echo(_describe_execution(record))
+    if record["status"] != "COMPLETED":
+        sys.exit(1)
+
+
+def _watch_line(event: dict[str, Any]) -> str:
+    """One event as a line: its time, what it is about, and how it stands."""
+    a = event["attributes"]
+    kind = event["event_type"]
+    at = _event_time(event["event_timestamp"])
+    if kind.startswith("ACTIVITY_TASK_"):
+        what = f"activity {a.get('activity_name')} (attempt {a.get('attempt', 1)})"
+        state = kind.removeprefix("ACTIVITY_TASK_").lower()
+        if "failure" in a:
+            state += f": {a['failure'].get('type')}: {a['failure'].get('message')}"
+    elif kind.startswith("CUSTOM_TASK_"):
+        what = f"task {a.get('custom_task_type')} {a.get('custom_task_id', '')[:8]}"
+        state = kind.removeprefix("CUSTOM_TASK_").lower().replace("_", " ")
+        payload = a.get("payload") or {}
+        if payload.get("type") == "json_patch":
+            state += " " + ", ".join(
+                f"{op['path'].lstrip('/')}={json.dumps(op.get('value'))}" for op in payload["value"]
+            )
+        elif payload.get("value") is not None:
+            state += " " + json.dumps(payload["value"])
+    else:
+        what = "execution"
+        state = kind.removeprefix("WORKFLOW_").lower().replace("_", " ")
+    return f"{at}  {what:<40} {state}"
+
+
 def _control_command(verb: str, doc: str, done: str) -> None:
     """`chainline <verb> ID`: POST the execution's /<verb>; prints `done` with the id."""
 
@@ -847,6 +906,12 @@ def dev(data_dir: Path, host: str, port: int, flower_port: int) -> None:
     help="Runs written to time the runs API's filtered pages at that size.",
 )
 @click.option(
+    "--stream-clients",
+    default=200,
+    show_default=True,
+    help="Clients holding the event stream open on the one API process.",
+)
+@click.option(
     "--peer/--no-peer",
     default=True,
     show_default=True,
@@ -874,6 +939,7 @@ def bench(
     schedules: int,
     schedule_window: float,
     listing_runs: int,
+    stream_clients: int,
     peer: bool,
     dbos_concurrency: str,
     json_path: Path | None,
@@ -901,6 +967,7 @@ def bench(
         schedules=schedules,
         schedule_window=schedule_window,
         listing_runs=listing_runs,
+        stream_clients=stream_clients,
         peer=peer,
         dbos_concurrency=tuple(int(level) for level in dbos_concurrency.split(",")),
     )

@@ -686,3 +686,29 @@ class SelfTagging:
         await workflows.workflow.delete_search_keys(["scratch", "never-set"])
         await workflows.workflow.add_search_keys({"stage": "done", "coupon": None})
         return tier
+
+
+@workflows.activity(start_to_close_timeout=timedelta(seconds=10))
+async def export_rows(rows: int) -> int:
+    async with workflows.task("export", state={"done": 0}) as progress:
+        for done in range(1, rows + 1):
+            await progress.update_state({"done": done})
+    return rows
+
+
+@workflows.workflow.define(name="reporting-progress")
+class ReportingProgress:
+    """Reports its progress as custom tasks, from its code and from an activity."""
+
+    @workflows.workflow.entrypoint
+    async def run(self, rows: int) -> int:
+        async with workflows.task("plan", state={"step": "start"}) as plan:
+            await plan.update_state({"step": "exporting"})
+            done: int = await export_rows(rows)
+            await plan.set_state({"step": "done", "rows": done})
+        try:
+            async with workflows.task("doomed"):
+                raise workflows.WorkflowError("not this time")
+        except workflows.WorkflowError:
+            pass
+        return done

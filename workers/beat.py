@@ -5,7 +5,8 @@ Schedules (app/engine/schedules.py) are read from Postgres every
 `schedule_poll_seconds`: one created, changed, paused or deleted through the API counts
 from the next poll, with no schedule file and no restart, and any number of beat
 processes may run (each tick is fired once, whichever fires it). Durable timers
-(app/engine/timers.py) are fired every `timer_poll_seconds`. The sweep
+(app/engine/timers.py) are fired every `timer_poll_seconds`, and the events ready for
+the stream numbered (app/storage/streams.py). The sweep
 (app/engine/sweeper.py) enforces deadlines: were it a task, it would wait in the queue
 behind activities whenever every worker process is busy, which is exactly when
 deadlines fall due. Here it runs every `sweep_interval_seconds` whatever the
@@ -30,6 +31,8 @@ from app.errors import DatabaseUnavailable
 from app.messaging.dispatcher import get_dispatcher
 from app.settings import get_settings
 from app.storage.db import get_engine
+from app.storage.streams import number_new_events
+from app.storage.transactions import transaction
 from workers.celery_app import registry
 
 log = logging.getLogger(__name__)
@@ -51,6 +54,7 @@ class ChainlineScheduler(PersistentScheduler):
         if time.monotonic() >= self._next_timers:
             self._next_timers = time.monotonic() + settings.timer_poll_seconds
             fire_due_timers()
+            number_stream_events()
         if time.monotonic() >= self._next_sweep:
             self._next_sweep = time.monotonic() + settings.sweep_interval_seconds
             housekeeping(settings.stalled_after_seconds)
@@ -67,6 +71,18 @@ def fire_schedules() -> None:
 def fire_due_timers() -> None:
     """Fire the timers that are due; an error is logged, and the next poll tries again."""
     _send_what_it_finds("firing timers", lambda: fire_timers(get_engine()))
+
+
+def number_stream_events() -> None:
+    """Number the events ready for the stream (app/storage/streams.py), so that the
+    events API and streams find them numbered; an API process streaming does it too."""
+    try:
+        with transaction(get_engine()) as tx:
+            number_new_events(tx)
+    except DatabaseUnavailable as exc:
+        log.warning("numbering stream events skipped: %s", exc)
+    except Exception:
+        log.exception("numbering stream events failed")
 
 
 def housekeeping(stalled_after_seconds: float) -> None:

@@ -14,6 +14,7 @@ from app.engine.activities.outcome import record_outcome
 from app.engine.activities.run import run_attempt
 from app.engine.dispatch import FollowUp
 from app.engine.search_keys import upsert_search_keys
+from app.engine.task_events import record_task_event
 from app.engine.workflow_tasks import run_workflow_task
 from app.errors import DatabaseUnavailable
 from app.messaging.broker import TIME_LIMIT_MARGIN_SECONDS, WORKFLOW_TASK, activity_task_name
@@ -87,6 +88,9 @@ def run_activity_message(task: Task[Any, Any], run_id: str, seq: int, activity_n
             heartbeats,
             lambda values, deleted: upsert_search_keys(
                 engine, attempt.execution_id, values, deleted
+            ),
+            lambda event_type, attributes: record_task_event(
+                engine, attempt.run_id, event_type, attributes
             ),
         )
     finally:

@@ -16,7 +16,7 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
-from app.api import executions, health, runs, schedules, unimplemented, workflows
+from app.api import executions, health, runs, schedules, streams, unimplemented, workflows
 from app.api.access import Guard
 from app.api.responses import error_response
 from app.errors import ChainlineError
@@ -32,6 +32,7 @@ app.include_router(health.router)
 app.include_router(executions.router)
 app.include_router(schedules.router)
 app.include_router(runs.router)
+app.include_router(streams.router)
 app.include_router(workflows.router)
 # Literal paths first: /v1/workflows/runs must not be read as a workflow named "runs".
 app.include_router(unimplemented.router())

@@ -33,6 +33,7 @@ import redis
 from app.devtools.bench_interactions import InteractionConfig, Interactions
 from app.devtools.bench_runs import RunListingBenchConfig, measure_run_listing
 from app.devtools.bench_schedules import ScheduleBenchConfig, measure_schedules
+from app.devtools.bench_streams import StreamBenchConfig, measure_streams
 from app.devtools.measuring import percentile, wait_for
 from app.processes import with_scripts_on_path
 from app.settings import REDIS_BROKER_SCHEMES, libpq_url
@@ -73,6 +74,8 @@ class BenchConfig:
     schedule_window: float = 60.0
     # Runs written for the runs API's listing figures (pages of each filter).
     listing_runs: int = 1_000_000
+    # Clients holding the global event stream open on the one API process.
+    stream_clients: int = 200
 
 
 @dataclass
@@ -439,6 +442,16 @@ def _run_contenders(
         ScheduleBenchConfig(
             schedules=config.schedules,
             window_seconds=config.schedule_window,
+            timeout=config.timeout,
+        ),
+    )
+    log(f"following the event stream with {config.stream_clients} clients ...")
+    report["streams"] = measure_streams(
+        stack.api_url,
+        servers.database_url,
+        StreamBenchConfig(
+            clients=config.stream_clients,
+            executions=max(10, config.latency_samples),
             timeout=config.timeout,
         ),
     )
@@ -838,8 +851,23 @@ def format_report(report: dict[str, Any]) -> str:
         lines.append(f"  {section}.{key} = {shown}" + (f" (target {target})" if target else ""))
     lines.extend(_format_interactions(report["interactions"]))
     lines.extend(_format_schedules(report["schedules"]))
+    lines.extend(_format_streams(report["streams"]))
     lines.extend(_format_runs_listing(report["runs_listing"]))
     return "\n".join(lines)
+
+
+def _format_streams(found: dict[str, Any]) -> list[str]:
+    alone, crowd = found["event_to_frame"], found["event_to_frame_with_all_clients"]
+    other = found["other_requests_while_streaming"]
+    return [
+        "",
+        f"event stream on one API process, {found['executions']} executions each time:",
+        f"  streams.event_to_frame p50 {alone['p50_ms']:.1f} ms, p99 {alone['p99_ms']:.1f} ms"
+        " with one client (target p50 < 50)",
+        f"  with {found['clients']} clients: p50 {crowd['p50_ms']:.1f} ms,"
+        f" p99 {crowd['p99_ms']:.1f} ms ({found['frames_timed']} frames timed);"
+        f" other requests meanwhile p50 {other['p50_ms']:.1f} ms, p99 {other['p99_ms']:.1f} ms",
+    ]
 
 
 def _format_runs_listing(found: dict[str, Any]) -> list[str]:

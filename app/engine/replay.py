@@ -123,6 +123,15 @@ class UpsertSearchKeys:
 
 
 @dataclass(frozen=True)
+class RecordTaskEvent:
+    """A custom task's lifecycle event (workflows.task): recorded as the workflow task
+    runs it, never compared on replay (it changes nothing the code depends on)."""
+
+    event_type: str
+    attributes: dict[str, Any]
+
+
+@dataclass(frozen=True)
 class CompleteWorkflow:
     result: Any
 
@@ -156,6 +165,7 @@ Command = (
     | RejectUpdate
     | StartChildWorkflow
     | UpsertSearchKeys
+    | RecordTaskEvent
     | CompleteWorkflow
     | FailWorkflow
     | CancelWorkflow
@@ -527,6 +537,15 @@ class Replayer:
         self._refuse_if_read_only("change search keys")
         self._commands.append(UpsertSearchKeys(values, deleted))
         # Recorded with the workflow task's other commands, in its transaction.
+        done: asyncio.Future[None] = self.loop.create_future()
+        done.set_result(None)
+        return done
+
+    def record_task_event(
+        self, event_type: str, attributes: dict[str, Any]
+    ) -> asyncio.Future[None]:
+        self._refuse_if_read_only("report a task")
+        self._commands.append(RecordTaskEvent(event_type, attributes))
         done: asyncio.Future[None] = self.loop.create_future()
         done.set_result(None)
         return done

@@ -33,6 +33,7 @@ from app.engine.replay import (
     CompleteWorkflow,
     ContinueAsNewWorkflow,
     FailWorkflow,
+    RecordTaskEvent,
     RejectUpdate,
     Replayer,
     ScheduleActivity,
@@ -158,6 +159,8 @@ def advance(tx: Transaction, registry: Registry, step: Step, state: RunState) ->
             scheduled.append(command)
         elif isinstance(command, StartChildWorkflow):
             children.append(command)
+        elif isinstance(command, RecordTaskEvent):
+            step.record(command.event_type, command.attributes)
         elif isinstance(command, UpsertSearchKeys):
             step.record(
                 ev.SEARCH_KEYS_UPSERTED, {"values": command.values, "deleted": command.deleted}

@@ -71,6 +71,44 @@ COMMANDS = frozenset(
 )
 
 
+# The event types the `mistralai` SDK parses (its WorkflowEventType): streams and the
+# events API carry these alone.
+CUSTOM_TASK_STARTED = "CUSTOM_TASK_STARTED"
+CUSTOM_TASK_IN_PROGRESS = "CUSTOM_TASK_IN_PROGRESS"
+CUSTOM_TASK_COMPLETED = "CUSTOM_TASK_COMPLETED"
+CUSTOM_TASK_FAILED = "CUSTOM_TASK_FAILED"
+CUSTOM_TASK_TIMED_OUT = "CUSTOM_TASK_TIMED_OUT"
+CUSTOM_TASK_CANCELED = "CUSTOM_TASK_CANCELED"
+SDK_EVENT_TYPES = frozenset(
+    {
+        WORKFLOW_EXECUTION_STARTED,
+        WORKFLOW_EXECUTION_COMPLETED,
+        WORKFLOW_EXECUTION_FAILED,
+        WORKFLOW_EXECUTION_CANCELED,
+        WORKFLOW_EXECUTION_CONTINUED_AS_NEW,
+        WORKFLOW_TASK_TIMED_OUT,
+        WORKFLOW_TASK_FAILED,
+        CUSTOM_TASK_STARTED,
+        CUSTOM_TASK_IN_PROGRESS,
+        CUSTOM_TASK_COMPLETED,
+        CUSTOM_TASK_FAILED,
+        CUSTOM_TASK_TIMED_OUT,
+        CUSTOM_TASK_CANCELED,
+        ACTIVITY_TASK_STARTED,
+        ACTIVITY_TASK_COMPLETED,
+        ACTIVITY_TASK_RETRYING,
+        ACTIVITY_TASK_FAILED,
+    }
+)
+# Endings the SDK has no type for, streamed as the nearest it has (app/api/streams.py):
+# terminated as CANCELED, timed out as FAILED, each saying what really happened.
+STREAMED_AS = {
+    WORKFLOW_EXECUTION_TERMINATED: WORKFLOW_EXECUTION_CANCELED,
+    WORKFLOW_EXECUTION_TIMED_OUT: WORKFLOW_EXECUTION_FAILED,
+}
+STREAMED = SDK_EVENT_TYPES | frozenset(STREAMED_AS)
+
+
 @dataclass(frozen=True)
 class HistoryEvent:
     """One event of a run's history, as replay reads it."""

@@ -681,3 +681,85 @@ SELECT search_keys FROM executions WHERE execution_id = %(execution_id)s FOR UPD
 -- name: write_search_keys
 -- An execution's search keys, as merged (null when none is left).
 UPDATE executions SET search_keys = %(search_keys)s WHERE execution_id = %(execution_id)s;
+
+-- name: number_stream_events
+-- The sequencer: number the streamed events written by transactions older than every
+-- transaction still running, in (tx_id, sequence) order, after the last one it looked
+-- at; move its cursor past every event it looked at (streamed or not); notify the last
+-- position given. Does nothing when another sequencer holds the lock. Returns that
+-- position, or null.
+WITH locked AS MATERIALIZED (
+    SELECT pg_try_advisory_xact_lock(%(lock_key)s) AS held
+), state AS MATERIALIZED (
+    SELECT s.last_tx_id, s.last_sequence, s.last_position,
+           pg_snapshot_xmin(pg_current_snapshot())::text::bigint AS horizon
+    FROM stream_state s, locked
+    WHERE s.id = 1 AND locked.held
+), looked AS MATERIALIZED (
+    SELECT e.run_id, e.event_id, e.tx_id, e.sequence, e.event_type
+    FROM state, events e
+    WHERE (e.tx_id, e.sequence) > (state.last_tx_id, state.last_sequence)
+      AND e.tx_id < state.horizon
+    ORDER BY e.tx_id, e.sequence
+    LIMIT %(limit)s
+), fresh AS MATERIALIZED (
+    SELECT l.run_id, l.event_id,
+           state.last_position + row_number() OVER (ORDER BY l.tx_id, l.sequence) AS position
+    FROM looked l, state
+    WHERE l.event_type = ANY(%(streamed)s::text[])
+), numbered AS (
+    INSERT INTO stream_events (position, run_id, event_id)
+    SELECT position, run_id, event_id FROM fresh
+), moved AS (
+    UPDATE stream_state s
+    SET last_tx_id = last_looked.tx_id,
+        last_sequence = last_looked.sequence,
+        last_position = coalesce((SELECT max(position) FROM fresh), s.last_position)
+    FROM (SELECT tx_id, sequence FROM looked ORDER BY tx_id DESC, sequence DESC LIMIT 1)
+         AS last_looked
+    WHERE s.id = 1
+)
+SELECT max(position),
+       CASE WHEN max(position) IS NOT NULL
+            THEN pg_notify('chainline_stream', max(position)::text) END
+FROM fresh;
+
+-- name: read_stream
+-- Numbered events after a position, in stream order, with what their envelope shows
+-- (the execution's workflow, tree and links), narrowed by what is asked (null: any).
+SELECT s.position, e.run_id, e.event_id, e.execution_id, e.event_type, e.attributes,
+       e.event_timestamp, x.workflow_name, x.root_execution_id, x.parent_execution_id,
+       x.schedule_id, x.continued_from_run_id, x.first_execution_run_id
+FROM stream_events s
+JOIN events e ON e.run_id = s.run_id AND e.event_id = s.event_id
+JOIN executions x ON x.execution_id = e.execution_id
+WHERE s.position > %(after)s
+  AND (%(execution_id)s::text IS NULL OR s.run_id IN (
+          SELECT r.run_id FROM runs r WHERE r.execution_id = %(execution_id)s))
+  AND (%(root_execution_id)s::text IS NULL OR s.run_id IN (
+          SELECT r.run_id FROM runs r WHERE r.root_execution_id = %(root_execution_id)s))
+  AND (%(run_id)s::uuid IS NULL OR s.run_id = %(run_id)s)
+  AND (%(parent_execution_id)s::text IS NULL
+       OR x.parent_execution_id = %(parent_execution_id)s)
+  AND (%(workflow_name)s::text IS NULL OR x.workflow_name = %(workflow_name)s)
+  AND (%(event_types)s::text[] IS NULL OR e.event_type = ANY(%(event_types)s::text[]))
+ORDER BY s.position
+LIMIT %(limit)s;
+
+-- name: last_stream_position
+-- The last position the sequencer gave (0: none yet).
+SELECT last_position FROM stream_state WHERE id = 1;
+
+-- name: read_execution_stream
+-- An execution's numbered events (all its runs') after a position, in stream order,
+-- with what their envelope shows.
+SELECT s.position, e.run_id, e.event_id, e.execution_id, e.event_type, e.attributes,
+       e.event_timestamp, x.workflow_name, x.root_execution_id, x.parent_execution_id,
+       x.schedule_id, x.continued_from_run_id, x.first_execution_run_id
+FROM runs r
+JOIN stream_events s ON s.run_id = r.run_id
+JOIN events e ON e.run_id = s.run_id AND e.event_id = s.event_id
+JOIN executions x ON x.execution_id = r.execution_id
+WHERE r.execution_id = %(execution_id)s AND s.position > %(after)s
+ORDER BY s.position
+LIMIT %(limit)s;

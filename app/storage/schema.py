@@ -12,6 +12,7 @@ from sqlalchemy import (
     DateTime,
     Float,
     ForeignKey,
+    ForeignKeyConstraint,
     Identity,
     Index,
     Integer,
@@ -172,8 +173,45 @@ events = Table(
     # redelivered message cannot record it twice.
     Column("dedup_key", Text, nullable=True),
     Column("sequence", BigInteger, Identity(always=True), nullable=False, unique=True),
+    # The transaction that wrote it (its xid8): the stream's sequencer numbers events in
+    # (tx_id, sequence) order once every older transaction has ended.
+    Column(
+        "tx_id",
+        BigInteger,
+        nullable=False,
+        server_default=text("(pg_current_xact_id())::text::bigint"),
+    ),
     PrimaryKeyConstraint("run_id", "event_id", name="events_pkey"),
     UniqueConstraint("run_id", "dedup_key", name="events_run_dedup_key"),
+)
+Index("events_by_tx_id", events.c.tx_id, events.c.sequence)
+
+# The streamed events, numbered in the order they became visible (app/storage/streams.py):
+# `position` is the SSE stream's id and broker_sequence.
+stream_events = Table(
+    "stream_events",
+    metadata,
+    Column("position", BigInteger, primary_key=True),
+    Column("run_id", UUID(as_uuid=True), nullable=False),
+    Column("event_id", Integer, nullable=False),
+    ForeignKeyConstraint(
+        ["run_id", "event_id"],
+        ["events.run_id", "events.event_id"],
+        name="stream_events_event_fkey",
+        ondelete="CASCADE",
+    ),
+    UniqueConstraint("run_id", "event_id", name="stream_events_event_key"),
+)
+
+# The sequencer's cursor: the last event it looked at, and the last position it gave.
+stream_state = Table(
+    "stream_state",
+    metadata,
+    Column("id", Integer, primary_key=True),
+    Column("last_tx_id", BigInteger, nullable=False),
+    Column("last_sequence", BigInteger, nullable=False),
+    Column("last_position", BigInteger, nullable=False),
+    CheckConstraint("id = 1", name="stream_state_one_row"),
 )
 
 ACTIVITY_STATES_SQL = _quoted(ActivityState)

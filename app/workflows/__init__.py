@@ -16,6 +16,7 @@ from app.workflows.errors import (
     ChildWorkflowError,
     WorkflowError,
 )
+from app.workflows.task import Task, task, task_from
 from app.workflows.workflow import ChildWorkflowHandle, ParentClosePolicy, workflow
 
 
@@ -44,9 +45,12 @@ __all__ = [
     "ChildWorkflowError",
     "ChildWorkflowHandle",
     "ParentClosePolicy",
+    "Task",
     "WorkflowError",
     "activity",
     "activity_heartbeat",
     "get_execution_id",
+    "task",
+    "task_from",
     "workflow",
 ]

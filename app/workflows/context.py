@@ -36,6 +36,10 @@ class WorkflowRuntime(Protocol):
         self, values: dict[str, str | None], deleted: list[str]
     ) -> asyncio.Future[None]: ...
 
+    def record_task_event(
+        self, event_type: str, attributes: dict[str, Any]
+    ) -> asyncio.Future[None]: ...
+
     def start_child(
         self,
         workflow_name: str,
@@ -62,6 +66,12 @@ current_heartbeat: ContextVar[Callable[[tuple[Any, ...]], None] | None] = Contex
 # Set while an activity attempt runs: writes its execution's search keys (values, deleted).
 current_search_keys: ContextVar[Callable[[dict[str, str | None], list[str]], None] | None] = (
     ContextVar("chainline_activity_search_keys", default=None)
+)
+
+
+# Set while an activity attempt runs: records a custom task's event in its run's history.
+current_task_events: ContextVar[Callable[[str, dict[str, Any]], None] | None] = ContextVar(
+    "chainline_activity_task_events", default=None
 )
 
 

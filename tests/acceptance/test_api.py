@@ -56,10 +56,7 @@ def test_sdk_routes_chainline_does_not_serve_yet_answer_501_naming_themselves(
     stack: Stack, http: httpx.Client
 ) -> None:
     client = Mistral(api_key="test-key", server_url=stack.base_url)
-    for call in (
-        client.workflows.events.get_workflow_events,
-        client.workflows.deployments.list_deployments,
-    ):
+    for call in (client.workflows.deployments.list_deployments,):
         with pytest.raises(SDKError) as raised:
             call()
         assert raised.value.status_code == 501

@@ -81,6 +81,8 @@ def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
             "5",
             "--listing-runs",
             "2000",
+            "--stream-clients",
+            "5",
             "--json",
             str(report_path),
         ],
@@ -117,6 +119,11 @@ def test_bench_with_tiny_sizes_reports_every_figure(tmp_path: Path) -> None:
         assert listing[name]["runs_on_page"] > 0, name
     assert listing["root_tree"]["runs_on_page"] == 10
     assert "runs_listing.worst_p99_ms" in done.stdout
+    streams = report["streams"]
+    assert streams["clients"] == 5 and streams["frames_timed"] >= 3 * streams["executions"]
+    for figure in ("event_to_frame", "event_to_frame_with_all_clients"):
+        assert 0 < streams[figure]["p50_ms"] <= streams[figure]["p99_ms"], figure
+    assert "streams.event_to_frame" in done.stdout
     assert set(report["sequential"]["cpu_seconds"]) >= {"worker", "api", "postgres", "redis"}
     if PEER_INSTALLED:
         assert "sequential.ratio_to_dbos" in done.stdout

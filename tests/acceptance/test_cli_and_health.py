@@ -299,3 +299,29 @@ def test_runs_reset_and_reading_a_run_by_its_id_from_the_cli(stack: Stack) -> No
     assert only_failed.stdout.strip() == "(no runs)"
     missing = chainline(stack, "get", "00000000-0000-4000-8000-000000000000")
     assert missing.returncode == 1 and "no execution or run" in missing.stderr
+
+
+def test_watch_follows_an_execution_live_to_its_result(stack: Stack) -> None:
+    chosen = execution_id()
+    started = chainline(
+        stack, "run", "reporting-progress", "--input", '{"rows": 2}', "--id", chosen
+    )
+    assert started.returncode == 0, started.stderr
+    watched = chainline(stack, "watch", chosen)
+    assert watched.returncode == 0, watched.stderr
+    lines = watched.stdout.splitlines()
+    assert lines[0] == f"reporting-progress {chosen}: RUNNING" or lines[0].endswith("COMPLETED")
+    shown = "\n".join(lines)
+    assert "activity export_rows (attempt 1)" in shown and "completed" in shown
+    assert "task export" in shown and "in progress done=1" in shown
+    assert "in progress done=2" in shown
+    assert "task doomed" in shown and "failed" in shown
+    assert "status     COMPLETED" in shown and "result     2" in shown
+    as_json = chainline(stack, "watch", chosen, "--json")
+    events = [json.loads(line) for line in as_json.stdout.splitlines()]
+    assert events[0]["event_type"] == "WORKFLOW_EXECUTION_STARTED"
+    assert events[-1]["event_type"] == "WORKFLOW_EXECUTION_COMPLETED"
+    failing = chainline(stack, "run", "raises", "--input", '{"reason": "no"}', "--wait")
+    failed_id = re.search(r"started (\S+)", failing.stderr)
+    assert failed_id is not None
+    assert chainline(stack, "watch", failed_id.group(1)).returncode == 1

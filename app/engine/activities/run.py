@@ -22,6 +22,7 @@ from app.workflows.context import (
     current_activity_execution_id,
     current_heartbeat,
     current_search_keys,
+    current_task_events,
 )
 from app.workflows.errors import WorkflowError
 
@@ -48,14 +49,16 @@ def run_attempt(
     attempt: Attempt,
     heartbeat: Callable[[tuple[Any, ...]], None] | None = None,
     search_keys: Callable[[dict[str, str | None], list[str]], None] | None = None,
+    task_events: Callable[[str, dict[str, Any]], None] | None = None,
 ) -> Outcome:
     """Call the activity's function (its heartbeats go to `heartbeat`, its search keys
-    to `search_keys`); what came of it."""
+    to `search_keys`, its custom tasks' events to `task_events`); what came of it."""
     definition = attempt.definition
     limit = Limit(attempt.seconds_left)
     token = current_activity_execution_id.set(attempt.execution_id)
     heartbeat_token = current_heartbeat.set(heartbeat)
     search_keys_token = current_search_keys.set(search_keys)
+    task_events_token = current_task_events.set(task_events)
     try:
         with limit.enforced(StartToCloseTimeout):
             value = _call(attempt)
@@ -70,6 +73,7 @@ def run_attempt(
         if not limit.expired:
             return failed(type(exc).__name__, str(exc))
     finally:
+        current_task_events.reset(task_events_token)
         current_search_keys.reset(search_keys_token)
         current_heartbeat.reset(heartbeat_token)
         current_activity_execution_id.reset(token)
