@@ -16,6 +16,7 @@ from collections.abc import Callable
 
 import psycopg
 
+from app.storage.background import BackgroundThread
 from app.storage.queries import QUERIES
 
 log = logging.getLogger(__name__)
@@ -38,14 +39,12 @@ class Subscription:
         self._listener._unsubscribe(self)
 
 
-class ClosedListener:
+class ClosedListener(BackgroundThread):
     def __init__(self, dsn: str) -> None:
+        super().__init__("chainline-closed-listener")
         self._dsn = dsn
         self._subscribers: dict[str, set[Subscription]] = defaultdict(set)
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
         self._listening = threading.Event()
-        self._closed = threading.Event()
 
     def subscribe(self, execution_id: str, wake: Wake) -> Subscription:
         """Call `wake` (from the listener's thread) when the execution closes."""
@@ -63,13 +62,6 @@ class ClosedListener:
         a closing could go unheard. Should Postgres not answer, re-checks still do."""
         return self._listening.wait(timeout)
 
-    def close(self) -> None:
-        """Stop listening: the thread ends, and its connection closes, within a second."""
-        self._closed.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout=RECHECK_SECONDS * 2)
-
     def _unsubscribe(self, subscription: Subscription) -> None:
         with self._lock:
             subscribers = self._subscribers.get(subscription.execution_id)
@@ -78,17 +70,7 @@ class ClosedListener:
                 if not subscribers:
                     del self._subscribers[subscription.execution_id]
 
-    def _ensure_started(self) -> None:
-        with self._lock:
-            if self._closed.is_set():
-                return
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._listen_forever, name="chainline-closed-listener", daemon=True
-                )
-                self._thread.start()
-
-    def _listen_forever(self) -> None:
+    def _run(self) -> None:
         while not self._closed.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True) as conn:

@@ -69,6 +69,11 @@ FROM events WHERE run_id = %(run_id)s ORDER BY event_id;
 -- channel, with the execution id, as the closing commits.
 LISTEN chainline_execution_closed;
 
+-- name: listen_for_stream
+-- Be told, on this connection, of each batch the stream's sequencer numbers (with the
+-- last position it gave).
+LISTEN chainline_stream;
+
 -- name: ping
 -- Whether Postgres answers.
 SELECT 1;

@@ -18,8 +18,9 @@ from collections.abc import Callable
 import psycopg
 from sqlalchemy import Engine
 
+from app.storage.background import BackgroundThread
+from app.storage.queries import QUERIES
 from app.storage.streams import (
-    STREAM_CHANNEL,
     StreamedEvent,
     last_position,
     number_new_events,
@@ -46,14 +47,12 @@ class StreamSubscription:
         self._feed._unsubscribe(self)
 
 
-class StreamFeed:
+class StreamFeed(BackgroundThread):
     def __init__(self, engine: Engine, dsn: str) -> None:
+        super().__init__("chainline-stream-feed")
         self._engine = engine
         self._dsn = dsn
         self._subscribers: set[StreamSubscription] = set()
-        self._lock = threading.Lock()
-        self._thread: threading.Thread | None = None
-        self._closed = threading.Event()
         # The last position handed to subscribers; None until the thread has started.
         self._position: int | None = None
         self._started = threading.Event()
@@ -73,31 +72,15 @@ class StreamFeed:
                 position = last_position(tx)
         return subscription, position
 
-    def close(self) -> None:
-        self._closed.set()
-        thread = self._thread
-        if thread is not None:
-            thread.join(timeout=2.0)
-
     def _unsubscribe(self, subscription: StreamSubscription) -> None:
         with self._lock:
             self._subscribers.discard(subscription)
 
-    def _ensure_started(self) -> None:
-        with self._lock:
-            if self._closed.is_set():
-                return
-            if self._thread is None or not self._thread.is_alive():
-                self._thread = threading.Thread(
-                    target=self._run_forever, name="chainline-stream-feed", daemon=True
-                )
-                self._thread.start()
-
-    def _run_forever(self) -> None:
+    def _run(self) -> None:
         while not self._closed.is_set():
             try:
                 with psycopg.connect(self._dsn, autocommit=True) as conn:
-                    conn.execute(f"LISTEN {STREAM_CHANNEL}".encode())
+                    conn.execute(QUERIES["listen_for_stream"].text.encode())
                     if self._position is None:
                         with autocommit(self._engine) as tx:
                             self._position = last_position(tx)

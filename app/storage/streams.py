@@ -7,7 +7,7 @@ skip it. The sequencer numbers events instead in (tx_id, sequence) order, and on
 those written by transactions older than every transaction still running (Postgres's
 snapshot xmin): any event that becomes visible later comes from a newer transaction,
 so it sorts after everything numbered. One sequencer runs at a time (an advisory lock;
-the others skip), and it notifies STREAM_CHANNEL with the last position it gave.
+the others skip), and it notifies `chainline_stream` with the last position it gave.
 """
 
 from __future__ import annotations
@@ -19,7 +19,6 @@ from typing import Any
 from app.model import events as ev
 from app.storage.transactions import Transaction
 
-STREAM_CHANNEL = "chainline_stream"
 # The advisory lock the sequencer holds while it numbers (any fixed number).
 SEQUENCER_LOCK = 7_142_019
 STREAMED_TYPES = sorted(ev.STREAMED)
