@@ -563,7 +563,8 @@ LIMIT %(limit)s;
 -- name: start_reset_run
 -- A reset's new run, in one statement: the run (RUNNING, due for a workflow task, with
 -- the old run's random seed and a fresh execution timeout as long as the old one), the
--- old run's history before the reset point copied as it was (ids, times and dedup keys),
+-- old run's history before the reset point copied as it was (ids, times, dedup keys and
+-- writing transactions),
 -- the events appended after it, the activities and timers that history left waiting,
 -- and the execution pointed at the new run.
 WITH old AS (
@@ -582,10 +583,12 @@ WITH old AS (
     FROM old
     RETURNING run_id, execution_id
 ), kept AS (
+    -- With their transaction too: they sort before the stream's cursor, so the stream,
+    -- which showed them under the old run, does not show them again.
     INSERT INTO events (run_id, event_id, execution_id, event_type, attributes,
-                        event_timestamp, dedup_key)
+                        event_timestamp, dedup_key, tx_id)
     SELECT run.run_id, e.event_id, e.execution_id, e.event_type, e.attributes,
-           e.event_timestamp, e.dedup_key
+           e.event_timestamp, e.dedup_key, e.tx_id
     FROM run, events e
     WHERE e.run_id = %(from_run_id)s AND e.event_id < %(reset_event_id)s
 ), appended AS (

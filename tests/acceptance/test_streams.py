@@ -189,3 +189,30 @@ def test_custom_tasks_report_progress_from_workflow_code_and_activities(
     assert attributes[7].payload.value == {"step": "done", "rows": 3}
     assert attributes[10].failure.message == "not this time"
     assert frames[-1].data.data.event_type == "WORKFLOW_EXECUTION_COMPLETED"
+
+
+def test_a_reset_run_streams_what_it_adds_not_the_history_it_copied(
+    stack: Stack, http: httpx.Client
+) -> None:
+    client = _client(stack)
+    started = start(http, "sequential-sum", [1, 2])
+    execution_id = started["execution_id"]
+    wait_for_end(http, execution_id)
+    before = _frames(client, execution_id, event_source="DATABASE")
+    events = http.get(f"/v1/workflows/executions/{execution_id}/history").json()["events"]
+    point = [int(e["event_id"]) for e in events if e["event_type"] == "WORKFLOW_TASK_COMPLETED"][1]
+    reply = http.post(f"/v1/workflows/executions/{execution_id}/reset", json={"event_id": point})
+    assert reply.status_code == 204
+    new_run = wait_for_end(http, execution_id)["run_id"]
+    assert new_run != started["run_id"]
+
+    after = _frames(client, execution_id)
+    assert [f.id for f in after[: len(before)]] == [f.id for f in before]
+    added = after[len(before) :]
+    assert {f.data.data.workflow_run_id for f in added} == {new_run}
+    # The old run's terminal event came first; the new run shows only what it did.
+    assert _types(added) == [
+        "ACTIVITY_TASK_STARTED",
+        "ACTIVITY_TASK_COMPLETED",
+        "WORKFLOW_EXECUTION_COMPLETED",
+    ]
