@@ -1,10 +1,11 @@
 """Input checked against the parameters of the function it is for (an entrypoint, a
-signal, query or update handler), answered as FastAPI's 422 when it does not fit."""
+signal, query or update handler), answered as FastAPI's 422 when it does not fit; and
+the same 422 for a query or header parameter that FastAPI's types cannot check."""
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from typing import Any
+from typing import Any, Literal
 
 from fastapi.exceptions import RequestValidationError
 from pydantic import ValidationError
@@ -35,3 +36,20 @@ def validated_input(
             ]
         ) from None
     return encoded
+
+
+def invalid_parameter(
+    name: str, message: str, given: Any, where: Literal["query", "header"] = "query"
+) -> RequestValidationError:
+    """FastAPI's 422 for one parameter, raised by the caller."""
+    return RequestValidationError(
+        [{"loc": (where, name), "msg": message, "type": "value_error", "input": given}]
+    )
+
+
+def refuse_nul(**given: str | list[str] | None) -> None:
+    """A NUL names nothing Postgres can store: 422, before any query."""
+    for name, value in given.items():
+        values = value if isinstance(value, list) else [value]
+        if any(v is not None and "\x00" in v for v in values):
+            raise invalid_parameter(name, "holds a NUL character", repr(value))

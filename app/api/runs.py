@@ -11,9 +11,9 @@ from datetime import UTC, datetime
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Query
-from fastapi.exceptions import RequestValidationError
 
 from app.api.access import bearer, caller
+from app.api.inputs import invalid_parameter, refuse_nul
 from app.api.responses import errors
 from app.api.schemas import Execution, History, RunList, event_json, execution_json, run_json
 from app.engine.executions import get_history
@@ -50,7 +50,7 @@ def list_runs_route(
     next_page_token: Annotated[str | None, Query(max_length=500)] = None,
     search_key: Annotated[list[str] | None, Query(max_length=3)] = None,
 ) -> dict[str, Any]:
-    _refuse_nul(
+    refuse_nul(
         workflow_identifier=workflow_identifier,
         root_execution_id=root_execution_id,
         search=search,
@@ -112,37 +112,11 @@ def read_run_history(run_id: uuid.UUID, decode_payloads: bool = True) -> dict[st
     return {"events": [event_json(e, record) for e in get_history(engine, run_id)]}
 
 
-def _refuse_nul(**given: str | list[str] | None) -> None:
-    """A NUL names nothing Postgres can store: 422, before any query."""
-    for name, value in given.items():
-        values = value if isinstance(value, list) else [value]
-        if any(v is not None and "\x00" in v for v in values):
-            raise RequestValidationError(
-                [
-                    {
-                        "loc": ("query", name),
-                        "msg": "holds a NUL character",
-                        "type": "value_error",
-                        "input": repr(value),
-                    }
-                ]
-            )
-
-
 def _search_key_filters(given: list[str]) -> tuple[SearchKeyFilter, ...]:
     try:
         return tuple(parse_filter(text) for text in given)
     except ValueError as exc:
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ("query", "search_key"),
-                    "msg": str(exc),
-                    "type": "value_error",
-                    "input": given,
-                }
-            ]
-        ) from None
+        raise invalid_parameter("search_key", str(exc), given) from None
 
 
 def _utc(moment: datetime | None) -> datetime | None:
@@ -169,13 +143,5 @@ def _cursor(token: str, sort_by: SortBy, order: str) -> Cursor:
         sort_value = None if value is None else datetime.fromisoformat(value)
         return Cursor(sort_value, uuid.UUID(run_id))
     except (ValueError, TypeError, binascii.Error) as exc:
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ("query", "next_page_token"),
-                    "msg": f"not a page token of this listing: {exc}",
-                    "type": "value_error",
-                    "input": token,
-                }
-            ]
-        ) from None
+        message = f"not a page token of this listing: {exc}"
+        raise invalid_parameter("next_page_token", message, token) from None

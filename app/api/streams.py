@@ -21,11 +21,11 @@ from functools import lru_cache
 from typing import Annotated, Any, Literal
 
 from fastapi import APIRouter, Depends, Header, Path, Query
-from fastapi.exceptions import RequestValidationError
 from fastapi.responses import StreamingResponse
 from starlette.concurrency import run_in_threadpool
 
 from app.api.access import bearer
+from app.api.inputs import invalid_parameter, refuse_nul
 from app.api.responses import errors
 from app.api.schemas import EXECUTION_ID_PATTERN, iso
 from app.engine.executions import get_execution
@@ -235,7 +235,9 @@ async def _stream(
 
 async def _stored(where: StreamFilter, sent: _Sent, until: int | None) -> AsyncIterator[str]:
     """What Postgres holds after the stream's position, up to `until` (where the feed
-    takes over) when given."""
+    takes over) when given; with no feed to follow, every event committed so far."""
+    if until is None:
+        await run_in_threadpool(_number_ready)
     while not sent.ended:
         batch = await run_in_threadpool(_read, where, sent.position)
         within = [e for e in batch if until is None or e.position <= until]
@@ -265,6 +267,11 @@ async def _live(queue: asyncio.Queue[list[StreamedEvent]], sent: _Sent) -> Async
             yield "".join(frames)
 
 
+def _number_ready() -> None:
+    with transaction(get_engine()) as tx:
+        number_new_events(tx)
+
+
 def _read(where: StreamFilter, after: int) -> list[StreamedEvent]:
     with autocommit(get_engine()) as tx:
         return read_stream(tx, after, CATCH_UP_BATCH, where)
@@ -279,16 +286,7 @@ def _position(value: str | None, name: str, where: Literal["query", "header"]) -
     if value is None or value == "":
         return None
     if not value.isdigit():
-        raise RequestValidationError(
-            [
-                {
-                    "loc": (where, name),
-                    "msg": "an event id this stream gave (a whole number)",
-                    "type": "value_error",
-                    "input": value,
-                }
-            ]
-        )
+        raise invalid_parameter(name, "an event id this stream gave (a whole number)", value, where)
     return int(value)
 
 
@@ -357,27 +355,16 @@ def stream_events(
 ) -> StreamingResponse:
     """Every event, or those the filters keep (`*`: any), from `start_seq` on (or after
     the Last-Event-ID header's); it goes on until the client leaves."""
-    for name, value in (
-        ("workflow_name", workflow_name),
-        ("workflow_exec_id", workflow_exec_id),
-        ("root_workflow_exec_id", root_workflow_exec_id),
-        ("parent_workflow_exec_id", parent_workflow_exec_id),
-    ):
-        if "\x00" in value:
-            raise RequestValidationError(
-                [{"loc": ("query", name), "msg": "holds a NUL", "type": "value_error"}]
-            )
+    refuse_nul(
+        workflow_name=workflow_name,
+        workflow_exec_id=workflow_exec_id,
+        root_workflow_exec_id=root_workflow_exec_id,
+        parent_workflow_exec_id=parent_workflow_exec_id,
+    )
     unknown = sorted(set(workflow_event_types or ()) - ev.SDK_EVENT_TYPES)
     if unknown:
-        raise RequestValidationError(
-            [
-                {
-                    "loc": ("query", "workflow_event_types"),
-                    "msg": f"not event types of the SDK: {unknown}",
-                    "type": "value_error",
-                }
-            ]
-        )
+        message = f"not event types of the SDK: {unknown}"
+        raise invalid_parameter("workflow_event_types", message, workflow_event_types)
     after = max(start_seq - 1, _position(last_event_id, "last-event-id", "header") or 0, 0)
 
     def given(value: str) -> str | None:
@@ -430,32 +417,15 @@ def list_events(
         try:
             run_id = uuid.UUID(workflow_run_id)
         except ValueError:
-            raise RequestValidationError(
-                [
-                    {
-                        "loc": ("query", "workflow_run_id"),
-                        "msg": "not a run id (a UUID)",
-                        "type": "value_error",
-                        "input": workflow_run_id,
-                    }
-                ]
-            ) from None
-    for name, value in (
-        ("root_workflow_exec_id", root_workflow_exec_id),
-        ("workflow_exec_id", workflow_exec_id),
-    ):
-        if value is not None and "\x00" in value:
-            raise RequestValidationError(
-                [{"loc": ("query", name), "msg": "holds a NUL", "type": "value_error"}]
-            )
+            message = "not a run id (a UUID)"
+            raise invalid_parameter("workflow_run_id", message, workflow_run_id) from None
+    refuse_nul(root_workflow_exec_id=root_workflow_exec_id, workflow_exec_id=workflow_exec_id)
     where = StreamFilter(
         execution_id=workflow_exec_id, root_execution_id=root_workflow_exec_id, run_id=run_id
     )
-    engine = get_engine()
     # Number what is ready first, so that the page holds every event committed so far.
-    with transaction(engine) as tx:
-        number_new_events(tx)
-    with autocommit(engine) as tx:
+    _number_ready()
+    with autocommit(get_engine()) as tx:
         page = read_stream(tx, after, limit + 1, where)
     more = len(page) > limit
     page = page[:limit]

@@ -788,7 +788,25 @@ class Replayer:
             commands = [c.command() if isinstance(c, _ActivityCall) else c for c in self._commands]
             return ActivationOutcome(commands, last_event_id, now)
         finally:
+            self._discard_pending()
             current_runtime.reset(token)
+
+    def _discard_pending(self) -> None:
+        """Close the code's coroutines still waiting, while this runtime is current.
+
+        Left pending, they would be closed whenever the garbage collector gets to them,
+        and their `finally` blocks and context managers' exits (a custom task's, say)
+        would then run in whatever code runs at that moment (another replay, an
+        activity), outside this replay. Closed here, what they ask for comes to this
+        runtime, after its outcome was taken, and is dropped."""
+        for task in asyncio.all_tasks(self.loop):
+            coroutine = task.get_coro()
+            try:
+                if inspect.iscoroutine(coroutine):
+                    coroutine.close()
+            except Exception:  # it awaited again, or raised, while closing
+                log.debug("a discarded coroutine of %s did not close cleanly", self.execution_id)
+        self._handler_tasks.clear()
 
     def query(self, name: str, payload: Any) -> Any:
         """Replay the activations recorded so far and answer the query `name` from the
@@ -808,6 +826,7 @@ class Replayer:
             except Exception as exc:
                 raise QueryFailed(f"{type(exc).__name__}: {exc}") from exc
         finally:
+            self._discard_pending()
             current_runtime.reset(token)
 
     def _replay_recorded(self, *, then: _Activation | None) -> FailWorkflow | None:

@@ -73,6 +73,8 @@ class Task(Generic[T]):
         exc: BaseException | None,
         traceback: TracebackType | None,
     ) -> None:
+        if isinstance(exc, GeneratorExit):
+            return  # the code is being discarded, not failing
         if exc is None:
             payload = ev.payload(None if self._state is None else self._encoded(self._state))
             await _record(ev.CUSTOM_TASK_COMPLETED, {**self._identity(), "payload": payload})

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import gc
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -323,3 +324,38 @@ def test_asyncio_timers_fail_the_workflow_with_a_clear_message() -> None:
     assert isinstance(command, FailWorkflow)
     assert command.error_type == "RuntimeError" and "not replay-safe" in command.message
     assert "workflows.workflow.sleep()" in command.message  # what to use instead
+
+
+@workflows.workflow.define(name="unit-task-block")
+class TaskBlock:
+    @workflows.workflow.entrypoint
+    async def run(self, value: int) -> int:
+        async with workflows.task("doubling", state={"value": value}):
+            result: int = await double(value)
+        return result
+
+
+def test_code_a_replay_leaves_waiting_is_closed_with_it_and_reports_nothing_later() -> None:
+    """A replay stops where the code waits; that code is closed with the replay, so its
+    exits (a custom task's) never run later in someone else's context, as an activity's
+    (where they would write into that activity's run)."""
+    written: list[str] = []
+    token = workflows.context.current_task_events.set(lambda kind, _: written.append(kind))
+    try:
+        replayer = Replayer(
+            definition=registry.workflow("unit-task-block"),
+            registry=registry,
+            execution_id="exec-1",
+            random_seed=42,
+            history=[started({"value": 3})],
+        )
+        outcome = replayer.replay(now=T0)
+        kinds = [type(c).__name__ for c in outcome.commands]
+        assert kinds == ["RecordTaskEvent", "ScheduleActivity"]
+        main = replayer._main
+        assert main is not None and main.get_coro().cr_frame is None  # type: ignore[union-attr]
+        del replayer, main, outcome
+        gc.collect()
+    finally:
+        workflows.context.current_task_events.reset(token)
+    assert written == []
