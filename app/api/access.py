@@ -1,16 +1,28 @@
 """Who may call the API, and how much they may send, checked before a body is read.
 
-`Guard` is plain ASGI middleware in front of the app: for `/v1` paths it checks the
-bearer token first (401 without reading the body), and it reads every request body
-itself, counting, so that one over the limit is refused (413) as soon as it passes it,
-whether its length was declared or it came in chunks. The app gets the body replayed.
+`Guard` is plain ASGI middleware in front of the app: for the API (`/v1`), `/metrics`
+and the web page (`/ui`) it checks the caller first (401 without reading the body),
+and it reads every request body itself, counting, so that one over the limit is
+refused (413) as soon as it passes it, whether its length was declared or it came in
+chunks. The app gets the body replayed.
+
+A caller shows a key as a bearer token, or, from a browser, as the session cookie the
+web page's login sets: a digest of the key (never the key), HttpOnly and SameSite=
+Strict. A change made with the cookie must also carry the `X-Chainline-UI` header, which
+no other site's page can send without this server's consent (CORS), so a page
+elsewhere cannot act with the cookie. Removing a key from CHAINLINE_API_KEYS ends its
+sessions too.
 """
 
 from __future__ import annotations
 
 import hashlib
+from functools import lru_cache
+from http.cookies import CookieError, SimpleCookie
+from urllib.parse import quote
 
 from fastapi import Request
+from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPBearer
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
@@ -21,14 +33,41 @@ from app.settings import get_settings
 # What a request's JSON may add around the payloads it carries (2 MB each at most).
 BODY_OVERHEAD_BYTES = 64 * 1024
 METHODS_WITH_BODIES = frozenset({"POST", "PUT", "PATCH"})
+SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
+# What asks for a key: the API, the metrics and the web page (but its login).
+PROTECTED_ROOTS = ("/v1", "/metrics", "/ui")
+UI_ROOT = "/ui"
+LOGIN_PATH = "/ui/login"
+SESSION_COOKIE = "chainline_session"
+UI_HEADER = b"x-chainline-ui"
 # Documents the scheme in OpenAPI; the check itself is the Guard's.
 bearer = HTTPBearer(auto_error=False, description="Any key of CHAINLINE_API_KEYS")
+
+
+def key_digest(token: str) -> str:
+    """A key's SHA-256, in hex: a browser session's cookie."""
+    return hashlib.sha256(token.encode()).hexdigest()
 
 
 def key_id(token: str) -> str:
     """What is stored and shown of a key (as the caller's user_id): a short hash of it,
     never the key, nor any part of it."""
-    return "key-" + hashlib.sha256(token.encode()).hexdigest()[:12]
+    return _id_of_digest(key_digest(token))
+
+
+def _id_of_digest(digest: str) -> str:
+    return "key-" + digest[:12]
+
+
+@lru_cache(maxsize=8)
+def _session_digests(accepted: frozenset[str]) -> frozenset[str]:
+    return frozenset(key_digest(key) for key in accepted)
+
+
+def _protected(path: str) -> bool:
+    if path == LOGIN_PATH:
+        return False
+    return any(path == root or path.startswith(root + "/") for root in PROTECTED_ROOTS)
 
 
 async def caller(request: Request) -> str | None:
@@ -46,11 +85,45 @@ def _bearer_token(scope: Scope) -> str | None:
     return None
 
 
-def _declared_length(scope: Scope) -> int | None:
+def _header(scope: Scope, wanted: bytes) -> bytes | None:
     for name, value in scope["headers"]:
-        if name == b"content-length" and value.isdigit():
-            return int(value)
+        if name == wanted:
+            return bytes(value)
     return None
+
+
+def _declared_length(scope: Scope) -> int | None:
+    value = _header(scope, b"content-length")
+    return int(value) if value is not None and value.isdigit() else None
+
+
+def _session(scope: Scope) -> str | None:
+    """The session cookie's value, if one was sent."""
+    raw = _header(scope, b"cookie")
+    if raw is None:
+        return None
+    cookies: SimpleCookie = SimpleCookie()
+    try:
+        cookies.load(raw.decode("latin-1"))
+    except CookieError:
+        return None
+    morsel = cookies.get(SESSION_COOKIE)
+    return None if morsel is None else morsel.value
+
+
+def _identify(scope: Scope, accepted: frozenset[str]) -> tuple[str | None, str | None]:
+    """Who calls (a key's id, None for nobody) and why they may not (None: they may)."""
+    token = _bearer_token(scope)
+    if token is not None:
+        if accepted and token not in accepted:
+            return None, "invalid API key"
+        return key_id(token), None
+    session = _session(scope)
+    if session is not None and session in _session_digests(accepted):
+        if scope["method"] not in SAFE_METHODS and _header(scope, UI_HEADER) is None:
+            return None, "a change made from a browser session must send X-Chainline-UI"
+        return _id_of_digest(session), None
+    return None, "missing API key" if accepted else None
 
 
 class Guard:
@@ -62,17 +135,11 @@ class Guard:
             await self.app(scope, receive, send)
             return
         settings = get_settings()
-        token = _bearer_token(scope)
-        if scope["path"] == "/v1" or scope["path"].startswith("/v1/"):
-            accepted = settings.accepted_api_keys
-            if accepted and token not in accepted:
-                refusal = Unauthorized(
-                    "invalid or missing API key: send one of CHAINLINE_API_KEYS as"
-                    " 'Authorization: Bearer <key>' (the CLI's --api-key, or CHAINLINE_API_KEY)"
-                )
-                await error_response(refusal)(scope, receive, send)
-                return
-        scope.setdefault("state", {})["caller"] = key_id(token) if token else None
+        caller, refused = _identify(scope, frozenset(settings.accepted_api_keys))
+        if refused is not None and _protected(scope["path"]):
+            await _refusal(scope, refused)(scope, receive, send)
+            return
+        scope.setdefault("state", {})["caller"] = caller
         if scope["method"] not in METHODS_WITH_BODIES:
             await self.app(scope, receive, send)
             return
@@ -96,6 +163,21 @@ class Guard:
             await error_response(too_large, {"connection": "close"})(scope, receive, send)
             return
         await self.app(scope, _replaying(body, receive), send)
+
+
+def _refusal(scope: Scope, reason: str) -> ASGIApp:
+    """A page of the web UI asked for without a session goes to the login page; anything
+    else gets the API's 401."""
+    if scope["path"].startswith(UI_ROOT) and scope["method"] == "GET":
+        wanted = scope["path"] + (
+            "?" + scope["query_string"].decode() if scope["query_string"] else ""
+        )
+        return RedirectResponse(f"{LOGIN_PATH}?next={quote(wanted, safe='')}", status_code=303)
+    refusal = Unauthorized(
+        f"{reason}: send one of CHAINLINE_API_KEYS as 'Authorization: Bearer <key>'"
+        " (the CLI's --api-key, or CHAINLINE_API_KEY)"
+    )
+    return error_response(refusal)
 
 
 def _replaying(body: bytes, receive: Receive) -> Receive:

@@ -16,7 +16,17 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi_offline import FastAPIOffline
 
-from app.api import executions, health, runs, schedules, streams, unimplemented, workflows
+from app.api import (
+    executions,
+    health,
+    metrics,
+    runs,
+    schedules,
+    streams,
+    ui,
+    unimplemented,
+    workflows,
+)
 from app.api.access import Guard
 from app.api.responses import error_response
 from app.errors import ChainlineError
@@ -29,6 +39,9 @@ app = FastAPIOffline(
 )
 app.add_middleware(Guard)
 app.include_router(health.router)
+app.include_router(metrics.router)
+app.include_router(ui.router)
+app.mount("/ui/static", ui.static_files, name="ui-static")
 app.include_router(executions.router)
 app.include_router(schedules.router)
 app.include_router(runs.router)

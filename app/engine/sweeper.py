@@ -8,7 +8,8 @@ Each sweep:
 - applies a closed parent's close policy to its children still running (terminates
   them, or asks them to cancel);
 - sends again the messages of work that has waited too long for one (a lost message,
-  or a crash between a commit and its publish).
+  or a crash between a commit and its publish);
+- adds what it did to the `sweeper_actions` metric totals.
 
 Every question is a bounded batch served by an index, and rows that someone holds
 are skipped (SKIP LOCKED) until the next sweep, so one stuck run holds up nothing else.
@@ -28,6 +29,7 @@ from app.engine.steps import time_out_run
 from app.errors import ExecutionClosed, IllegalTransition
 from app.storage import sweeps
 from app.storage.executions import children_to_close
+from app.storage.metrics import add_to_totals
 from app.storage.runs import lock_run_state
 from app.storage.transactions import autocommit, transaction
 
@@ -38,15 +40,23 @@ PARENT_CLOSED = "its parent closed (parent_close_policy TERMINATE)"
 
 
 def sweep(engine: Engine, *, stalled_after_seconds: float) -> list[FollowUp]:
-    """One sweep; returns what to send and stop."""
-    follow_ups = [
-        *_time_out_runs(engine),
-        *_time_out_attempts(engine),
-        *_time_out_attempts(engine, heartbeat=True),
-        *_close_children_of_closed_parents(engine),
-    ]
-    follow_ups.extend(_resend_stalled(engine, stalled_after_seconds))
-    return follow_ups
+    """One sweep; returns what to send and stop, and adds what it did to the
+    `sweeper_actions` totals (after the actions commit: a crash in between loses one
+    sweep's counts, never counts an action twice)."""
+    # One follow-up per action, but for the resent messages: one for them all.
+    actions = {
+        "run_timed_out": _time_out_runs(engine),
+        "attempt_timed_out": _time_out_attempts(engine),
+        "heartbeat_timed_out": _time_out_attempts(engine, heartbeat=True),
+        "child_closed": _close_children_of_closed_parents(engine),
+    }
+    resent = _resend_stalled(engine, stalled_after_seconds)
+    counts = {action: float(len(done)) for action, done in actions.items()}
+    counts["stalled_work_resent"] = float(sum(len(f.dispatches) for f in resent))
+    if any(counts.values()):
+        with autocommit(engine) as tx:
+            add_to_totals(tx, "sweeper_actions", counts, label="action")
+    return [*(follow_up for done in actions.values() for follow_up in done), *resent]
 
 
 def _time_out_runs(engine: Engine) -> list[FollowUp]:

@@ -7,9 +7,11 @@ else, and decides whether a message still has work to do, so any message may be 
 
 from __future__ import annotations
 
+import time
 from typing import Any
 
 from celery import Celery
+from celery.signals import before_task_publish
 from kombu import Exchange, Queue
 
 from app.messaging.transports import PUBLISHING_REDIS_BACKEND, broker_transport
@@ -20,6 +22,15 @@ WORKFLOW_TASK = "chainline.workflow_task"
 # writes around the user's code (claim, outcome, inline workflow task), which give up
 # at their own deadlines well before.
 TIME_LIMIT_MARGIN_SECONDS = 60.0
+# Each message's send time (the publisher's clock), for the oldest message's age in
+# /metrics (app/messaging/queues.py).
+SENT_AT_HEADER = "chainline_sent_at"
+
+
+@before_task_publish.connect(weak=False)
+def _stamp_sent_at(headers: dict[str, Any] | None = None, **_: Any) -> None:
+    if headers is not None:
+        headers[SENT_AT_HEADER] = time.time()
 
 
 def activity_task_name(activity_name: str) -> str:

@@ -693,9 +693,11 @@ UPDATE executions SET search_keys = %(search_keys)s WHERE execution_id = %(execu
 -- name: number_stream_events
 -- The sequencer: number the streamed events written by transactions older than every
 -- transaction still running, in (tx_id, sequence) order, after the last one it looked
--- at; move its cursor past every event it looked at (streamed or not); notify the last
--- position given. Does nothing when another sequencer holds the lock. Returns that
--- position, or null.
+-- at; add what the events it looked at measure to the metric totals; move its cursor
+-- past every event it looked at (streamed or not); notify the last position given.
+-- Does nothing when another sequencer holds the lock. Returns that position, or null.
+-- An attempt's duration runs from its STARTED event to its outcome's, both stamped by
+-- Postgres's clock; histogram rows count each bucket alone (`le`: its upper bound).
 WITH locked AS MATERIALIZED (
     SELECT pg_try_advisory_xact_lock(%(lock_key)s) AS held
 ), state AS MATERIALIZED (
@@ -718,6 +720,59 @@ WITH locked AS MATERIALIZED (
 ), numbered AS (
     INSERT INTO stream_events (position, run_id, event_id)
     SELECT position, run_id, event_id FROM fresh
+), measured AS MATERIALIZED (
+    SELECT l.event_type, r.workflow_name,
+           e.attributes->>'activity_name' AS activity_name,
+           (e.attributes->>'late_seconds')::float8 AS late_seconds,
+           (e.event_timestamp - started.event_timestamp) / 1e9 AS attempt_seconds
+    FROM looked l
+    JOIN events e ON e.run_id = l.run_id AND e.event_id = l.event_id
+    JOIN runs r ON r.run_id = l.run_id
+    LEFT JOIN events started
+      ON l.event_type = ANY(%(attempt_outcomes)s::text[])
+     AND started.run_id = e.run_id
+     AND started.dedup_key = 'activity:' || (e.attributes->>'seq') || ':attempt:'
+                             || (e.attributes->>'attempt') || ':started'
+    WHERE l.event_type = ANY(%(measured)s::text[])
+), observed (metric, labels, value) AS (
+    SELECT 'executions_started', jsonb_build_object('workflow', workflow_name), 1::float8
+    FROM measured WHERE event_type = 'WORKFLOW_EXECUTION_STARTED'
+    UNION ALL
+    SELECT 'executions_closed',
+           jsonb_build_object('workflow', workflow_name,
+                              'status', replace(event_type, 'WORKFLOW_EXECUTION_', '')), 1
+    FROM measured WHERE event_type = ANY(%(closings)s::text[])
+    UNION ALL
+    SELECT 'activity_attempts',
+           jsonb_build_object('activity', activity_name,
+                              'outcome', lower(replace(event_type, 'ACTIVITY_TASK_', ''))), 1
+    FROM measured WHERE attempt_seconds IS NOT NULL
+    UNION ALL
+    SELECT 'activity_retries', jsonb_build_object('activity', activity_name), 1
+    FROM measured WHERE event_type = 'ACTIVITY_TASK_RETRYING'
+    UNION ALL
+    SELECT 'activity_attempt_seconds_bucket',
+           jsonb_build_object('activity', activity_name, 'le', coalesce(
+               (SELECT min(b) FROM unnest(%(attempt_buckets)s::float8[]) b
+                WHERE b >= attempt_seconds), 'Infinity')::text), 1
+    FROM measured WHERE attempt_seconds IS NOT NULL
+    UNION ALL
+    SELECT 'activity_attempt_seconds_sum', jsonb_build_object('activity', activity_name),
+           attempt_seconds
+    FROM measured WHERE attempt_seconds IS NOT NULL
+    UNION ALL
+    SELECT 'timer_lateness_seconds_bucket',
+           jsonb_build_object('le', coalesce(
+               (SELECT min(b) FROM unnest(%(lateness_buckets)s::float8[]) b
+                WHERE b >= late_seconds), 'Infinity')::text), 1
+    FROM measured WHERE late_seconds IS NOT NULL
+    UNION ALL
+    SELECT 'timer_lateness_seconds_sum', '{}'::jsonb, late_seconds
+    FROM measured WHERE late_seconds IS NOT NULL
+), counted AS (
+    INSERT INTO metric_totals (metric, labels, value)
+    SELECT metric, labels, sum(value) FROM observed GROUP BY metric, labels
+    ON CONFLICT (metric, labels) DO UPDATE SET value = metric_totals.value + excluded.value
 ), moved AS (
     UPDATE stream_state s
     SET last_tx_id = last_looked.tx_id,
@@ -771,3 +826,20 @@ JOIN executions x ON x.execution_id = r.execution_id
 WHERE r.execution_id = %(execution_id)s AND s.position > %(after)s
 ORDER BY s.position
 LIMIT %(limit)s;
+
+-- name: add_to_metric_totals
+-- Add to metric totals, one (metric, labels, amount) per array position.
+INSERT INTO metric_totals (metric, labels, value)
+SELECT metric, labels, sum(amount)
+FROM unnest(%(metrics)s::text[], %(labels)s::jsonb[], %(amounts)s::float8[])
+     AS added (metric, labels, amount)
+GROUP BY metric, labels
+ON CONFLICT (metric, labels) DO UPDATE SET value = metric_totals.value + excluded.value;
+
+-- name: read_metric_totals
+-- Every metric total.
+SELECT metric, labels, value FROM metric_totals;
+
+-- name: count_open_runs
+-- The open runs by status (from the status index alone).
+SELECT status, count(*) FROM runs WHERE status = ANY(%(open)s::text[]) GROUP BY status;

@@ -214,6 +214,16 @@ stream_state = Table(
     CheckConstraint("id = 1", name="stream_state_one_row"),
 )
 
+# Cluster-wide metric totals (app/storage/metrics.py), one row per metric and label set:
+# the sequencer adds what the events it numbers measure, the sweeper its actions.
+metric_totals = Table(
+    "metric_totals",
+    metadata,
+    Column("metric", Text, primary_key=True),
+    Column("labels", JSONB, primary_key=True),
+    Column("value", Float, nullable=False),
+)
+
 ACTIVITY_STATES_SQL = _quoted(ActivityState)
 
 activities = Table(

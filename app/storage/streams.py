@@ -8,6 +8,8 @@ those written by transactions older than every transaction still running (Postgr
 snapshot xmin): any event that becomes visible later comes from a newer transaction,
 so it sorts after everything numbered. One sequencer runs at a time (an advisory lock;
 the others skip), and it notifies `chainline_stream` with the last position it gave.
+The same statement adds what the events it looked at measure to the metric totals
+(app/storage/metrics.py).
 """
 
 from __future__ import annotations
@@ -17,6 +19,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from app.model import events as ev
+from app.storage.metrics import sequencer_parameters
 from app.storage.transactions import Transaction
 
 # The advisory lock the sequencer holds while it numbers (any fixed number).
@@ -29,7 +32,12 @@ def number_new_events(tx: Transaction, limit: int = 5000) -> int | None:
     none was (nothing ready, or another sequencer is at it)."""
     row = tx.fetch_one(
         "number_stream_events",
-        {"lock_key": SEQUENCER_LOCK, "limit": limit, "streamed": STREAMED_TYPES},
+        {
+            "lock_key": SEQUENCER_LOCK,
+            "limit": limit,
+            "streamed": STREAMED_TYPES,
+            **sequencer_parameters(),
+        },
     )
     return None if row is None or row[0] is None else int(row[0])
 

@@ -17,8 +17,14 @@ from kombu.exceptions import BatchPublishError
 from kombu.transport import redis as kombu_redis
 
 from app.engine.dispatch import ActivityDispatch, Dispatch, FollowUp
-from app.messaging.broker import TIME_LIMIT_MARGIN_SECONDS, WORKFLOW_TASK, create_celery_app
+from app.messaging.broker import (
+    SENT_AT_HEADER,
+    TIME_LIMIT_MARGIN_SECONDS,
+    WORKFLOW_TASK,
+    create_celery_app,
+)
 from app.messaging.dispatcher import CeleryDispatcher
+from app.messaging.queues import QueueState, read_queues
 from app.messaging.transports import ClientKeepingTransport, broker_transport
 from app.settings import Settings
 from tests.support import BROKER_URL, delete_broker_keys, wait_until
@@ -218,3 +224,30 @@ def test_a_message_s_task_sent_event_goes_out_with_it(
         "activity.greet",
     )
     subscriber.close()
+
+
+def test_queue_depth_and_the_oldest_message_s_age_are_read_from_the_broker(
+    dispatcher: CeleryDispatcher, prefix: str
+) -> None:
+    run_id = uuid.uuid4()
+    sent_before = time.time()
+    send(dispatcher, Dispatch(run_id, (ActivityDispatch(run_id, 1, "add", 10.0),)))
+    send(dispatcher, Dispatch(uuid.uuid4()))
+    send(dispatcher, Dispatch(uuid.uuid4()))
+    # Every message says when it was sent.
+    assert all(
+        sent_before <= m["headers"][SENT_AT_HEADER] <= time.time()
+        for queue in (QUEUE, WORKFLOW_QUEUE)
+        for m in published(prefix, queue)
+    )
+    time.sleep(0.3)  # so that the oldest message has waited that long, at least
+
+    states = read_queues(dispatcher.app, [QUEUE, WORKFLOW_QUEUE, "never-used"], prefix)
+
+    by_name = {state.name: state for state in states}
+    assert by_name[QUEUE].depth == 1
+    assert by_name[WORKFLOW_QUEUE].depth == 2
+    for name in (QUEUE, WORKFLOW_QUEUE):
+        age = by_name[name].oldest_age_seconds
+        assert age is not None and 0.3 <= age < 0.3 + (time.time() - sent_before)
+    assert by_name["never-used"] == QueueState("never-used", 0, None)
