@@ -41,6 +41,7 @@ router = APIRouter(dependencies=[Depends(bearer)])
 ExecutionId = Annotated[str, Path(pattern=EXECUTION_ID_PATTERN)]
 # Well inside the SDK's read timeout, and any proxy's idle one.
 KEEPALIVE_SECONDS = 10.0
+KEEPALIVE = b": keep-alive\n\n"
 CATCH_UP_BATCH = 500
 # Events a stream holds for its client before it is dropped as too slow.
 MOST_QUEUED = 10_000
@@ -95,9 +96,9 @@ def _text(value: object | None) -> str | None:
     return None if value is None else str(value)
 
 
-def sse_frame(event: StreamedEvent) -> str:
-    """The event's frame, made once however many streams send it (a stream's events
-    come from the feed as shared objects)."""
+def sse_frame(event: StreamedEvent) -> bytes:
+    """The event's frame, made and encoded once however many streams send it (a
+    stream's events come from the feed as shared objects)."""
     frame = _frames.get(event.position)
     if frame is None:
         frame = _make_frame(event)
@@ -108,11 +109,11 @@ def sse_frame(event: StreamedEvent) -> str:
 
 
 # The frames made last, by position: the event loop's own (never touched by threads).
-_frames: OrderedDict[int, str] = OrderedDict()
+_frames: OrderedDict[int, bytes] = OrderedDict()
 FRAME_CACHE_SIZE = 20_000
 
 
-def _make_frame(event: StreamedEvent) -> str:
+def _make_frame(event: StreamedEvent) -> bytes:
     payload = {
         "stream": "workflows",
         "data": event_json(event),
@@ -129,7 +130,7 @@ def _make_frame(event: StreamedEvent) -> str:
     return (
         f"id: {event.position}\nevent: workflow.event\n"
         f"data: {json.dumps(payload, separators=(',', ':'))}\n\n"
-    )
+    ).encode()
 
 
 class _Sent:
@@ -146,7 +147,7 @@ class _Sent:
         self._keep = keep
         self._ends = ends
 
-    def frames(self, batch: list[StreamedEvent]) -> list[str]:
+    def frames(self, batch: list[StreamedEvent]) -> list[bytes]:
         """The frames of the batch's events after the position (up to an ending)."""
         frames = []
         for event in batch:
@@ -214,7 +215,7 @@ async def _stream(
     stored: bool = True,
     live: bool = True,
     ends: Callable[[StreamedEvent], bool] = lambda _: False,
-) -> AsyncIterator[str]:
+) -> AsyncIterator[bytes]:
     """The frames of the events after `after` that match: stored ones first, then live
     ones, until `ends` says an event was the last (or the client goes away)."""
     queue: asyncio.Queue[list[StreamedEvent]] = asyncio.Queue()
@@ -222,7 +223,7 @@ async def _stream(
     fed_from = await fanout.join(queue) if live else None
     sent = _Sent(after, keep, ends)
     try:
-        yield ": keep-alive\n\n"
+        yield KEEPALIVE
         if stored:
             async for frame in _stored(where, sent, fed_from):
                 yield frame
@@ -233,7 +234,7 @@ async def _stream(
         fanout.leave(queue)
 
 
-async def _stored(where: StreamFilter, sent: _Sent, until: int | None) -> AsyncIterator[str]:
+async def _stored(where: StreamFilter, sent: _Sent, until: int | None) -> AsyncIterator[bytes]:
     """What Postgres holds after the stream's position, up to `until` (where the feed
     takes over) when given; with no feed to follow, every event committed so far."""
     if until is None:
@@ -243,17 +244,19 @@ async def _stored(where: StreamFilter, sent: _Sent, until: int | None) -> AsyncI
         within = [e for e in batch if until is None or e.position <= until]
         frames = sent.frames(within)
         if frames:
-            yield "".join(frames)
+            yield b"".join(frames)
         if len(within) < CATCH_UP_BATCH:
             return
 
 
-async def _live(queue: asyncio.Queue[list[StreamedEvent]], sent: _Sent) -> AsyncIterator[str]:
+async def _live(queue: asyncio.Queue[list[StreamedEvent]], sent: _Sent) -> AsyncIterator[bytes]:
     while not sent.ended:
         try:
-            batch = await asyncio.wait_for(queue.get(), KEEPALIVE_SECONDS)
+            # A timeout scope, not wait_for: no task made per wake-up.
+            async with asyncio.timeout(KEEPALIVE_SECONDS):
+                batch = await queue.get()
         except TimeoutError:
-            yield ": keep-alive\n\n"
+            yield KEEPALIVE
             continue
         if queue.qsize() > MOST_QUEUED:
             yield _error_frame("the client reads too slowly; resume from the last id")
@@ -264,7 +267,7 @@ async def _live(queue: asyncio.Queue[list[StreamedEvent]], sent: _Sent) -> Async
             batch = batch + queue.get_nowait()
         frames = sent.frames(batch)
         if frames:
-            yield "".join(frames)
+            yield b"".join(frames)
 
 
 def _number_ready() -> None:
@@ -277,9 +280,9 @@ def _read(where: StreamFilter, after: int) -> list[StreamedEvent]:
         return read_stream(tx, after, CATCH_UP_BATCH, where)
 
 
-def _error_frame(message: str) -> str:
+def _error_frame(message: str) -> bytes:
     data = json.dumps({"error": message, "reason": "stream_error"})
-    return f"event: error\ndata: {data}\n\n"
+    return f"event: error\ndata: {data}\n\n".encode()
 
 
 def _position(value: str | None, name: str, where: Literal["query", "header"]) -> int | None:
@@ -290,7 +293,7 @@ def _position(value: str | None, name: str, where: Literal["query", "header"]) -
     return int(value)
 
 
-def _sse(frames: AsyncIterator[str]) -> StreamingResponse:
+def _sse(frames: AsyncIterator[bytes]) -> StreamingResponse:
     return StreamingResponse(frames, media_type="text/event-stream", headers=SSE_HEADERS)
 
 

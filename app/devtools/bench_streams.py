@@ -1,7 +1,8 @@
 """`chainline bench`'s figures for live streams: clients hold the global event stream
 open on the stack's one API process while executions run, and each frame's delay is its
 arrival at the client minus its event's timestamp (Postgres's clock, taken inside the
-transaction that wrote it, before its commit; on the same host). First one client
+transaction that wrote it, before its commit; on the same host). The clients read
+over bare sockets, so that little of the figure is the bench's own work. First one client
 alone, then C at once (all on this machine's cores, the bench's clients included);
 meanwhile `GET /healthz` and a workflow listing are timed, to show that the open
 streams hold up no other request. Targets: p50 < 50 ms from event to frame; 200
@@ -66,22 +67,34 @@ class _Clients:
         await asyncio.gather(*self.tasks, return_exceptions=True)
 
     async def _client(self, index: int) -> None:
-        params = {"start_seq": str(self.start_after + 1)}
-        async with (
-            httpx.AsyncClient(base_url=self.api_url, timeout=None) as http,
-            http.stream("GET", "/v1/workflows/events/stream", params=params) as reply,
-        ):
+        """One stream, read over a bare socket: an HTTP client library's own work per
+        chunk, times 200 clients on the bench's shared cores, was most of what the
+        figure measured."""
+        url = httpx.URL(self.api_url)
+        reader, writer = await asyncio.open_connection(url.host, url.port)
+        try:
+            writer.write(
+                f"GET /v1/workflows/events/stream?start_seq={self.start_after + 1} HTTP/1.1\r\n"
+                f"Host: {url.host}\r\nAccept: text/event-stream\r\n\r\n".encode()
+            )
+            head = await reader.readuntil(b"\r\n\r\n")
+            if not head.startswith(b"HTTP/1.1 200"):
+                raise RuntimeError(f"the stream was refused: {head[:200]!r}")
             self.opened.release()
             # Every client reads every frame; one in MEASURED_EVERY parses and times them,
             # the others only take the bytes (the bench's own parsing must not be what it
             # measures).
             if index % MEASURED_EVERY:
-                async for _ in reply.aiter_raw():
+                while await reader.read(1 << 16):
                     pass
                 return
-            async for line in reply.aiter_lines():
-                if line.startswith("data: "):
+            # Chunked transfer: each chunk holds whole frames, so a frame's data line is
+            # never split by a chunk's size line.
+            while line := await reader.readline():
+                if line.startswith(b"data: "):
                     self._timed(time.time_ns(), json.loads(line[6:])["data"], index)
+        finally:
+            writer.close()
 
     def _timed(self, arrived: int, event: dict[str, Any], index: int) -> None:
         with self.lock:
