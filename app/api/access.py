@@ -7,23 +7,24 @@ refused (413) as soon as it passes it, whether its length was declared or it cam
 chunks. The app gets the body replayed.
 
 A caller shows a key as a bearer token, or, from a browser, as the session cookie the
-web page's login sets: a digest of the key (never the key), HttpOnly and SameSite=
-Strict. A change made with the cookie must also carry the `X-Chainline-UI` header, which
-no other site's page can send without this server's consent (CORS), so a page
-elsewhere cannot act with the cookie. Removing a key from CHAINLINE_API_KEYS ends its
-sessions too.
+web page's login sets: its time of issue and an HMAC of it keyed by the key (never the
+key), HttpOnly and SameSite=Strict, honoured for SESSION_SECONDS after its issue.
+A change made with the cookie must also carry the `X-Chainline-UI` header, which no
+other site's page can send without this server's consent (CORS), so a page elsewhere
+cannot act with the cookie. Removing a key from CHAINLINE_API_KEYS ends its sessions.
 """
 
 from __future__ import annotations
 
 import hashlib
-from functools import lru_cache
-from http.cookies import CookieError, SimpleCookie
+import hmac
+import time
 from urllib.parse import quote
 
 from fastapi import Request
 from fastapi.responses import RedirectResponse
 from fastapi.security import HTTPBearer
+from starlette.requests import cookie_parser
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.api.responses import error_response
@@ -38,34 +39,44 @@ SAFE_METHODS = frozenset({"GET", "HEAD", "OPTIONS"})
 PROTECTED_ROOTS = ("/v1", "/metrics", "/ui")
 UI_ROOT = "/ui"
 LOGIN_PATH = "/ui/login"
+LOGOUT_PATH = "/ui/logout"
 SESSION_COOKIE = "chainline_session"
+SESSION_SECONDS = 12 * 3600
 UI_HEADER = b"x-chainline-ui"
 # Documents the scheme in OpenAPI; the check itself is the Guard's.
 bearer = HTTPBearer(auto_error=False, description="Any key of CHAINLINE_API_KEYS")
 
 
-def key_digest(token: str) -> str:
-    """A key's SHA-256, in hex: a browser session's cookie."""
-    return hashlib.sha256(token.encode()).hexdigest()
-
-
 def key_id(token: str) -> str:
     """What is stored and shown of a key (as the caller's user_id): a short hash of it,
     never the key, nor any part of it."""
-    return _id_of_digest(key_digest(token))
+    return "key-" + hashlib.sha256(token.encode()).hexdigest()[:12]
 
 
-def _id_of_digest(digest: str) -> str:
-    return "key-" + digest[:12]
+def session_token(key: str, issued_at: int) -> str:
+    """A browser session's cookie for `key`: its issue time, and an HMAC of that time
+    keyed by the key (which only the server and the key's holder know)."""
+    return f"{issued_at}.{_session_mac(key, issued_at)}"
 
 
-@lru_cache(maxsize=8)
-def _session_digests(accepted: frozenset[str]) -> frozenset[str]:
-    return frozenset(key_digest(key) for key in accepted)
+def _session_mac(key: str, issued_at: int) -> str:
+    return hmac.new(key.encode(), f"chainline-ui:{issued_at}".encode(), "sha256").hexdigest()
+
+
+def _session_key(token: str, accepted: frozenset[str]) -> str | None:
+    """The accepted key a session cookie was issued for, if it is still in force."""
+    issued, _, mac = token.partition(".")
+    if not issued.isdigit() or not 0 <= time.time() - int(issued) <= SESSION_SECONDS:
+        return None
+    for key in accepted:
+        if hmac.compare_digest(mac, _session_mac(key, int(issued))):
+            return key
+    return None
 
 
 def _protected(path: str) -> bool:
-    if path == LOGIN_PATH:
+    # Signing in and out asks for no key: signing out only clears the cookie.
+    if path in (LOGIN_PATH, LOGOUT_PATH):
         return False
     return any(path == root or path.startswith(root + "/") for root in PROTECTED_ROOTS)
 
@@ -98,17 +109,10 @@ def _declared_length(scope: Scope) -> int | None:
 
 
 def _session(scope: Scope) -> str | None:
-    """The session cookie's value, if one was sent."""
+    """The session cookie's value, if one was sent (read as browsers write cookies:
+    other sites' cookies on this host, however odd, do not hide it)."""
     raw = _header(scope, b"cookie")
-    if raw is None:
-        return None
-    cookies: SimpleCookie = SimpleCookie()
-    try:
-        cookies.load(raw.decode("latin-1"))
-    except CookieError:
-        return None
-    morsel = cookies.get(SESSION_COOKIE)
-    return None if morsel is None else morsel.value
+    return None if raw is None else cookie_parser(raw.decode("latin-1")).get(SESSION_COOKIE)
 
 
 def _identify(scope: Scope, accepted: frozenset[str]) -> tuple[str | None, str | None]:
@@ -119,10 +123,11 @@ def _identify(scope: Scope, accepted: frozenset[str]) -> tuple[str | None, str |
             return None, "invalid API key"
         return key_id(token), None
     session = _session(scope)
-    if session is not None and session in _session_digests(accepted):
+    key = None if session is None else _session_key(session, accepted)
+    if key is not None:
         if scope["method"] not in SAFE_METHODS and _header(scope, UI_HEADER) is None:
             return None, "a change made from a browser session must send X-Chainline-UI"
-        return _id_of_digest(session), None
+        return key_id(key), None
     return None, "missing API key" if accepted else None
 
 

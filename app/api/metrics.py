@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from app.messaging.dispatcher import get_dispatcher
 from app.messaging.queues import QueueState, read_queues
+from app.model.statuses import OPEN_STATUSES
 from app.settings import get_settings
 from app.storage.db import get_engine
 from app.storage.metrics import (
@@ -44,7 +45,8 @@ router = APIRouter()
 # Counters: (stored name, exposed name, help, label names).
 COUNTERS: tuple[tuple[str, str, str, tuple[str, ...]], ...] = (
     ("executions_started", "chainline_executions_started",
-     "Executions started, by workflow.", ("workflow",)),
+     "Executions started, by workflow (a continue-as-new successor is an execution of its"
+     " own).", ("workflow",)),
     ("executions_closed", "chainline_executions_closed",
      "Runs closed, by workflow and the status they closed with.", ("workflow", "status")),
     ("activity_attempts", "chainline_activity_attempts",
@@ -120,7 +122,8 @@ def _histogram(
     counts: dict[tuple[str, ...], dict[float, float]] = defaultdict(dict)
     for row in buckets:
         key = tuple(_label_values(row.labels, labels))
-        upper = float(str(row.labels["le"]))
+        # A bound no longer among the buckets (they changed) counts in the next one up.
+        upper = min((b for b in bounds if b >= float(str(row.labels["le"]))), default=math.inf)
         counts[key][upper] = counts[key].get(upper, 0.0) + row.value
     total_of = {tuple(_label_values(row.labels, labels)): row.value for row in sums}
     for key, by_bound in counts.items():
@@ -134,8 +137,8 @@ def _histogram(
 
 def _open_runs(open_runs: dict[str, int]) -> Metric:
     gauge = GaugeMetricFamily("chainline_runs_open", "Open runs, by status.", labels=["status"])
-    for status, count in sorted(open_runs.items()):
-        gauge.add_metric([status], count)
+    for status in sorted(OPEN_STATUSES):
+        gauge.add_metric([status.value], open_runs.get(status.value, 0))
     return gauge
 
 

@@ -8,20 +8,26 @@ live through its SSE stream.
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Annotated
-from urllib.parse import parse_qs
+from urllib.parse import parse_qs, quote
 
 from fastapi import APIRouter, Query, Request
 from fastapi.responses import FileResponse, HTMLResponse, RedirectResponse, Response
 from fastapi.staticfiles import StaticFiles
 
-from app.api.access import LOGIN_PATH, SESSION_COOKIE, UI_ROOT, key_digest
+from app.api.access import (
+    LOGIN_PATH,
+    LOGOUT_PATH,
+    SESSION_COOKIE,
+    SESSION_SECONDS,
+    UI_ROOT,
+    session_token,
+)
 from app.settings import get_settings
 
 FILES = Path(__file__).with_name("ui_files")
-SESSION_SECONDS = 12 * 3600
-# A login form is a few hundred bytes; the Guard already caps every body.
 router = APIRouter(include_in_schema=False)
 static_files = StaticFiles(directory=FILES)
 
@@ -51,11 +57,12 @@ async def login(request: Request) -> Response:
     target = _local(form.get("next", [UI_ROOT])[0])
     accepted = get_settings().accepted_api_keys
     if accepted and key not in accepted:
-        return RedirectResponse(f"{LOGIN_PATH}?failed=true", status_code=303)
+        again = f"{LOGIN_PATH}?failed=true&next={quote(target, safe='')}"
+        return RedirectResponse(again, status_code=303)
     response = RedirectResponse(target, status_code=303)
     response.set_cookie(
         SESSION_COOKIE,
-        key_digest(key),
+        session_token(key, int(time.time())),
         max_age=SESSION_SECONDS,
         httponly=True,
         samesite="strict",
@@ -64,7 +71,7 @@ async def login(request: Request) -> Response:
     return response
 
 
-@router.post(UI_ROOT + "/logout")
+@router.post(LOGOUT_PATH)
 def logout() -> Response:
     response = RedirectResponse(LOGIN_PATH, status_code=303)
     response.delete_cookie(SESSION_COOKIE, httponly=True, samesite="strict")

@@ -41,8 +41,8 @@ PARENT_CLOSED = "its parent closed (parent_close_policy TERMINATE)"
 
 def sweep(engine: Engine, *, stalled_after_seconds: float) -> list[FollowUp]:
     """One sweep; returns what to send and stop, and adds what it did to the
-    `sweeper_actions` totals (after the actions commit: a crash in between loses one
-    sweep's counts, never counts an action twice)."""
+    `sweeper_actions` totals (after the actions commit: a crash or an outage in between
+    loses one sweep's counts, never counts an action twice)."""
     # One follow-up per action, but for the resent messages: one for them all.
     actions = {
         "run_timed_out": _time_out_runs(engine),
@@ -54,8 +54,12 @@ def sweep(engine: Engine, *, stalled_after_seconds: float) -> list[FollowUp]:
     counts = {action: float(len(done)) for action, done in actions.items()}
     counts["stalled_work_resent"] = float(sum(len(f.dispatches) for f in resent))
     if any(counts.values()):
-        with autocommit(engine) as tx:
-            add_to_totals(tx, "sweeper_actions", counts, label="action")
+        try:
+            with autocommit(engine) as tx:
+                add_to_totals(tx, "sweeper_actions", counts, label="action")
+        except Exception:
+            # The actions committed: what they must send goes out, counted or not.
+            log.warning("could not add the sweep's actions to the metrics", exc_info=True)
     return [*(follow_up for done in actions.values() for follow_up in done), *resent]
 
 

@@ -59,7 +59,7 @@ def sequencer_parameters() -> dict[str, Any]:
 @dataclass(frozen=True)
 class Total:
     metric: str
-    labels: dict[str, str]
+    labels: dict[str, Any]  # JSON: a value may be null
     value: float
 
 

@@ -706,8 +706,13 @@ WITH locked AS MATERIALIZED (
     FROM stream_state s, locked
     WHERE s.id = 1 AND locked.held
 ), looked AS MATERIALIZED (
-    SELECT e.run_id, e.event_id, e.tx_id, e.sequence, e.event_type
+    -- `copied`: a reset run's copy of its old run's history (before the reset point),
+    -- which keeps its writing transaction: numbered and measured as the original was,
+    -- never again, even when the cursor still stands on that transaction.
+    SELECT e.run_id, e.event_id, e.tx_id, e.sequence, e.event_type,
+           coalesce(e.event_id < r.reset_event_id, false) AS copied
     FROM state, events e
+    JOIN runs r ON r.run_id = e.run_id
     WHERE (e.tx_id, e.sequence) > (state.last_tx_id, state.last_sequence)
       AND e.tx_id < state.horizon
     ORDER BY e.tx_id, e.sequence
@@ -716,7 +721,7 @@ WITH locked AS MATERIALIZED (
     SELECT l.run_id, l.event_id,
            state.last_position + row_number() OVER (ORDER BY l.tx_id, l.sequence) AS position
     FROM looked l, state
-    WHERE l.event_type = ANY(%(streamed)s::text[])
+    WHERE l.event_type = ANY(%(streamed)s::text[]) AND NOT l.copied
 ), numbered AS (
     INSERT INTO stream_events (position, run_id, event_id)
     SELECT position, run_id, event_id FROM fresh
@@ -733,7 +738,7 @@ WITH locked AS MATERIALIZED (
      AND started.run_id = e.run_id
      AND started.dedup_key = 'activity:' || (e.attributes->>'seq') || ':attempt:'
                              || (e.attributes->>'attempt') || ':started'
-    WHERE l.event_type = ANY(%(measured)s::text[])
+    WHERE l.event_type = ANY(%(measured)s::text[]) AND NOT l.copied
 ), observed (metric, labels, value) AS (
     SELECT 'executions_started', jsonb_build_object('workflow', workflow_name), 1::float8
     FROM measured WHERE event_type = 'WORKFLOW_EXECUTION_STARTED'

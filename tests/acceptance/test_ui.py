@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 from selenium import webdriver
+from selenium.common.exceptions import NoSuchElementException, StaleElementReferenceException
 from selenium.webdriver.chrome.service import Service
 from selenium.webdriver.common.by import By
 from selenium.webdriver.remote.webdriver import WebDriver
@@ -94,15 +95,44 @@ def wait(browser: WebDriver, seconds: float = 20) -> WebDriverWait[WebDriver]:
     return WebDriverWait(browser, seconds, poll_frequency=0.1)
 
 
+# The page redraws as its execution's events arrive, so what the test reads is read in
+# one script, never from an element found earlier (which a redraw may have replaced).
 def text_of(browser: WebDriver, element_id: str) -> str:
-    text: str = browser.find_element(By.ID, element_id).text
-    return text
+    text = browser.execute_script(
+        "const e = document.getElementById(arguments[0]); return e ? e.innerText : ''",
+        element_id,
+    )
+    return str(text)
 
 
 def status_shown(browser: WebDriver) -> str:
-    badge = browser.find_element(By.CSS_SELECTOR, "#execution h1 .status")
-    status: str = badge.get_attribute("data-status") or ""
-    return status
+    status = browser.execute_script(
+        "const e = document.querySelector('#execution h1 .status');"
+        " return e ? e.dataset.status : ''"
+    )
+    return str(status)
+
+
+def count(browser: WebDriver, selector: str) -> int:
+    script = "return document.querySelectorAll(arguments[0]).length"
+    return int(browser.execute_script(script, selector))
+
+
+def click(browser: WebDriver, element_id: str) -> None:
+    """Click the element once it is there and enabled (a redraw may replace it between
+    finding and clicking: then it is found again)."""
+
+    def clicked(b: WebDriver) -> bool:
+        try:
+            button = b.find_element(By.ID, element_id)
+            if not button.is_enabled():
+                return False
+            button.click()
+        except (StaleElementReferenceException, NoSuchElementException):
+            return False
+        return True
+
+    wait(browser).until(clicked)
 
 
 def start(api: httpx.Client, workflow: str, input_value: Any) -> str:
@@ -149,6 +179,14 @@ def test_the_page_and_the_metrics_ask_for_a_key(keyed: Stack, api: httpx.Client)
         assert api.get(f"/v1/workflows/executions/{target}").json()["status"] == "COMPLETED"
         accepted = browser_like.post(path, json=reset, headers={"X-Chainline-UI": "1"})
         assert accepted.status_code == 204, accepted.text
+        # Signing out needs no header: it only clears the cookie.
+        signed_out = browser_like.post("/ui/logout")
+        assert signed_out.status_code == 303 and "Max-Age=0" in signed_out.headers["set-cookie"]
+
+    # Other sites' cookies on the same host, however odd, do not hide the session.
+    odd = f'pref={{"a": 1}}; foo@x=1; chainline_session={session["chainline_session"]}'
+    with httpx.Client(base_url=keyed.base_url, timeout=30) as with_others:
+        assert with_others.get("/v1/workflows/runs", headers={"cookie": odd}).status_code == 200
 
 
 def test_an_execution_s_timeline_follows_it_live_and_a_screenshot_is_kept(
@@ -163,7 +201,7 @@ def test_an_execution_s_timeline_follows_it_live_and_a_screenshot_is_kept(
     assert status_shown(browser) == "RUNNING"
     assert '"item": "book"' in text_of(browser, "input")
     assert "reserve" in text_of(browser, "activities")
-    events_before = len(browser.find_elements(By.CSS_SELECTOR, "#timeline li"))
+    events_before = count(browser, "#timeline li")
 
     # A signal sent elsewhere: the page changes without being reloaded.
     marker = browser.execute_script("window.notReloaded = true; return window.notReloaded")
@@ -178,10 +216,10 @@ def test_an_execution_s_timeline_follows_it_live_and_a_screenshot_is_kept(
     timeline = text_of(browser, "timeline")
     assert "WORKFLOW_EXECUTION_SIGNALED" in timeline and "signal decide" in timeline
     assert "WORKFLOW_EXECUTION_COMPLETED" in timeline
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#timeline li")) > events_before
+    assert count(browser, "#timeline li") > events_before
     assert '"outcome": "approved"' in text_of(browser, "result")
     wait(browser).until(lambda b: text_of(b, "live").lower() == "closed")
-    assert len(browser.find_elements(By.CSS_SELECTOR, "#runs tbody tr")) == 1
+    wait(browser).until(lambda b: count(b, "#runs tbody tr") == 1)
 
     ARTIFACTS.mkdir(exist_ok=True)
     screenshot = ARTIFACTS / "ui-execution.png"
@@ -215,19 +253,21 @@ def test_the_list_filters_and_the_buttons_terminate_and_reset(
     wait(browser).until(lambda b: b.find_elements(By.ID, "reset"))
     browser.get(keyed.base_url + f"/ui/executions/{held}")
     wait(browser).until(lambda b: status_shown(b) == "RUNNING")
-    browser.find_element(By.ID, "reason").send_keys("from the page")
-    browser.find_element(By.ID, "terminate").click()
+    click(browser, "terminate")
     wait(browser).until(lambda b: status_shown(b) == "TERMINATED")
     assert api.get(f"/v1/workflows/executions/{held}").json()["status"] == "TERMINATED"
-    assert browser.find_element(By.ID, "cancel").get_attribute("disabled") is not None
+    wait(browser).until(
+        lambda b: b.execute_script("return document.getElementById('cancel').disabled")
+    )
 
     # Reset the completed one to its first workflow task: a second run, which completes.
     browser.get(keyed.base_url + f"/ui/executions/{done}")
     wait(browser).until(lambda b: status_shown(b) == "COMPLETED")
-    first_point = Select(browser.find_element(By.ID, "reset-point")).options[0]
-    first_point.click()
-    browser.find_element(By.ID, "reset").click()
-    wait(browser).until(lambda b: len(b.find_elements(By.CSS_SELECTOR, "#runs tbody tr")) == 2)
+    # The closed execution's page no longer redraws: its controls stay put.
+    Select(browser.find_element(By.ID, "reset-point")).select_by_index(0)
+    browser.find_element(By.ID, "reason").send_keys("from the page")
+    click(browser, "reset")
+    wait(browser).until(lambda b: count(b, "#runs tbody tr") == 2)
     reset_run = wait_for_end(api, done)
     assert reset_run["status"] == "COMPLETED" and reset_run["result"] == {"total": 5}
     # The page follows the new run's stream to its end.
@@ -238,10 +278,17 @@ def test_the_list_filters_and_the_buttons_terminate_and_reset(
 
 
 def _listed(browser: WebDriver) -> list[str]:
-    rows = browser.find_elements(By.CSS_SELECTOR, "#executions tbody tr[data-execution-id]")
-    return [row.get_attribute("data-execution-id") or "" for row in rows]
+    return _read_all(browser, "#executions tbody tr[data-execution-id]", "executionId")
 
 
 def _statuses(browser: WebDriver) -> list[str]:
-    badges = browser.find_elements(By.CSS_SELECTOR, "#executions tbody .status")
-    return [badge.get_attribute("data-status") or "" for badge in badges]
+    return _read_all(browser, "#executions tbody .status", "status")
+
+
+def _read_all(browser: WebDriver, selector: str, field: str) -> list[str]:
+    found = browser.execute_script(
+        "return [...document.querySelectorAll(arguments[0])].map(e => e.dataset[arguments[1]])",
+        selector,
+        field,
+    )
+    return [str(value) for value in found]

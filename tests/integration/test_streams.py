@@ -5,15 +5,20 @@ transaction committed after a later one's."""
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import psycopg
 from sqlalchemy import Engine
 
-from app.engine.executions import insert_execution
+from app.engine.executions import get_history, insert_execution
+from app.engine.resets import reset
+from app.engine.workflow_tasks import run_workflow_task
 from app.settings import libpq_url
+from app.storage.metrics import read_totals
 from app.storage.streams import StreamFilter, number_new_events, read_stream
 from app.storage.transactions import autocommit, transaction
 from app.workflows.registry import Registry
+from tests.integration.driving import drive
 
 
 def _start(engine: Engine, registry: Registry) -> tuple[str, uuid.UUID]:
@@ -89,3 +94,42 @@ def test_only_streamed_types_are_numbered_and_two_sequencers_never_share_a_numbe
     }
     all_positions = [e.position for e in everything]
     assert all_positions == sorted(set(all_positions))
+
+
+def test_a_reset_run_s_copied_history_is_neither_streamed_nor_counted_again(
+    engine: Engine, registry: Registry, tmp_path: Path
+) -> None:
+    execution_id = f"stream-reset-{uuid.uuid4().hex}"
+    record = insert_execution(
+        engine,
+        registry.workflow("approval-saga"),
+        execution_id=execution_id,
+        input_value={"folder": str(tmp_path), "item": "book"},
+    )
+    # Reserved, then waiting for a decision: the activity's outcome, the workflow task
+    # and the timer were written by the one last transaction.
+    drive(engine, registry, run_workflow_task(engine, registry, record.run_id))
+    _number_all(engine)  # the sequencer's cursor now stands on that transaction
+    counted = _attempts_counted(engine)
+    history = get_history(engine, record.run_id)
+    last_point = max(e.event_id for e in history if e.event_type == "WORKFLOW_TASK_COMPLETED")
+    assert any(e.event_type == "ACTIVITY_TASK_COMPLETED" for e in history[last_point - 2 :])
+
+    # The copy of the activity's outcome keeps that transaction's id.
+    reset(engine, execution_id, last_point, reason="again")
+    _number_all(engine)
+
+    types = [t for _, t in _numbered(engine, execution_id)]
+    assert types == [
+        "WORKFLOW_EXECUTION_STARTED",
+        "ACTIVITY_TASK_STARTED",
+        "ACTIVITY_TASK_COMPLETED",
+        "WORKFLOW_EXECUTION_TERMINATED",  # the old run, which the reset ended
+    ]
+    assert _attempts_counted(engine) == counted
+
+
+def _attempts_counted(engine: Engine) -> float:
+    with autocommit(engine) as tx:
+        totals = read_totals(tx)
+    return sum(t.value for t in totals if t.metric == "activity_attempts")

@@ -7,6 +7,9 @@ const API = "/v1/workflows";
 const STATUSES = ["RUNNING", "RETRYING_AFTER_ERROR", "COMPLETED", "FAILED", "CANCELED",
   "TERMINATED", "TIMED_OUT", "CONTINUED_AS_NEW"];
 const OPEN = new Set(["RUNNING", "RETRYING_AFTER_ERROR"]);
+// The events that close a run (an update's completion does not).
+const CLOSINGS = new Set(["COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT",
+  "CONTINUED_AS_NEW"].map((s) => `WORKFLOW_EXECUTION_${s}`));
 const app = document.getElementById("app");
 
 // --- small helpers -------------------------------------------------------------------
@@ -26,7 +29,12 @@ function h(tag, attrs, ...children) {
   return node;
 }
 
-class ApiError extends Error {}
+class ApiError extends Error {
+  constructor(message, status = 0) {
+    super(message);
+    this.status = status;
+  }
+}
 
 async function api(method, path, body) {
   const headers = { "X-Chainline-UI": "1", "Accept": "application/json" };
@@ -41,7 +49,7 @@ async function api(method, path, body) {
   }
   if (response.status === 204) return null;
   const data = await response.json().catch(() => null);
-  if (!response.ok) throw new ApiError(describeError(response.status, data));
+  if (!response.ok) throw new ApiError(describeError(response.status, data), response.status);
   return data;
 }
 
@@ -121,17 +129,25 @@ async function showList() {
   if (params.get("after")) query.set("start_time_after", new Date(params.get("after")).toISOString());
   if (params.get("before")) query.set("start_time_before", new Date(params.get("before")).toISOString());
 
+  // The API lists runs, newest first: an execution reset shows once, as its newest run.
+  const shown = new Set();
   async function load(token) {
     const page = new URLSearchParams(query);
     if (token) page.set("next_page_token", token);
+    more.disabled = true;
     try {
       const found = await api("GET", `${API}/runs?${page}`);
       problem.hidden = true;
-      for (const run of found.executions) body.append(runRow(run));
+      for (const run of found.executions) {
+        if (shown.has(run.execution_id)) continue;
+        shown.add(run.execution_id);
+        body.append(runRow(run));
+      }
       if (!token && found.executions.length === 0) {
         body.append(h("tr", {}, h("td", { colspan: 6, class: "muted" }, "No executions match.")));
       }
       more.hidden = !found.next_page_token;
+      more.disabled = false;
       more.onclick = () => load(found.next_page_token);
     } catch (error) {
       problem.textContent = error.message;
@@ -211,7 +227,7 @@ function activitiesOf(events) {
   return [...bySeq.values()].sort((x, y) => x.seq - y.seq);
 }
 
-const live = { source: null, executionId: null, refreshTimer: null };
+const live = { source: null, executionId: null, refreshTimer: null, generation: 0, backoff: 500 };
 
 function stopLive() {
   if (live.source) live.source.close();
@@ -244,6 +260,8 @@ async function showExecution(executionId) {
 }
 
 async function refresh(executionId, view) {
+  // Answers can come back out of order: only the newest refresh draws.
+  const generation = ++live.generation;
   let execution, history;
   try {
     [execution, history] = await Promise.all([
@@ -251,10 +269,18 @@ async function refresh(executionId, view) {
       api("GET", `${API}/executions/${encodeURIComponent(executionId)}/history`),
     ]);
   } catch (error) {
-    view.header.replaceChildren(h("h1", {}, executionId), h("p", { class: "error" }, error.message));
+    if (generation !== live.generation || live.executionId !== executionId) return;
+    if (error.status >= 400 && error.status < 500) {
+      view.header.replaceChildren(h("h1", {}, executionId), h("p", { class: "error" }, error.message));
+      return; // no such execution: asking again will not change that
+    }
+    notify(view, `${error.message}; trying again`, true);
+    refreshSoon(executionId, view, retryDelay());
     return;
   }
-  if (live.executionId !== executionId) return; // the page moved on meanwhile
+  // The page moved on meanwhile, or a newer refresh is under way.
+  if (live.executionId !== executionId || generation !== live.generation) return;
+  live.backoff = 500;
   const events = history.events;
   view.currentRun = execution.run_id;
   renderHeader(execution, events, view);
@@ -266,9 +292,7 @@ async function refresh(executionId, view) {
 
 function renderHeader(execution, events, view) {
   const started = events.find((e) => e.event_type === "WORKFLOW_EXECUTION_STARTED");
-  const closing = [...events].reverse().find((e) => e.event_type.startsWith("WORKFLOW_EXECUTION_")
-    && ["COMPLETED", "FAILED", "CANCELED", "TERMINATED", "TIMED_OUT", "CONTINUED_AS_NEW"]
-      .some((s) => e.event_type.endsWith(s)));
+  const closing = [...events].reverse().find((e) => CLOSINGS.has(e.event_type));
   const open = OPEN.has(execution.status);
   const resetPoints = events.filter((e) => e.event_type === "WORKFLOW_TASK_COMPLETED");
   const point = h("select", { id: "reset-point", "aria-label": "reset point" },
@@ -305,7 +329,7 @@ function renderHeader(execution, events, view) {
         json(started ? payloadValue(started.attributes.input) : null))),
       h("div", {}, h("h2", {}, closing && closing.attributes.failure ? "Failure" : "Result"),
         h("div", { class: "panel", id: "result" }, closing
-          ? json(closing.attributes.failure || payloadValue(closing.attributes.result) || null)
+          ? json(closing.attributes.failure ?? payloadValue(closing.attributes.result) ?? null)
           : h("span", { class: "muted" }, "not yet")))),
     h("div", { class: "actions" },
       act("Cancel", "cancel", () => api("POST", `${path}/cancel`), { enabled: open }),
@@ -356,6 +380,11 @@ async function renderRuns(executionId, view) {
   }
 }
 
+function retryDelay() {
+  live.backoff = Math.min(live.backoff * 2, 10000);
+  return live.backoff;
+}
+
 function refreshSoon(executionId, view, delay = 150) {
   clearTimeout(live.refreshTimer);
   live.refreshTimer = setTimeout(() => refresh(executionId, view), delay);
@@ -383,7 +412,14 @@ function follow(execution, view) {
   source.addEventListener("error", () => {
     view.liveMark.className = "live";
     view.liveMark.textContent = "reconnecting";
-    refreshSoon(execution.execution_id, view, 500);
+    if (source.readyState === EventSource.CLOSED) {
+      // Refused (an error status): the browser gives up on it; a new one follows the
+      // next refresh, after a pause.
+      live.source = null;
+      refreshSoon(execution.execution_id, view, retryDelay());
+    } else {
+      refreshSoon(execution.execution_id, view, 500);
+    }
   });
 }
 
