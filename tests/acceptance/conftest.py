@@ -177,15 +177,28 @@ def launch_stack(
         delete_broker_keys(env["CHAINLINE_BROKER_KEY_PREFIX"], broker_url)
 
 
-@pytest.fixture(scope="session")
-def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    """The Procfile's processes with the timing settings users get by default."""
+@contextmanager
+def own_stack(
+    logs: Path,
+    settings: Mapping[str, str] = {},
+    headers: Mapping[str, str] = {},
+    probe: tuple[str, Any, Any] | None = None,
+) -> Iterator[Stack]:
+    """A stack of its own, on a fresh database (dropped afterwards) and the test broker."""
     database_url = create_database()
     try:
-        with launch_stack(database_url, BROKER_URL, tmp_path_factory.mktemp("logs")) as running:
+        extra = {} if probe is None else {"probe": probe}
+        with launch_stack(database_url, BROKER_URL, logs, settings, headers, **extra) as running:
             yield running
     finally:
         drop_database(database_url)
+
+
+@pytest.fixture(scope="session")
+def stack(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
+    """The Procfile's processes with the timing settings users get by default."""
+    with own_stack(tmp_path_factory.mktemp("logs")) as running:
+        yield running
 
 
 def _api_up(base_url: str) -> bool:

@@ -24,8 +24,8 @@ from sqlalchemy import create_engine, func, select
 
 from app.settings import normalize_database_url
 from app.storage.schema import executions
-from tests.acceptance.conftest import Stack, execution_id, launch_stack
-from tests.support import BROKER_URL, create_database, drop_database, wait_until
+from tests.acceptance.conftest import Stack, execution_id, own_stack
+from tests.support import wait_until
 
 KEY = "limits-test-key"
 WAITING_CAP = 3
@@ -40,16 +40,9 @@ AUTH = {"authorization": f"Bearer {KEY}"}
 
 @pytest.fixture(scope="module")
 def limited(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    database_url = create_database()
-    try:
-        logs = tmp_path_factory.mktemp("limits")
-        hello = ("hello-world", {"name": "x"}, {"message": "Hello, x!"})
-        with launch_stack(
-            database_url, BROKER_URL, logs, SETTINGS, headers=AUTH, probe=hello
-        ) as stack:
-            yield stack
-    finally:
-        drop_database(database_url)
+    hello = ("hello-world", {"name": "x"}, {"message": "Hello, x!"})
+    with own_stack(tmp_path_factory.mktemp("limits"), SETTINGS, AUTH, probe=hello) as stack:
+        yield stack
 
 
 @pytest.fixture

@@ -21,8 +21,7 @@ from selenium.webdriver.remote.webdriver import WebDriver
 from selenium.webdriver.support import expected_conditions
 from selenium.webdriver.support.ui import Select, WebDriverWait
 
-from tests.acceptance.conftest import REPO, Stack, execution_id, launch_stack, wait_for_end
-from tests.support import BROKER_URL, create_database, drop_database
+from tests.acceptance.conftest import REPO, Stack, execution_id, own_stack, wait_for_end
 
 pytestmark = pytest.mark.timeout(180)
 
@@ -35,15 +34,8 @@ CHROMEDRIVER = shutil.which("chromedriver") or "/usr/bin/chromedriver"
 
 @pytest.fixture(scope="module")
 def keyed(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
-    database_url = create_database()
-    try:
-        logs = tmp_path_factory.mktemp("ui")
-        with launch_stack(
-            database_url, BROKER_URL, logs, {"CHAINLINE_API_KEYS": KEY}, headers=AUTH
-        ) as stack:
-            yield stack
-    finally:
-        drop_database(database_url)
+    with own_stack(tmp_path_factory.mktemp("ui"), {"CHAINLINE_API_KEYS": KEY}, AUTH) as stack:
+        yield stack
 
 
 @pytest.fixture
