@@ -74,11 +74,15 @@ def _session_key(token: str, accepted: frozenset[str]) -> str | None:
     return None
 
 
+def _under(path: str, root: str) -> bool:
+    return path == root or path.startswith(root + "/")
+
+
 def _protected(path: str) -> bool:
     # Signing in and out asks for no key: signing out only clears the cookie.
     if path in (LOGIN_PATH, LOGOUT_PATH):
         return False
-    return any(path == root or path.startswith(root + "/") for root in PROTECTED_ROOTS)
+    return any(_under(path, root) for root in PROTECTED_ROOTS)
 
 
 async def caller(request: Request) -> str | None:
@@ -140,7 +144,7 @@ class Guard:
             await self.app(scope, receive, send)
             return
         settings = get_settings()
-        caller, refused = _identify(scope, frozenset(settings.accepted_api_keys))
+        caller, refused = _identify(scope, settings.accepted_api_keys)
         if refused is not None and _protected(scope["path"]):
             await _refusal(scope, refused)(scope, receive, send)
             return
@@ -173,10 +177,9 @@ class Guard:
 def _refusal(scope: Scope, reason: str) -> ASGIApp:
     """A page of the web UI asked for without a session goes to the login page; anything
     else gets the API's 401."""
-    if scope["path"].startswith(UI_ROOT) and scope["method"] == "GET":
-        wanted = scope["path"] + (
-            "?" + scope["query_string"].decode() if scope["query_string"] else ""
-        )
+    if _under(scope["path"], UI_ROOT) and scope["method"] == "GET":
+        query = scope["query_string"].decode("latin-1")
+        wanted = scope["path"] + ("?" + query if query else "")
         return RedirectResponse(f"{LOGIN_PATH}?next={quote(wanted, safe='')}", status_code=303)
     refusal = Unauthorized(
         f"{reason}: send one of CHAINLINE_API_KEYS as 'Authorization: Bearer <key>'"

@@ -8,6 +8,7 @@ live through its SSE stream.
 
 from __future__ import annotations
 
+import html
 import time
 from pathlib import Path
 from typing import Annotated
@@ -46,8 +47,8 @@ def login_page(
 ) -> HTMLResponse:
     template = (FILES / "login.html").read_text()
     notice = '<p class="error">That key is not one of this server\'s.</p>' if failed else ""
-    html = template.replace("{{next}}", _escape(_local(next))).replace("{{notice}}", notice)
-    return HTMLResponse(html, status_code=401 if failed else 200)
+    page = template.replace("{{next}}", html.escape(_local(next))).replace("{{notice}}", notice)
+    return HTMLResponse(page, status_code=401 if failed else 200)
 
 
 @router.post(LOGIN_PATH)
@@ -81,9 +82,3 @@ def logout() -> Response:
 def _local(target: str) -> str:
     """Only a page of this UI is a place to go back to after the login."""
     return target if target.startswith(UI_ROOT) and "//" not in target else UI_ROOT
-
-
-def _escape(text: str) -> str:
-    return (
-        text.replace("&", "&amp;").replace('"', "&quot;").replace("<", "&lt;").replace(">", "&gt;")
-    )
